@@ -1,0 +1,1 @@
+//! Local vendor sandbox (to be written)

@@ -1,0 +1,26 @@
+//! # cordon
+//!
+//! The incident-response engine: it parses and validates YAML runbooks, executes them
+//! durably, and keeps a hash-chained audit trail a court can trust.
+//!
+//! A guided tour, in the order a run flows:
+//! - [`config`]: the configuration file (or embedded defaults).
+//! - [`runbook`]: the runbook model, parsing with source locations, validation (all problems
+//!   at once, each with a stable code), input checking, and the JSON Schema.
+//! - [`expr`]: CEL conditions and Handlebars templates, one place for both.
+//! - [`exec`]: the executor: ready set, `for_each`, retries, timeouts, approvals, undo.
+//! - [`store`]: durable state behind one trait (SQLite today).
+//! - [`audit`]: the hash chain: hashing, verification, export.
+//! - [`evidence`]: the local evidence store and its manifests.
+//! - [`cli`]: the `cordon` command line and its progress display.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod evidence;
+pub mod exec;
+pub mod expr;
+pub mod runbook;
+pub mod store;
+pub mod time;

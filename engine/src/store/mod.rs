@@ -1,0 +1,360 @@
+//! Durable state behind one trait.
+//!
+//! The executor talks only to [`Store`]; `sqlite.rs` implements it today and `postgres.rs`
+//! will sit beside it with its own migrations folder (same version numbers). Every state
+//! change goes through [`Store::commit`], which checks the run's lease token (fencing) and
+//! appends the audit events in the same transaction, so the trail and the state never
+//! disagree. Timestamps are RFC 3339 UTC strings with millisecond precision
+//! (`2026-11-25T23:57:58.123Z`), which sort as text.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use cordon_connectors::EvidenceRecord;
+
+/// Run states (`runbook-format.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Waiting,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "waiting" => RunStatus::Waiting,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => return None,
+        })
+    }
+    /// Queued, running or waiting: the run can still change.
+    pub fn is_active(self) -> bool {
+        matches!(self, RunStatus::Queued | RunStatus::Running | RunStatus::Waiting)
+    }
+}
+
+/// Step (and step item) states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Waiting,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Waiting => "waiting",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => StepStatus::Pending,
+            "running" => StepStatus::Running,
+            "waiting" => StepStatus::Waiting,
+            "succeeded" => StepStatus::Succeeded,
+            "failed" => StepStatus::Failed,
+            "skipped" => StepStatus::Skipped,
+            "cancelled" => StepStatus::Cancelled,
+            _ => return None,
+        })
+    }
+    /// Succeeded, failed, skipped or cancelled.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled
+        )
+    }
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// ULID.
+    pub id: String,
+    /// The runbook's `name`.
+    pub runbook: String,
+    /// The exact runbook text the run started with; resume, retry and undo use it.
+    pub runbook_text: String,
+    /// Lowercase hex SHA-256 of `runbook_text`.
+    pub runbook_sha256: String,
+    pub status: RunStatus,
+    /// `cli:dana`, `webhook:siem`, `schedule:sweep`, `api:soc-bot`, `undo:<run>`.
+    pub trigger: String,
+    pub started_by: String,
+    /// Inputs after defaults and type conversion.
+    pub inputs: Value,
+    pub concurrency_key: Option<String>,
+    /// The run this one undoes.
+    pub undo_of: Option<String>,
+    /// A dry run calls no mutating action.
+    pub dry_run: bool,
+    /// Grouping for review: concurrency key, else `alert_id`, else the origin run's case.
+    pub case_id: String,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Set by `cordon cancel`; the executing process notices and stops.
+    pub cancel_requested: bool,
+}
+
+/// A step's aggregate state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub run_id: String,
+    pub step_id: String,
+    pub status: StepStatus,
+    /// Attempts summed over the step's items.
+    pub attempts: u32,
+    /// For an action step: number of items (1, or the `for_each` length). Approval/task: 0.
+    pub items: u32,
+    /// Rendered message / inputs for approval and task steps; None for action steps
+    /// (their inputs live on the items).
+    pub inputs: Option<Value>,
+    /// A plain step: its item's output; `for_each`: the list of item outputs in order.
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// Why the step was skipped or cancelled.
+    pub reason: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Approval/task timeout deadline.
+    pub deadline: Option<String>,
+    /// True for `on_failure` steps.
+    pub on_failure: bool,
+}
+
+/// One action invocation: a plain step has item 0, a `for_each` step one per element.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    pub run_id: String,
+    pub step_id: String,
+    pub idx: u32,
+    pub status: StepStatus,
+    pub attempts: u32,
+    /// Rendered inputs, stored before the first attempt; retries, resume and undo reuse them.
+    pub inputs: Value,
+    /// The connector instance that runs it.
+    pub connector: String,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// The target's state read before the first mutating call.
+    pub prior_state: Option<Value>,
+    /// Secret output fields (a lock PIN): shown to admins only.
+    pub secret_output: Option<Value>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// A decision on an approval or task step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub run_id: String,
+    pub step_id: String,
+    /// `approve`, `reject` (approvals) or `done` (tasks), or `timeout-approve`/`timeout-reject`.
+    pub decision: String,
+    /// `cli:dana`, `api:dana`, `system:timeout`.
+    pub decided_by: String,
+    pub comment: Option<String>,
+    pub at: String,
+    /// The exact resolved inputs of the steps this decision releases.
+    pub releases: Value,
+}
+
+/// An audit event to append; the store assigns `seq`, `at`, `prev_hash`, `hash`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditDraft {
+    pub run_id: Option<String>,
+    pub actor: String,
+    /// e.g. `run.created`, `step.started`, `step.succeeded`, `approval.decided`.
+    pub action: String,
+    pub details: Value,
+}
+
+/// A stored audit event (the JSON Lines export has exactly these fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub at: String,
+    pub run_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub details: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The checkpoint kept outside the events table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Proof that this process may execute a run. `token` increases with every acquisition
+/// (fencing): a commit with a stale token is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub run_id: String,
+    pub owner: String,
+    pub token: i64,
+}
+
+/// Who holds a run's lease and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub owner: String,
+    pub until: String,
+}
+
+/// One state change inside a [`Store::commit`].
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Run status. `error` and `finished_at` are written as given (None clears them, as
+    /// on `cordon retry`); `started_at` is only ever set once, when Some.
+    Run {
+        status: RunStatus,
+        error: Option<String>,
+        started_at: Option<String>,
+        finished_at: Option<String>,
+    },
+    /// Insert or replace the step row.
+    Step(StepRecord),
+    /// Insert or replace the item row.
+    Item(ItemRecord),
+    /// Record an evidence artifact.
+    Evidence(EvidenceRecord),
+    /// Delete the step's item rows with `idx >= from_idx` (a retried `for_each` whose list
+    /// is rendered again).
+    TruncateItems { step_id: String, from_idx: u32 },
+}
+
+/// Filters for [`Store::list_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub runbook: Option<String>,
+    pub case_id: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// What [`Store::create_run`] did.
+#[derive(Debug, Clone)]
+pub enum Created {
+    /// A new run was stored.
+    New(RunRecord),
+    /// An active run with the same concurrency key exists; the trigger was recorded on it.
+    Joined(RunRecord),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The lease was taken by another process (or expired and was re-acquired): stop.
+    #[error("lease on run {0} lost to another process")]
+    LeaseLost(String),
+    #[error("run {0} not found")]
+    RunNotFound(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The durable store. Implementations must be safe to share between tasks and processes.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Create a run (status `queued`) with its `run.created` audit event in one transaction,
+    /// or join the active run with the same concurrency key (recording the trigger on it and
+    /// a `run.joined` event).
+    async fn create_run(&self, run: RunRecord, audit: AuditDraft) -> Result<Created>;
+
+    /// Take the run's lease if it is free, expired, already ours, or `steal_from` names the
+    /// current owner (the caller proved that process dead). Returns None when someone else
+    /// holds it.
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+        steal_from: Option<&str>,
+    ) -> Result<Option<Lease>>;
+    /// Extend the lease; `LeaseLost` if it is no longer ours.
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<()>;
+    /// Give the lease up (a waiting or finished run).
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+    /// Current holder, if the lease is held and not expired.
+    async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>>;
+
+    /// Apply state changes and append audit events atomically, if `lease` is still current.
+    async fn commit(&self, lease: &Lease, changes: Vec<Change>, audit: Vec<AuditDraft>)
+        -> Result<()>;
+
+    /// Append audit events that belong to no leased state change (config load, pause,
+    /// exports, a CLI decision's record).
+    async fn append_audit(&self, audit: Vec<AuditDraft>) -> Result<()>;
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>>;
+    async fn items(&self, run_id: &str) -> Result<Vec<ItemRecord>>;
+
+    /// Record a decision on an approval or task step, with its audit event, without the
+    /// lease (the executing process picks it up).
+    async fn add_decision(&self, decision: Decision, audit: AuditDraft) -> Result<()>;
+    async fn decisions(&self, run_id: &str) -> Result<Vec<Decision>>;
+
+    /// Ask the executing process to cancel (with the `run.cancel_requested` audit event).
+    async fn request_cancel(&self, run_id: &str, audit: AuditDraft) -> Result<()>;
+
+    /// Stop (or allow) every new mutating call across all processes; audited.
+    async fn set_paused(&self, paused: bool, audit: AuditDraft) -> Result<()>;
+    async fn is_paused(&self) -> Result<bool>;
+
+    /// Triggers that joined the run through its concurrency key (alert payloads).
+    async fn joined_triggers(&self, run_id: &str) -> Result<Vec<Value>>;
+
+    async fn evidence(&self, run_id: &str) -> Result<Vec<EvidenceRecord>>;
+
+    /// Events in sequence order; all of them, or one run's.
+    async fn audit_events(&self, run_id: Option<&str>) -> Result<Vec<AuditEvent>>;
+    async fn audit_head(&self) -> Result<Option<AuditHead>>;
+}
