@@ -1,1 +1,241 @@
-//! Local vendor sandbox (to be written)
+//! A local, stateful imitation of vendor APIs, for `cordon demo`, runbook rehearsal and
+//! tests. It binds to loopback only and keeps everything in memory.
+//!
+//! Today it serves a small generic directory and device API under `/demo/` that the
+//! demonstration runbook drives through the `http` connector; the vendor imitations
+//! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// One imitated user account.
+#[derive(Debug, Clone)]
+struct User {
+    id: String,
+    email: String,
+    name: String,
+    status: &'static str,
+}
+
+/// One imitated managed device.
+#[derive(Debug, Clone)]
+struct Device {
+    id: String,
+    serial: String,
+    owner: String,
+    contained: bool,
+}
+
+#[derive(Debug, Default)]
+struct World {
+    users: BTreeMap<String, User>,
+    devices: BTreeMap<String, Device>,
+    /// Every mutating request, for tests and the demo's summary.
+    calls: Vec<String>,
+}
+
+/// Shared sandbox state.
+#[derive(Clone, Default)]
+pub struct Sandbox {
+    world: Arc<Mutex<World>>,
+}
+
+/// A running sandbox server.
+pub struct SandboxServer {
+    pub addr: SocketAddr,
+    pub sandbox: Sandbox,
+    handle: JoinHandle<()>,
+}
+
+impl SandboxServer {
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SandboxServer {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+impl Sandbox {
+    /// A sandbox seeded with the demonstration's people and devices.
+    pub fn seeded() -> Sandbox {
+        let s = Sandbox::default();
+        if let Ok(mut w) = s.world.lock() {
+            for (id, email, name) in [
+                ("00u1demo0suspect", "j.smith@example.com", "John Smith"),
+                ("00u2demo0analyst", "dana@example.com", "Dana Analyst"),
+            ] {
+                w.users.insert(
+                    email.to_string(),
+                    User { id: id.into(), email: email.into(), name: name.into(), status: "ACTIVE" },
+                );
+            }
+            for (id, serial, owner) in [
+                ("dev-001", "C02DEMO0001", "j.smith@example.com"),
+                ("dev-002", "C02DEMO0002", "j.smith@example.com"),
+            ] {
+                w.devices.insert(
+                    serial.to_string(),
+                    Device { id: id.into(), serial: serial.into(), owner: owner.into(), contained: false },
+                );
+            }
+        }
+        s
+    }
+
+    /// Mutating calls received so far, as `METHOD path` lines.
+    pub fn calls(&self) -> Vec<String> {
+        self.world.lock().map(|w| w.calls.clone()).unwrap_or_default()
+    }
+
+    /// Serve on an ephemeral loopback port.
+    pub async fn serve(self) -> std::io::Result<SandboxServer> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let app = self.router();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!(error = %e, "sandbox server stopped");
+            }
+        });
+        Ok(SandboxServer { addr, sandbox: self, handle })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/demo/users/{user}", get(get_user))
+            .route("/demo/users/{user}/suspend", post(suspend))
+            .route("/demo/users/{user}/unsuspend", post(unsuspend))
+            .route("/demo/users/{user}/logs", get(logs))
+            .route("/demo/devices/{serial}", get(get_device))
+            .route("/demo/devices/{serial}/contain", post(contain))
+            .route("/demo/devices/{serial}/release", post(release))
+            .with_state(self.clone())
+    }
+
+    fn record(&self, line: String) {
+        if let Ok(mut w) = self.world.lock() {
+            w.calls.push(line);
+        }
+    }
+}
+
+fn not_found(what: &str) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"error": format!("{what} not found")}))).into_response()
+}
+
+fn user_json(u: &User) -> Value {
+    json!({"id": u.id, "email": u.email, "name": u.name, "status": u.status})
+}
+
+fn find<'a>(w: &'a mut World, key: &str) -> Option<&'a mut User> {
+    let key = key.to_ascii_lowercase();
+    w.users
+        .values_mut()
+        .find(|u| u.email.eq_ignore_ascii_case(&key) || u.id == key)
+}
+
+async fn get_user(State(s): State<Sandbox>, Path(user): Path<String>) -> Response {
+    let Ok(mut w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    match find(&mut w, &user) {
+        Some(u) => Json(user_json(u)).into_response(),
+        None => not_found("user"),
+    }
+}
+
+async fn set_status(s: Sandbox, user: String, to: &'static str, verb: &str) -> Response {
+    s.record(format!("POST /demo/users/{user}/{verb}"));
+    let Ok(mut w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    match find(&mut w, &user) {
+        Some(u) => {
+            let already = u.status == to;
+            u.status = to;
+            Json(json!({"target": u.id, "already": already, "status": to})).into_response()
+        }
+        None => not_found("user"),
+    }
+}
+
+async fn suspend(State(s): State<Sandbox>, Path(user): Path<String>) -> Response {
+    set_status(s, user, "SUSPENDED", "suspend").await
+}
+
+async fn unsuspend(State(s): State<Sandbox>, Path(user): Path<String>) -> Response {
+    set_status(s, user, "ACTIVE", "unsuspend").await
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    since: Option<String>,
+}
+
+async fn logs(State(s): State<Sandbox>, Path(user): Path<String>, Query(q): Query<LogQuery>) -> Response {
+    let email = {
+        let Ok(mut w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+        match find(&mut w, &user) {
+            Some(u) => u.email.clone(),
+            None => return not_found("user"),
+        }
+    };
+    let since = q.since.unwrap_or_else(|| "2026-01-01T00:00:00Z".into());
+    let events = [
+        ("user.session.start", "175.45.176.12", "AnyDesk/8.0"),
+        ("user.authentication.sso", "175.45.176.12", "Chrome/131"),
+        ("app.github.clone", "103.56.16.4", "git/2.43"),
+    ];
+    let body: String = events
+        .iter()
+        .enumerate()
+        .map(|(i, (ev, ip, ua))| {
+            json!({"uuid": format!("evt-{i}"), "published": since, "eventType": ev,
+                   "actor": {"alternateId": email}, "client": {"ipAddress": ip, "userAgent": ua}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+async fn get_device(State(s): State<Sandbox>, Path(serial): Path<String>) -> Response {
+    let Ok(w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    match w.devices.get(&serial) {
+        Some(d) => Json(json!({"found": true, "id": d.id, "serial": d.serial, "owner": d.owner, "contained": d.contained})).into_response(),
+        None => Json(json!({"found": false, "serial": serial})).into_response(),
+    }
+}
+
+async fn set_contained(s: Sandbox, serial: String, to: bool, verb: &str) -> Response {
+    s.record(format!("POST /demo/devices/{serial}/{verb}"));
+    let Ok(mut w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    match w.devices.get_mut(&serial) {
+        Some(d) => {
+            let already = d.contained == to;
+            d.contained = to;
+            Json(json!({"target": d.id, "already": already, "contained": to})).into_response()
+        }
+        None => not_found("device"),
+    }
+}
+
+async fn contain(State(s): State<Sandbox>, Path(serial): Path<String>) -> Response {
+    set_contained(s, serial, true, "contain").await
+}
+
+async fn release(State(s): State<Sandbox>, Path(serial): Path<String>) -> Response {
+    set_contained(s, serial, false, "release").await
+}

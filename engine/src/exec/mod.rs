@@ -1,1 +1,322 @@
-//! (to be written)
+//! The executor: turns a validated runbook and its inputs into a durable run.
+//!
+//! - [`Engine`] holds what every run needs (store, connectors, templates, evidence, guards).
+//! - [`Engine::start_run`] stores a new run (or joins an active one by concurrency key).
+//! - [`Engine::execute`] takes the run's lease and drives it until it finishes or waits for
+//!   people ([`runner`]); every state change commits before the next side effect.
+//! - [`item`]: one action invocation with its retries, timeout, pause and guard checks.
+//! - [`decide`]: approvals and tasks decided from the command line (and later the API).
+//! - [`undo`]: plans the undo run of a finished run.
+//! - [`document`]: the run document `--json` and the API print.
+
+pub mod context;
+pub mod decide;
+pub mod document;
+pub mod item;
+pub mod runner;
+pub mod undo;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cordon_connectors::registry::Registry;
+use cordon_connectors::secret::Redactor;
+use serde_json::{Map, Value};
+
+use crate::config::{Config, Guards};
+use crate::evidence::LocalEvidence;
+use crate::expr::Templates;
+use crate::runbook::validate::{validate, ValidatedRunbook, ValidationContext};
+use crate::store::{AuditDraft, Created, RunRecord, RunStatus, Store, StoreError};
+
+/// How long a lease lasts without a heartbeat.
+pub const LEASE_TTL_MS: u64 = 15_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("run {run} is being executed by another process ({owner}, lease until {until}); wait for it, or run `cordon resume {run}` after that process has stopped")]
+    Busy {
+        run: String,
+        owner: String,
+        until: String,
+    },
+    #[error("run {0} not found")]
+    NotFound(String),
+    #[error("the runbook stored with run {run} no longer validates: {message}")]
+    StoredRunbook { run: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A change of state worth showing a person following the run.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    StepStarted { step: String, items: u32 },
+    StepRetrying { step: String, idx: u32, attempt: u32, delay_ms: u64, error: String },
+    ItemFinished { step: String, idx: u32, total: u32, ok: bool },
+    StepFinished { step: String, status: crate::store::StepStatus, detail: Option<String> },
+    Waiting { step: String, message: String },
+    Paused { step: String },
+}
+
+/// Receives [`Progress`] events (the CLI's display; a no-op elsewhere).
+pub trait Observer: Send + Sync {
+    fn event(&self, event: Progress);
+}
+
+/// Observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {
+    fn event(&self, _event: Progress) {}
+}
+
+/// Everything runs need, shared.
+#[derive(Clone)]
+pub struct Engine {
+    pub inner: Arc<EngineInner>,
+}
+
+pub struct EngineInner {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub templates: Templates,
+    pub evidence: LocalEvidence,
+    pub redactor: Redactor,
+    /// This process's lease owner id: `host/pid/nonce`.
+    pub owner: String,
+}
+
+/// What to start.
+pub struct StartRequest {
+    pub runbook: ValidatedRunbook,
+    /// Supplied inputs (not yet checked).
+    pub inputs: Map<String, Value>,
+    /// `cli:dana`, `webhook:siem`, …
+    pub trigger: String,
+    pub started_by: String,
+    pub dry_run: bool,
+}
+
+impl Engine {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        registry: Registry,
+        redactor: Redactor,
+    ) -> Engine {
+        let evidence = LocalEvidence::new(config.evidence_dir.clone());
+        let host = hostname();
+        let owner = format!("{host}/{}/{}", std::process::id(), ulid::Ulid::new());
+        Engine {
+            inner: Arc::new(EngineInner {
+                config,
+                store,
+                registry,
+                templates: Templates::new(),
+                evidence,
+                redactor,
+                owner,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    pub fn guards(&self) -> &Guards {
+        &self.inner.config.guards
+    }
+
+    /// What the validator needs to know about this configuration.
+    pub fn validation_context(&self) -> ValidationContext {
+        ValidationContext {
+            instances: Some(self.inner.registry.instance_types()),
+        }
+    }
+
+    /// Parse and validate stored runbook text (resume, retry, undo use the stored copy).
+    pub fn stored_runbook(&self, run: &RunRecord) -> Result<ValidatedRunbook, ExecError> {
+        validate(
+            &run.runbook_text,
+            &format!("{} (stored with run {})", run.runbook, run.id),
+            &self.validation_context(),
+        )
+        .map_err(|diags| ExecError::StoredRunbook {
+            run: run.id.clone(),
+            message: diags
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    /// Check inputs, render the concurrency key, and store the run (or join an active one).
+    pub async fn start_run(&self, req: StartRequest) -> Result<Created, ExecError> {
+        let inputs = crate::runbook::inputs::resolve_inputs(&req.runbook.runbook, req.inputs)
+            .map_err(|errs| {
+                ExecError::Invalid(
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+        let id = ulid::Ulid::new().to_string();
+        let now = crate::time::now();
+        let inputs = Value::Object(inputs);
+        let ctx = serde_json::json!({
+            "inputs": inputs,
+            "run": {"id": id, "runbook": req.runbook.runbook.name, "started_at": now, "trigger": req.trigger},
+        });
+        let concurrency_key = match &req.runbook.runbook.concurrency_key {
+            Some(t) if !req.dry_run => {
+                let v = self
+                    .inner
+                    .templates
+                    .render_str(t, &ctx)
+                    .map_err(|e| ExecError::Invalid(format!("concurrency_key: {e}")))?;
+                Some(match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                })
+            }
+            _ => None,
+        };
+        let case_id = concurrency_key
+            .clone()
+            .or_else(|| {
+                inputs
+                    .get("alert_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| id.clone());
+        let run = RunRecord {
+            id: id.clone(),
+            runbook: req.runbook.runbook.name.clone(),
+            runbook_text: req.runbook.text.clone(),
+            runbook_sha256: req.runbook.sha256.clone(),
+            status: RunStatus::Queued,
+            trigger: req.trigger.clone(),
+            started_by: req.started_by.clone(),
+            inputs: inputs.clone(),
+            concurrency_key: concurrency_key.clone(),
+            undo_of: None,
+            dry_run: req.dry_run,
+            case_id,
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            cancel_requested: false,
+        };
+        let audit = AuditDraft {
+            run_id: Some(id),
+            actor: req.started_by.clone(),
+            action: "run.created".into(),
+            details: serde_json::json!({
+                "runbook": req.runbook.runbook.name,
+                "runbook_sha256": req.runbook.sha256,
+                "trigger": req.trigger,
+                "inputs": self.inner.redactor.redact_value(&inputs),
+                "concurrency_key": concurrency_key,
+                "dry_run": req.dry_run,
+            }),
+        };
+        Ok(self.inner.store.create_run(run, audit).await?)
+    }
+
+    /// Store a run built elsewhere (undo runs), with its audit event.
+    pub async fn store_run(&self, run: RunRecord, audit: AuditDraft) -> Result<RunRecord, ExecError> {
+        match self.inner.store.create_run(run, audit).await? {
+            Created::New(r) | Created::Joined(r) => Ok(r),
+        }
+    }
+
+    /// Take the run's lease and drive it to its end or until it waits for people.
+    pub async fn execute(
+        &self,
+        run_id: &str,
+        observer: Arc<dyn Observer>,
+    ) -> Result<RunRecord, ExecError> {
+        let lease = self.acquire(run_id).await?;
+        runner::drive(self.clone(), lease, observer).await
+    }
+
+    /// Acquire a run's lease, taking it over from a process on this host that has died.
+    pub async fn acquire(&self, run_id: &str) -> Result<crate::store::Lease, ExecError> {
+        let store = self.store();
+        if store.get_run(run_id).await?.is_none() {
+            return Err(ExecError::NotFound(run_id.to_string()));
+        }
+        let holder = store.lease_holder(run_id).await?;
+        let steal = holder
+            .as_ref()
+            .filter(|h| owner_is_dead(&h.owner))
+            .map(|h| h.owner.clone());
+        match store
+            .acquire_lease(run_id, &self.inner.owner, LEASE_TTL_MS, steal.as_deref())
+            .await?
+        {
+            Some(lease) => Ok(lease),
+            None => {
+                let h = store.lease_holder(run_id).await?;
+                Err(ExecError::Busy {
+                    run: run_id.to_string(),
+                    owner: h.as_ref().map(|h| h.owner.clone()).unwrap_or_default(),
+                    until: h.map(|h| h.until).unwrap_or_default(),
+                })
+            }
+        }
+    }
+
+    /// The evidence folder root.
+    pub fn evidence_dir(&self) -> PathBuf {
+        self.inner.config.evidence_dir.clone()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// True when `owner` (`host/pid/nonce`) names a process on this host that no longer exists.
+/// A lease held by another host is never presumed dead: it must expire.
+pub fn owner_is_dead(owner: &str) -> bool {
+    let mut parts = owner.splitn(3, '/');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if host != hostname() {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for the process's existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    if r == 0 {
+        return is_zombie(pid);
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// A killed child not yet reaped by its parent still answers signal 0.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}

@@ -1,0 +1,329 @@
+//! One action invocation (a plain step, or one `for_each` element): pause and guard checks,
+//! the prior-state read, attempts with timeout, backoff with jitter, and "retry after".
+//!
+//! The run loop commits the item as `running` (first attempt counted) before spawning this
+//! task; this task commits every further attempt and the prior state itself, each before the
+//! call it precedes, and hands the final record back to the loop, which commits it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cordon_connectors::{
+    ActionCall, ActionDecl, Connector, ConnectorError, Effect, EvidenceRecord, RequestLog,
+    RequestSummary,
+};
+use rand::Rng;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, Observer, Progress};
+use crate::store::{AuditDraft, Change, ItemRecord, Lease, StepStatus, StoreError};
+
+/// A vendor's "retry after" is honoured up to this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Bound on one attempt when the step sets no `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// How often and how patiently to try.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Every attempt counts, the first included.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `next` (2, 3, …): exponential from `backoff`, capped at
+    /// `max_backoff`, with jitter in [50 %, 100 %]; a vendor's retry-after wins (up to
+    /// [`MAX_RETRY_AFTER`]) and is never shortened.
+    pub fn delay(&self, next: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(MAX_RETRY_AFTER);
+        }
+        let exp = next.saturating_sub(2).min(20);
+        let raw = self
+            .backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.max_backoff);
+        let jitter = rand::thread_rng().gen_range(0.5..=1.0);
+        raw.mul_f64(jitter)
+    }
+}
+
+/// Everything one item task needs.
+pub struct ItemJob {
+    pub engine: Engine,
+    pub lease: Lease,
+    pub connector: Arc<dyn Connector>,
+    pub decl: &'static ActionDecl,
+    pub record: ItemRecord,
+    pub policy: RetryPolicy,
+    pub timeout: Duration,
+    pub effect: Effect,
+    pub dry_run: bool,
+    pub cancel: CancellationToken,
+    pub observer: Arc<dyn Observer>,
+}
+
+/// What came of it.
+pub struct ItemDone {
+    pub record: ItemRecord,
+    pub evidence: Vec<EvidenceRecord>,
+    pub requests: Vec<RequestSummary>,
+    /// The lease was lost: stop without committing anything more.
+    pub lease_lost: bool,
+}
+
+impl ItemJob {
+    pub fn idempotency_key(&self) -> String {
+        idempotency_key(&self.record.run_id, &self.record.step_id, self.record.idx)
+    }
+
+    pub async fn run(mut self) -> ItemDone {
+        let sink = self
+            .engine
+            .inner
+            .evidence
+            .sink(&self.record.run_id, &self.record.step_id);
+        let requests = RequestLog::default();
+        let key = self.idempotency_key();
+        let outcome = self.attempts(&sink, &requests, &key).await;
+        let mut lease_lost = false;
+        let now = crate::time::now();
+        let redactor = &self.engine.inner.redactor;
+        match outcome {
+            Ok(output) => {
+                let (public, secret) = split_secrets(self.decl, redactor.redact_value(&output));
+                self.record.status = StepStatus::Succeeded;
+                self.record.output = Some(public);
+                self.record.secret_output = secret;
+                self.record.error = None;
+            }
+            Err(Outcome::Cancelled) => {
+                self.record.status = StepStatus::Cancelled;
+                self.record.error = Some("cancelled".into());
+            }
+            Err(Outcome::LeaseLost) => {
+                lease_lost = true;
+            }
+            Err(Outcome::Failed(msg)) => {
+                self.record.status = StepStatus::Failed;
+                self.record.error = Some(redactor.redact_str(&msg));
+            }
+        }
+        self.record.finished_at = Some(now);
+        ItemDone {
+            record: self.record,
+            evidence: sink.take_records(),
+            requests: requests.take(),
+            lease_lost,
+        }
+    }
+
+    async fn attempts(
+        &mut self,
+        sink: &crate::evidence::CallEvidence,
+        requests: &RequestLog,
+        key: &str,
+    ) -> Result<Value, Outcome> {
+        let store = self.engine.inner.store.clone();
+        let mutating = self.effect == Effect::Mutation;
+        loop {
+            if mutating {
+                self.wait_while_paused().await?;
+            }
+            if mutating && self.record.prior_state.is_none() {
+                let call = self.call(sink, requests, key);
+                match tokio::time::timeout(self.timeout, self.connector.prior_state(call)).await {
+                    Ok(Ok(Some(state))) => {
+                        self.record.prior_state =
+                            Some(self.engine.inner.redactor.redact_value(&state));
+                        self.commit_item(None).await?;
+                    }
+                    Ok(Ok(None)) => {}
+                    // A failed read is not fatal: the action itself reports `already`.
+                    Ok(Err(e)) => tracing::warn!(error = %self.engine.inner.redactor.redact_str(&e.to_string()), "prior-state read failed"),
+                    Err(_) => tracing::warn!("prior-state read timed out"),
+                }
+            }
+            let call = self.call(sink, requests, key);
+            let result = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Outcome::Cancelled),
+                r = tokio::time::timeout(self.timeout, self.connector.call(call)) => r,
+            };
+            let err = match result {
+                Ok(Ok(output)) => return Ok(output),
+                Ok(Err(e)) => e,
+                Err(_) => ConnectorError::Timeout(self.timeout),
+            };
+            let message = err.to_string();
+            if !err.is_transient() || self.record.attempts >= self.policy.attempts {
+                let tries = self.record.attempts;
+                return Err(Outcome::Failed(if tries > 1 {
+                    format!("{message} (after {tries} attempts)")
+                } else {
+                    message
+                }));
+            }
+            let next = self.record.attempts + 1;
+            let delay = self.policy.delay(next, err.retry_after());
+            let shown = self.engine.inner.redactor.redact_str(&message);
+            self.observer.event(Progress::StepRetrying {
+                step: self.record.step_id.clone(),
+                idx: self.record.idx,
+                attempt: next,
+                delay_ms: delay.as_millis() as u64,
+                error: shown.clone(),
+            });
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Outcome::Cancelled),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            self.record.attempts = next;
+            self.record.error = Some(shown.clone());
+            let audit = AuditDraft {
+                run_id: Some(self.record.run_id.clone()),
+                actor: "engine".into(),
+                action: "step.retrying".into(),
+                details: serde_json::json!({
+                    "step": self.record.step_id, "index": self.record.idx,
+                    "attempt": next, "previous_error": shown,
+                    "requests": requests.take(),
+                }),
+            };
+            self.commit_item(Some(audit)).await?;
+            drop(store.clone());
+        }
+    }
+
+    fn call<'a>(
+        &'a self,
+        sink: &'a crate::evidence::CallEvidence,
+        requests: &'a RequestLog,
+        key: &'a str,
+    ) -> ActionCall<'a> {
+        ActionCall {
+            action: self.decl.name,
+            input: &self.record.inputs,
+            idempotency_key: key,
+            run_id: &self.record.run_id,
+            step_id: &self.record.step_id,
+            attempt: self.record.attempts,
+            evidence: sink,
+            requests,
+        }
+    }
+
+    async fn commit_item(&self, audit: Option<AuditDraft>) -> Result<(), Outcome> {
+        self.engine
+            .inner
+            .store
+            .commit(
+                &self.lease,
+                vec![Change::Item(self.record.clone())],
+                audit.into_iter().collect(),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::LeaseLost(_) => Outcome::LeaseLost,
+                other => Outcome::Failed(format!("could not record the attempt: {other}")),
+            })
+    }
+
+    async fn wait_while_paused(&self) -> Result<(), Outcome> {
+        let mut told = false;
+        loop {
+            match self.engine.inner.store.is_paused().await {
+                Ok(false) => return Ok(()),
+                Ok(true) => {}
+                // Fail closed: an unreadable pause flag means no mutating call.
+                Err(e) => tracing::warn!(error = %e, "cannot read the pause flag; waiting"),
+            }
+            if !told {
+                self.observer.event(Progress::Paused {
+                    step: self.record.step_id.clone(),
+                });
+                told = true;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Outcome::Cancelled),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Cancelled,
+    LeaseLost,
+    Failed(String),
+}
+
+/// `<run id>/<step id>/<for_each index>`; a plain step has index 0.
+pub fn idempotency_key(run_id: &str, step_id: &str, idx: u32) -> String {
+    format!("{run_id}/{step_id}/{idx}")
+}
+
+/// Move the action's declared secret output fields out of the public output.
+fn split_secrets(decl: &ActionDecl, output: Value) -> (Value, Option<Value>) {
+    if decl.secret_outputs.is_empty() {
+        return (output, None);
+    }
+    let Value::Object(mut map) = output else {
+        return (output, None);
+    };
+    let mut secret = Map::new();
+    for name in decl.secret_outputs {
+        if let Some(v) = map.remove(*name) {
+            secret.insert((*name).to_string(), v);
+            map.insert((*name).to_string(), Value::String("[SECRET]".into()));
+        }
+    }
+    let secret = (!secret.is_empty()).then_some(Value::Object(secret));
+    (Value::Object(map), secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 10,
+            backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(10),
+        };
+        for _ in 0..50 {
+            let d2 = p.delay(2, None);
+            assert!(d2 >= Duration::from_secs(1) && d2 <= Duration::from_secs(2), "{d2:?}");
+            let d4 = p.delay(4, None);
+            assert!(d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8), "{d4:?}");
+            let d9 = p.delay(9, None);
+            assert!(d9 <= Duration::from_secs(10), "{d9:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_over_max_backoff_up_to_fifteen_minutes() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(2, Some(Duration::from_secs(90))), Duration::from_secs(90));
+        assert_eq!(p.delay(2, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(idempotency_key("R", "s", 3), "R/s/3");
+    }
+}
