@@ -1,1 +1,666 @@
+//! End-to-end tests: the real `cordon` binary against a local HTTP server.
 
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{step, Env, TestServer};
+use serde_json::Value;
+
+fn rb(name: &str, body: &str) -> String {
+    format!("version: 1\nname: {name}\n{body}")
+}
+
+#[test]
+fn dag_order_parallel_steps_and_outputs_between_steps() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    let u = srv.url();
+    env.write_runbook(
+        "dag",
+        &rb(
+            "dag",
+            &format!(
+                r#"inputs:
+  base: {{ type: string, default: "{u}" }}
+steps:
+  - id: first
+    uses: http.request
+    with: {{ method: GET, url: "{{{{ inputs.base }}}}/ok/user-42" }}
+  - id: left
+    needs: [first]
+    uses: http.request
+    with: {{ method: GET, url: "{{{{ inputs.base }}}}/delay/400/left/{{{{ steps.first.output.body.id }}}}" }}
+  - id: right
+    needs: [first]
+    uses: http.request
+    with: {{ method: GET, url: "{{{{ inputs.base }}}}/delay/400/right" }}
+  - id: last
+    needs: [left, right]
+    uses: http.request
+    with: {{ method: GET, url: "{{{{ inputs.base }}}}/ok/last" }}
+"#
+            ),
+        ),
+    );
+    let r = env.run(&["run", "dag", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    assert_eq!(doc["status"], "succeeded");
+    let first = &srv.hits("/ok/user-42")[0];
+    let left = &srv.hits("/left/")[0];
+    let right = &srv.hits("/right")[0];
+    let last = &srv.hits("/ok/last")[0];
+    // Output of `first` reached `left`'s URL.
+    assert!(left.path.ends_with("/left/user-42"), "{}", left.path);
+    // Order: first before both, both before last.
+    assert!(first.end <= left.start && first.end <= right.start);
+    assert!(left.end <= last.start && right.end <= last.start);
+    // left and right overlapped in time: they ran concurrently.
+    assert!(left.start < right.end && right.start < left.end, "left/right did not overlap");
+    assert_eq!(step(&doc, "left")["output"]["status"], 200);
+}
+
+#[test]
+fn if_false_skips_and_propagates_unless_own_condition() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "cond",
+        &rb(
+            "cond",
+            &format!(
+                r#"inputs:
+  confidence: {{ type: number, default: 0.2 }}
+steps:
+  - id: gated
+    if: inputs.confidence >= 0.7
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/gated" }}
+  - id: follows
+    needs: [gated]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/follows" }}
+  - id: own-if
+    needs: [gated]
+    if: inputs.confidence < 0.7
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/own-if" }}
+"#,
+                u = srv.url()
+            ),
+        ),
+    );
+    let r = env.run(&["run", "cond", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    assert_eq!(step(&doc, "gated")["status"], "skipped");
+    assert_eq!(step(&doc, "follows")["status"], "skipped");
+    assert_eq!(step(&doc, "own-if")["status"], "succeeded");
+    assert!(srv.hits("/ok/gated").is_empty() && srv.hits("/ok/follows").is_empty());
+    assert_eq!(srv.hits("/ok/own-if").len(), 1);
+}
+
+#[test]
+fn for_each_outputs_keep_input_order_and_respect_the_bound() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "fan",
+        &rb(
+            "fan",
+            &format!(
+                r#"inputs:
+  delays: {{ type: array, items: {{ type: integer }}, default: [300, 50, 200, 10] }}
+steps:
+  - id: fan
+    for_each: inputs.delays
+    as: ms
+    max_parallel: 2
+    uses: http.request
+    with: {{ method: GET, url: "{u}/delay/{{{{ ms }}}}/item-{{{{ ms }}}}" }}
+"#,
+                u = srv.url()
+            ),
+        ),
+    );
+    let r = env.run(&["run", "fan", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    let ids: Vec<String> = step(&doc, "fan")["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["body"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["item-300", "item-50", "item-200", "item-10"]);
+    // Never more than two at once.
+    let seen = srv.seen();
+    for a in &seen {
+        let overlapping = seen.iter().filter(|b| b.start < a.end && a.start < b.end).count();
+        assert!(overlapping <= 2, "{overlapping} requests overlapped");
+    }
+}
+
+#[test]
+fn retries_after_503_and_after_429_with_retry_after() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "retry",
+        &rb(
+            "retry",
+            &format!(
+                r#"steps:
+  - id: flaky
+    uses: http.request
+    with: {{ method: POST, url: "{u}/flaky/2/x" }}
+    retry: {{ attempts: 4, backoff: 100ms, max_backoff: 200ms }}
+  - id: limited
+    uses: http.request
+    with: {{ method: POST, url: "{u}/limited/1/2/y" }}
+"#,
+                u = srv.url()
+            ),
+        ),
+    );
+    let r = env.run(&["run", "retry", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    assert_eq!(step(&doc, "flaky")["attempts"], 3);
+    assert_eq!(step(&doc, "limited")["attempts"], 2);
+    let flaky = srv.hits("/flaky/");
+    assert_eq!(flaky.len(), 3);
+    // Same idempotency key on every attempt.
+    let keys: Vec<&String> = flaky.iter().map(|s| &s.headers["idempotency-key"]).collect();
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    assert!(keys[0].ends_with("/flaky/0"), "{}", keys[0]);
+    // Retry-After: 2 was honoured.
+    let lim = srv.hits("/limited/");
+    assert_eq!(lim.len(), 2);
+    let gap = lim[1].start.duration_since(lim[0].end);
+    assert!(gap >= Duration::from_millis(1900), "waited only {gap:?}");
+}
+
+#[test]
+fn a_4xx_is_not_retried_and_timeouts_fail_the_step() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "fails",
+        &rb(
+            "fails",
+            &format!(
+                r#"steps:
+  - id: slow
+    uses: http.request
+    with: {{ method: GET, url: "{u}/delay/3000/slow" }}
+    timeout: 300ms
+    retry: {{ attempts: 2, backoff: 50ms }}
+    continue_on_error: true
+  - id: bad
+    uses: http.request
+    with: {{ method: POST, url: "{u}/status/404/missing" }}
+"#,
+                u = srv.url()
+            ),
+        ),
+    );
+    let r = env.run(&["run", "fails", "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let doc = r.json();
+    assert_eq!(doc["status"], "failed");
+    let slow = step(&doc, "slow");
+    assert_eq!(slow["status"], "failed");
+    assert_eq!(slow["attempts"], 2);
+    assert!(slow["error"].as_str().unwrap().contains("timed out"), "{slow}");
+    let bad = step(&doc, "bad");
+    assert_eq!(bad["attempts"], 1);
+    assert!(bad["error"].as_str().unwrap().contains("404"), "{bad}");
+    assert_eq!(srv.hits("/status/404").len(), 1);
+}
+
+#[test]
+fn on_failure_steps_run_with_the_error_and_later_steps_are_cancelled() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "onfail",
+        &rb(
+            "onfail",
+            &format!(
+                r#"steps:
+  - id: breaks
+    uses: http.request
+    with: {{ method: POST, url: "{u}/status/500/boom" }}
+    retry: {{ attempts: 1 }}
+  - id: after
+    needs: [breaks]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/after" }}
+on_failure:
+  - id: page
+    uses: http.request
+    with: {{ method: POST, url: "{u}/echo/page", json: {{ text: "{{{{ run.runbook }}}} failed: {{{{ run.error }}}}" }} }}
+"#,
+                u = srv.url()
+            ),
+        ),
+    );
+    let r = env.run(&["run", "onfail", "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let doc = r.json();
+    assert_eq!(step(&doc, "after")["status"], "cancelled");
+    assert_eq!(step(&doc, "page")["status"], "succeeded");
+    assert!(srv.hits("/ok/after").is_empty());
+    let page = &srv.hits("/echo/page")[0];
+    assert!(page.body.contains("onfail failed: step `breaks` failed"), "{}", page.body);
+}
+
+fn approval_runbook(u: &str) -> String {
+    rb(
+        "gate",
+        &format!(
+            r#"inputs:
+  user: {{ type: string, default: "mallory@example.com" }}
+steps:
+  - id: look
+    uses: http.request
+    with: {{ method: GET, url: "{u}/ok/look" }}
+  - id: approve-suspend
+    needs: [look]
+    approval:
+      approvers: [role:legal]
+      message: "Suspend {{{{ inputs.user }}}}?"
+  - id: suspend
+    needs: [approve-suspend]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/suspend/{{{{ inputs.user }}}}" }}
+on_failure:
+  - id: tell
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/tell" }}
+"#
+        ),
+    )
+}
+
+#[test]
+fn approval_waits_durably_then_approve_continues() {
+    let srv = TestServer::start();
+    let env = Env::new(
+        "api:\n  tokens:\n    - { name: dana, token: { env: DANA_TOKEN }, role: approver, groups: [legal] }\n    - { name: sam, token: { env: SAM_TOKEN }, role: approver, groups: [finance] }\n",
+    );
+    env.write_runbook("gate", &approval_runbook(&srv.url()));
+    let r = env.run(&["run", "gate", "--as", "dana"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let run = r.run_id();
+    assert!(srv.hits("/ok/suspend").is_empty());
+    let doc = env.show(&run);
+    assert_eq!(doc["status"], "waiting");
+    // The starter cannot approve alone; a person outside the group cannot approve at all.
+    let selfie = env.run(&["approve", &run, "approve-suspend", "--by", "dana"]);
+    assert_eq!(selfie.code, 1, "{selfie:?}");
+    assert!(selfie.stderr.contains("cannot approve it alone"), "{selfie:?}");
+    let outsider = env.run(&["approve", &run, "approve-suspend", "--by", "sam"]);
+    assert_eq!(outsider.code, 1, "{outsider:?}");
+    assert!(srv.hits("/ok/suspend").is_empty());
+    // Someone else in legal: admin has every group.
+    let env2_tokens = env.run(&["approve", &run, "approve-suspend", "--by", "nobody"]);
+    assert_eq!(env2_tokens.code, 1, "{env2_tokens:?}");
+    std::fs::write(
+        env.path().join("config.yaml"),
+        "database: sqlite://cordon.db\nevidence: { dir: evidence }\nrunbooks: runbooks\napi:\n  tokens:\n    - { name: dana, token: { env: DANA_TOKEN }, role: approver, groups: [legal] }\n    - { name: lee, token: { env: LEE_TOKEN }, role: approver, groups: [legal] }\n",
+    )
+    .unwrap();
+    let ok = env.run(&["approve", &run, "approve-suspend", "--by", "lee", "--comment", "evidence is clear", "--json"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let doc = ok.json();
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(srv.hits("/ok/suspend/mallory@example.com").len(), 1);
+    let approvers = &step(&doc, "approve-suspend")["output"]["approvers"];
+    assert_eq!(approvers[0], "cli:lee");
+    // The decision is in the audit trail with its comment.
+    let audit = env.run(&["audit", "export", "--run", &run, "--format", "jsonl"]);
+    assert_eq!(audit.code, 0);
+    let decided: Vec<Value> = audit
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "approval.decided")
+        .collect();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0]["actor"], "cli:lee");
+    assert_eq!(decided[0]["details"]["comment"], "evidence is clear");
+}
+
+#[test]
+fn rejection_fails_the_run_and_runs_on_failure() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook("gate", &approval_runbook(&srv.url()));
+    let r = env.run(&["run", "gate", "--as", "ana"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let run = r.run_id();
+    // The starter may reject.
+    let rej = env.run(&["approve", &run, "approve-suspend", "--by", "ana", "--reject", "--comment", "false positive", "--json"]);
+    assert_eq!(rej.code, 1, "{rej:?}");
+    let doc = rej.json();
+    assert_eq!(doc["status"], "failed");
+    assert_eq!(step(&doc, "suspend")["status"], "cancelled");
+    assert_eq!(step(&doc, "tell")["status"], "succeeded");
+    assert!(doc["error"].as_str().unwrap().contains("false positive"), "{doc}");
+    assert!(srv.hits("/ok/suspend").is_empty());
+}
+
+#[test]
+fn undo_reverses_succeeded_steps_newest_first() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "undoable",
+        &rb(
+            "undoable",
+            &format!(
+                r#"inputs:
+  devices: {{ type: array, default: ["d1", "d2"] }}
+steps:
+  - id: suspend
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/suspend" }}
+    undo: {{ uses: http.request, with: {{ method: POST, url: "{u}/ok/unsuspend" }} }}
+  - id: contain
+    needs: [suspend]
+    for_each: inputs.devices
+    as: dev
+    max_parallel: 1
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/contain/{{{{ dev }}}}" }}
+    undo: {{ uses: http.request, with: {{ method: POST, url: "{u}/ok/release/{{{{ dev }}}}" }} }}
+  - id: note
+    needs: [contain]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/note" }}
+"#,
+                u = srv.url()
+            ),
+        ),
+    );
+    let r = env.run(&["run", "undoable"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let run = r.run_id();
+    let u = env.run(&["undo", &run, "--json"]);
+    assert_eq!(u.code, 0, "{u:?}");
+    let doc = u.json();
+    assert_eq!(doc["undo_of"], run.as_str());
+    let order: Vec<String> = srv
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("/release/") || s.path.contains("/unsuspend"))
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(order, ["/ok/release/d2", "/ok/release/d1", "/ok/unsuspend"]);
+    // `note` has no undo: reported, not silently dropped.
+    let plan = doc["inputs"]["plan"].as_array().unwrap();
+    assert!(plan.iter().any(|p| p["step"] == "note" && p["disposition"] == "not_undoable"), "{plan:?}");
+}
+
+#[test]
+fn dry_run_calls_lookups_only_and_reports_the_rest() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "plan",
+        &rb(
+            "plan",
+            &format!(
+                r#"steps:
+  - id: find
+    uses: http.request
+    with: {{ method: GET, url: "{u}/ok/u-77" }}
+  - id: suspend
+    needs: [find]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/suspend/{{{{ steps.find.output.body.id }}}}" }}
+  - id: approve-it
+    needs: [suspend]
+    approval: {{ approvers: [role:legal] }}
+  - id: notify
+    needs: [approve-it]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/notify", json: {{ target: "{{{{ steps.suspend.output.body.id }}}}" }} }}
+"#,
+                u = srv.url()
+            ),
+        ),
+    );
+    let r = env.run(&["run", "plan", "--dry-run", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    assert_eq!(srv.hits("/ok/u-77").len(), 1, "the lookup runs for real");
+    assert!(srv.seen().iter().all(|s| s.method == "GET"), "{:?}", srv.seen());
+    let s = step(&doc, "suspend");
+    assert_eq!(s["output"]["dry_run"], true);
+    assert!(s["output"]["inputs"]["url"].as_str().unwrap().ends_with("/ok/suspend/u-77"), "{s}");
+    let n = step(&doc, "notify");
+    let target = n["output"]["inputs"]["json"]["target"].as_str().unwrap();
+    assert!(target.contains("not run in dry run"), "{target}");
+}
+
+#[test]
+fn resume_after_kill_dash_nine_repeats_no_succeeded_step() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "slow",
+        &rb(
+            "slow",
+            &format!(
+                r#"steps:
+  - id: first
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/first" }}
+  - id: slow
+    needs: [first]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/delay/2500/slow" }}
+  - id: last
+    needs: [slow]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/last" }}
+"#,
+                u = srv.url()
+            ),
+        ),
+    );
+    let mut child = env.spawn(&["run", "slow"]);
+    // Wait until the slow step's request is in flight, then kill -9.
+    let t0 = Instant::now();
+    while srv.state.seen.lock().unwrap().iter().all(|s| !s.path.contains("/ok/first")) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "first step never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let run = stdout.lines().find_map(|l| l.strip_prefix("run ")).expect("run id").trim().to_string();
+    // Let the killed attempt's request finish on the server before counting.
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = env.run(&["resume", &run, "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["status"], "succeeded");
+    assert_eq!(srv.hits("/ok/first").len(), 1, "a succeeded step was repeated");
+    let slow = srv.hits("/slow");
+    assert_eq!(slow.len(), 2, "the interrupted step runs again");
+    assert_eq!(slow[0].headers["idempotency-key"], slow[1].headers["idempotency-key"]);
+    assert_eq!(srv.hits("/ok/last").len(), 1);
+    let v = env.run(&["audit", "verify"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}
+
+#[test]
+fn secrets_from_env_never_reach_database_audit_logs_or_errors() {
+    let srv = TestServer::start();
+    let secret = "s3cr3t-Value-8d1f0a77";
+    let mut env = Env::new(&format!(
+        "connectors:\n  api:\n    type: http\n    base_url: {}\n    headers:\n      X-Api-Key: {{ env: TEST_API_KEY }}\n",
+        srv.url()
+    ));
+    env.extra_env.push(("TEST_API_KEY".into(), secret.into()));
+    env.write_runbook(
+        "sec",
+        &rb(
+            "sec",
+            r#"steps:
+  - id: echo
+    uses: http.request
+    with: { method: POST, url: /echo/with-key, json: { hello: world } }
+  - id: fail
+    needs: [echo]
+    uses: http.request
+    with: { method: GET, url: /status/403/denied }
+"#,
+        ),
+    );
+    let r = env.run(&["run", "sec", "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    // The server did get the header...
+    assert_eq!(srv.hits("/echo/with-key")[0].headers["x-api-key"], secret);
+    // ...but nothing Cordon wrote or printed contains it.
+    let run = r.run_id();
+    let export = env.run(&["audit", "export", "--run", &run, "--format", "jsonl"]);
+    let html = env.run(&["audit", "export", "--run", &run, "--format", "html"]);
+    let show = env.run(&["runs", "show", &run, "--json", "--reveal"]);
+    for (what, text) in [
+        ("run output", format!("{}{}", r.stdout, r.stderr)),
+        ("audit jsonl", export.stdout.clone()),
+        ("audit html", html.stdout.clone()),
+        ("runs show", show.stdout.clone()),
+    ] {
+        assert!(!text.contains(secret), "secret leaked into {what}");
+    }
+    let mut db_bytes = Vec::new();
+    for f in ["cordon.db", "cordon.db-wal"] {
+        if let Ok(b) = std::fs::read(env.path().join(f)) {
+            db_bytes.extend(b);
+        }
+    }
+    assert!(!db_bytes.is_empty());
+    assert!(
+        !db_bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "secret stored in the database"
+    );
+    assert!(show.stdout.contains("[REDACTED]"), "the echoed header should show as redacted");
+}
+
+#[test]
+fn bad_input_exits_two_naming_the_problem() {
+    let env = Env::new("");
+    env.write_runbook(
+        "typed",
+        &rb(
+            "typed",
+            r#"inputs:
+  subject_email: { type: string, format: email, required: true }
+  confidence: { type: number, minimum: 0, maximum: 1, default: 0.5 }
+steps:
+  - id: noop
+    uses: core.noop
+    with: { who: "{{ inputs.subject_email }}" }
+"#,
+        ),
+    );
+    let unknown = env.run(&["run", "typo"]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(unknown.stderr.contains("typo"), "{unknown:?}");
+    let missing = env.run(&["run", "typed"]);
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("subject_email"), "{missing:?}");
+    let mistyped = env.run(&["run", "typed", "--input", "subject_email=a@b.co", "--input", "confidence=high"]);
+    assert_eq!(mistyped.code, 2, "{mistyped:?}");
+    assert!(mistyped.stderr.contains("confidence"), "{mistyped:?}");
+    let alert = env.run(&["run", "typed", "--alert", "nope.json"]);
+    assert_eq!(alert.code, 2, "{alert:?}");
+    assert!(alert.stderr.contains("nope.json"), "{alert:?}");
+    std::fs::write(env.path().join("alert.json"), r#"{"subject_email": "x@example.com", "confidence": 0.9}"#).unwrap();
+    let good = env.run(&["run", "typed", "--alert", "alert.json", "--json"]);
+    assert_eq!(good.code, 0, "{good:?}");
+    assert_eq!(good.json()["inputs"]["confidence"], 0.9);
+    // Nothing was stored for the bad attempts.
+    let list = env.run(&["runs", "list", "--json"]);
+    assert_eq!(list.json().as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn hundred_steps_and_ten_thousand_items() {
+    let env = Env::new("");
+    let mut steps = String::from("steps:\n");
+    for i in 0..100 {
+        let needs = if i == 0 { String::new() } else { format!("\n    needs: [s{}]", i - 1) };
+        steps.push_str(&format!("  - id: s{i}{needs}\n    uses: core.noop\n    with: {{ n: {i} }}\n"));
+    }
+    env.write_runbook("hundred", &rb("hundred", &steps));
+    let r = env.run(&["run", "hundred", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(step(&r.json(), "s99")["output"]["n"], 99);
+
+    env.write_runbook(
+        "wide",
+        &rb(
+            "wide",
+            "steps:\n  - id: wide\n    for_each: inputs.n\n    max_parallel: 64\n    uses: core.noop\n    with: { i: \"{{ item }}\" }\ninputs:\n  n: { type: array, required: true }\n",
+        ),
+    );
+    let list: Vec<u32> = (0..10_000).collect();
+    std::fs::write(env.path().join("big.json"), serde_json::json!({ "n": list }).to_string()).unwrap();
+    let r = env.run(&["run", "wide", "--alert", "big.json", "--json"]);
+    assert_eq!(r.code, 0, "{:?}", r.stderr);
+    let out = step(&r.json(), "wide")["output"].as_array().unwrap().clone();
+    assert_eq!(out.len(), 10_000);
+    assert_eq!(out[9_999]["i"], 9_999);
+}
+
+#[test]
+fn audit_verify_names_the_first_tampered_event() {
+    let env = Env::new("");
+    env.write_runbook("one", &rb("one", "steps:\n  - id: a\n    uses: core.noop\n"));
+    for _ in 0..3 {
+        assert_eq!(env.run(&["run", "one"]).code, 0);
+    }
+    let ok = env.run(&["audit", "verify", "--json"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert_eq!(ok.json()["ok"], true);
+    let events = ok.json()["events"].as_u64().unwrap();
+    assert!(events >= 12, "{events}");
+    // Edit one event's details in place.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", env.db().display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE audit_events SET details = '{\"forged\":true}' WHERE seq = 5")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    });
+    let bad = env.run(&["audit", "verify", "--json"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert_eq!(bad.json()["first_bad"], 5);
+}
+
+#[test]
+fn validate_reports_every_problem_with_location_and_exit_one() {
+    let env = Env::new("");
+    let p = env.write_runbook(
+        "broken",
+        "version: 1\nname: broken\nsteps:\n  - id: a\n    uses: http.request\n    neds: [b]\n    with: { method: GET, url: /x }\n  - id: b\n    uses: http.requets\n",
+    );
+    let r = env.run(&["validate", p.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains(":6:5:"), "{r:?}");
+    assert!(r.stdout.contains("needs"), "{r:?}");
+    assert!(r.stdout.contains(":9:11:") || r.stdout.contains(":9:"), "{r:?}");
+    let good = env.run(&["validate", env.path().join("runbooks/none.yaml").to_str().unwrap()]);
+    assert_ne!(good.code, 0);
+}
