@@ -966,3 +966,269 @@ impl AuditRow {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::audit;
+    use crate::store::conformance;
+
+    async fn temp_store() -> (tempfile::TempDir, String, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cordon.db").to_string_lossy().into_owned();
+        let store = SqliteStore::open(&path).await.expect("open");
+        (dir, path, store)
+    }
+
+    #[tokio::test]
+    async fn conformance_suite() {
+        let (_dir, _, store) = temp_store().await;
+        conformance::run_all(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_commits_keep_one_chain() {
+        let (_dir, _, store) = temp_store().await;
+        conformance::concurrent_commits(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_handles_on_one_file_keep_one_chain() {
+        let (_dir, path, a) = temp_store().await;
+        let b = SqliteStore::open(&format!("sqlite://{path}"))
+            .await
+            .expect("open b");
+        conformance::two_handles(Arc::new(a), Arc::new(b)).await;
+    }
+
+    #[tokio::test]
+    async fn in_memory_database_works() {
+        let store = SqliteStore::open("sqlite::memory:").await.expect("open");
+        conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn open_accepts_urls_and_paths_and_sets_pragmas() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (i, form) in ["sqlite://{}", "sqlite:{}", "{}"].iter().enumerate() {
+            let path = dir.path().join(format!("db{i}.sqlite"));
+            let url = form.replace("{}", &path.to_string_lossy());
+            let store = SqliteStore::open(&url).await.expect("open");
+            assert!(path.exists(), "{url} created the file");
+            let mut conn = store.write.acquire().await.expect("conn");
+            let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("mode");
+            assert_eq!(mode, "wal");
+            let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("sync");
+            assert_eq!(sync, 2, "synchronous=FULL");
+            let (fk,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("fk");
+            assert_eq!(fk, 1);
+            let (busy,): (i64,) = sqlx::query_as("PRAGMA busy_timeout")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("busy");
+            assert_eq!(busy, 10_000);
+        }
+        // Opening an existing, migrated file again is fine.
+        let path = dir.path().join("db2.sqlite");
+        SqliteStore::open(&path.to_string_lossy())
+            .await
+            .expect("reopen");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_migrating_a_fresh_file_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fresh.db").to_string_lossy().into_owned();
+        let (a, b) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
+        a.expect("first open");
+        b.expect("second open");
+    }
+
+    /// A store with `n` events across two runs, and a raw connection for tampering.
+    async fn tamper_setup(n: usize) -> (tempfile::TempDir, SqliteStore, SqliteConnection) {
+        let (dir, path, store) = temp_store().await;
+        for i in 0..n {
+            store
+                .append_audit(vec![conformance::draft(
+                    Some(if i % 2 == 0 { "run-a" } else { "run-b" }),
+                    "step.succeeded",
+                    json!({"i": i, "user": "j.doe@example.com"}),
+                )])
+                .await
+                .expect("append");
+        }
+        let report = verify_store(&store).await;
+        assert!(report.ok, "{report:?}");
+        let raw = SqliteConnection::connect(&format!("sqlite://{path}"))
+            .await
+            .expect("raw");
+        (dir, store, raw)
+    }
+
+    async fn verify_store(store: &SqliteStore) -> audit::VerifyReport {
+        let events = store.audit_events(None).await.expect("events");
+        let head = store.audit_head().await.expect("head");
+        audit::verify(&events, head.as_ref())
+    }
+
+    async fn exec(raw: &mut SqliteConnection, sql: &str) {
+        sqlx::query(sql).execute(raw).await.expect(sql);
+    }
+
+    #[tokio::test]
+    async fn tamper_edited_details_names_the_event() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        exec(
+            &mut raw,
+            r#"UPDATE audit_events SET details = '{"i":3,"user":"someone.else@example.com"}' WHERE seq = 4"#,
+        )
+        .await;
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(4));
+        assert!(r.problem.unwrap_or_default().contains("altered"));
+    }
+
+    #[tokio::test]
+    async fn tamper_edited_actor_with_rehash_is_caught_at_the_next_link() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        // Edit event 2 and recompute its hash: event 3 no longer links to it.
+        let mut events = store.audit_events(None).await.expect("events");
+        events[1].actor = "cli:mallory".into();
+        let forged = audit::event_hash(&audit::EventBody::of(&events[1]));
+        sqlx::query("UPDATE audit_events SET actor = 'cli:mallory', hash = ? WHERE seq = 2")
+            .bind(&forged)
+            .execute(&mut raw)
+            .await
+            .expect("update");
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(3));
+    }
+
+    #[tokio::test]
+    async fn tamper_deleted_middle_event_is_named() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        exec(&mut raw, "DELETE FROM audit_events WHERE seq = 3").await;
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(3));
+        assert!(r.problem.unwrap_or_default().contains("missing"));
+    }
+
+    #[tokio::test]
+    async fn tamper_swapped_events_are_named() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        exec(&mut raw, "UPDATE audit_events SET seq = -1 WHERE seq = 2").await;
+        exec(&mut raw, "UPDATE audit_events SET seq = 2 WHERE seq = 5").await;
+        exec(&mut raw, "UPDATE audit_events SET seq = 5 WHERE seq = -1").await;
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(2));
+    }
+
+    #[tokio::test]
+    async fn tamper_truncated_tail_names_the_first_missing_event() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        exec(&mut raw, "DELETE FROM audit_events WHERE seq >= 5").await;
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(5));
+        assert!(r.problem.unwrap_or_default().contains("truncated"));
+    }
+
+    #[tokio::test]
+    async fn tamper_invalid_json_is_reported_with_its_event() {
+        let (_dir, store, mut raw) = tamper_setup(3).await;
+        exec(
+            &mut raw,
+            "UPDATE audit_events SET details = '{oops' WHERE seq = 2",
+        )
+        .await;
+        let err = store.audit_events(None).await.expect_err("corrupt row");
+        assert!(err.to_string().contains("event 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn appending_after_tampering_with_the_head_fails_closed() {
+        let (_dir, store, mut raw) = tamper_setup(3).await;
+        // The head points back to event 1: the next append would reuse seq 2.
+        exec(&mut raw, "UPDATE audit_head SET seq = 1").await;
+        let result = store
+            .append_audit(vec![conformance::draft(None, "config.loaded", json!({}))])
+            .await;
+        assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
+        assert_eq!(store.audit_events(None).await.expect("events").len(), 3);
+    }
+
+    /// Run with `cargo test -p cordon -- --ignored commit_speed --nocapture`.
+    #[tokio::test]
+    #[ignore = "micro-benchmark"]
+    async fn commit_speed() {
+        let (_dir, _, store) = temp_store().await;
+        let run = conformance::run(
+            "01BENCH0000000000000000000",
+            None,
+            "2026-11-25T23:00:00.000Z",
+        );
+        store
+            .create_run(
+                run.clone(),
+                conformance::draft(Some(&run.id), "run.created", json!({})),
+            )
+            .await
+            .expect("create");
+        let lease = store
+            .acquire_lease(&run.id, "bench", 600_000, None)
+            .await
+            .expect("l")
+            .expect("l");
+        let n = 500u32;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let item = ItemRecord {
+                run_id: run.id.clone(),
+                step_id: "suspend".into(),
+                idx: i % 16,
+                status: StepStatus::Succeeded,
+                attempts: 1,
+                inputs: json!({"user": "00u1", "i": i}),
+                connector: "okta-prod".into(),
+                output: Some(json!({"already": false})),
+                error: None,
+                prior_state: None,
+                secret_output: None,
+                started_at: None,
+                finished_at: None,
+            };
+            store
+                .commit(
+                    &lease,
+                    vec![Change::Item(item)],
+                    vec![conformance::draft(
+                        Some(&run.id),
+                        "step.succeeded",
+                        json!({"i": i}),
+                    )],
+                )
+                .await
+                .expect("commit");
+        }
+        let mean = started.elapsed() / n;
+        println!("commit (1 item upsert + 1 audit event, synchronous=FULL): mean {mean:?}");
+    }
+}
