@@ -711,8 +711,10 @@ impl Store for SqliteStore {
 // ---------------------------------------------------------------------------------------
 
 fn ttl(ttl_ms: u64) -> chrono::TimeDelta {
-    // Clamp absurd values rather than overflow: a lease of ~292 million years is "forever".
-    chrono::TimeDelta::milliseconds(i64::try_from(ttl_ms).unwrap_or(i64::MAX / 1_000_000))
+    // Clamp absurd values instead of overflowing the timestamp: ten years is "forever" here.
+    const MAX_TTL_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
+    let ms = i64::try_from(ttl_ms.min(MAX_TTL_MS)).unwrap_or(0);
+    chrono::TimeDelta::milliseconds(ms)
 }
 
 fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
@@ -1004,6 +1006,35 @@ mod tests {
             .await
             .expect("open b");
         conformance::two_handles(Arc::new(a), Arc::new(b)).await;
+    }
+
+    #[tokio::test]
+    async fn huge_lease_ttl_does_not_overflow() {
+        let (_dir, _, store) = temp_store().await;
+        let run = conformance::run(
+            "01TTL000000000000000000000",
+            None,
+            "2026-11-25T23:00:00.000Z",
+        );
+        store
+            .create_run(
+                run.clone(),
+                conformance::draft(Some(&run.id), "run.created", json!({})),
+            )
+            .await
+            .expect("create");
+        let lease = store
+            .acquire_lease(&run.id, "p", u64::MAX, None)
+            .await
+            .expect("acquire")
+            .expect("free");
+        store.renew_lease(&lease, u64::MAX).await.expect("renew");
+        let holder = store
+            .lease_holder(&run.id)
+            .await
+            .expect("holder")
+            .expect("held");
+        assert!(holder.until > crate::time::now());
     }
 
     #[tokio::test]
