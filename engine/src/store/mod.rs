@@ -9,6 +9,10 @@
 
 pub mod sqlite;
 
+/// The backend-independent store test suite (run by each backend's tests).
+#[cfg(test)]
+pub(crate) mod conformance;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

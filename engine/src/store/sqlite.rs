@@ -1,1 +1,1265 @@
-//! SQLite store (to be written)
+//! The SQLite implementation of [`Store`]: the embedded default, one database file shared by
+//! every `cordon` process on the machine (a run, an `approve`, a `cancel`, `serve`).
+//!
+//! - WAL journal, `synchronous=FULL` (a committed step survives power loss), foreign keys on,
+//!   and a 10 s busy timeout so processes queue for the write lock instead of failing.
+//! - Every write is one transaction opened with `BEGIN IMMEDIATE`: it takes the write lock up
+//!   front, so two processes that read and then write cannot deadlock (a deferred transaction
+//!   that read first gets `SQLITE_BUSY` without waiting when it tries to write). Writes go
+//!   through a pool of one connection, which also queues this process's writers in order;
+//!   reads use a separate pool and see the last committed state (WAL readers never block).
+//! - Audit events are sealed inside the writing transaction from the head row read in that
+//!   same transaction, so the chain has one order even with several processes appending.
+//! - Lease expiry is judged on this process's clock (`crate::time::now()`), compared as RFC
+//!   3339 text with the stored `lease_until`; every process sharing a SQLite file runs on the
+//!   same machine, hence the same clock. Fencing does not depend on clocks: each acquisition
+//!   increments `lease_token` and every commit checks it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
+
+use super::{
+    AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, EvidenceRecord, ItemRecord,
+    Lease, LeaseHolder, Result, RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, Store,
+    StoreError,
+};
+use crate::audit::Chain;
+
+/// How long a connection waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a task waits for this process's single write connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_CONNECTIONS: u32 = 4;
+/// Attempts at running migrations; see [`SqliteStore::migrate`].
+const MIGRATE_ATTEMPTS: u32 = 5;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite store. Cheap to clone; clones share the pools.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    /// One connection: every write transaction.
+    write: SqlitePool,
+    /// Reads; the same pool as `write` for an in-memory database, which exists only on its
+    /// one connection.
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) and migrate the database at `sqlite://path`, `sqlite:path`
+    /// or a bare path. `sqlite::memory:` gives a private in-memory database (tests).
+    pub async fn open(url_or_path: &str) -> Result<SqliteStore> {
+        let in_memory = url_or_path.contains(":memory:") || url_or_path.contains("mode=memory");
+        let base = if url_or_path.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url_or_path)?
+        } else {
+            SqliteConnectOptions::new().filename(url_or_path)
+        };
+        let options = base
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        let mut write_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT);
+        if in_memory {
+            // The database lives and dies with its one connection: never let it close.
+            write_pool = write_pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let write = write_pool.connect_with(options.clone()).await?;
+        Self::migrate(&write).await?;
+
+        let read = if in_memory {
+            write.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READ_CONNECTIONS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?
+        };
+        Ok(SqliteStore { write, read })
+    }
+
+    /// Run the migrations. SQLite has no migration lock in sqlx, so two processes opening a
+    /// fresh file at once can collide; the loser retries and then finds the work done.
+    async fn migrate(pool: &SqlitePool) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            match MIGRATOR.run(pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < MIGRATE_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "migration attempt failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Close both pools, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    /// A write transaction holding the database write lock from its first statement.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes
+// ---------------------------------------------------------------------------------------
+
+/// Seal `drafts` onto the chain and store them with the new head, inside `tx`.
+async fn append_events(conn: &mut SqliteConnection, drafts: Vec<AuditDraft>) -> Result<()> {
+    if drafts.is_empty() {
+        return Ok(());
+    }
+    let head = read_head(&mut *conn).await?;
+    let mut chain = Chain::from_head(head);
+    for draft in drafts {
+        let ev = chain.seal(draft);
+        sqlx::query(
+            "INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(ev.seq)
+        .bind(&ev.at)
+        .bind(&ev.run_id)
+        .bind(&ev.actor)
+        .bind(&ev.action)
+        .bind(json_text(&ev.details)?)
+        .bind(&ev.prev_hash)
+        .bind(&ev.hash)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let head = chain.head();
+    sqlx::query(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )
+    .bind(head.seq)
+    .bind(&head.hash)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn read_head(conn: &mut SqliteConnection) -> Result<Option<AuditHead>> {
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(seq, hash)| AuditHead { seq, hash }))
+}
+
+async fn insert_run(conn: &mut SqliteConnection, run: &RunRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO runs (id, runbook, runbook_text, runbook_sha256, status, trigger_source,
+             started_by, inputs, concurrency_key, undo_of, dry_run, case_id, error, created_at,
+             started_at, finished_at, cancel_requested)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&run.id)
+    .bind(&run.runbook)
+    .bind(&run.runbook_text)
+    .bind(&run.runbook_sha256)
+    .bind(run.status.as_str())
+    .bind(&run.trigger)
+    .bind(&run.started_by)
+    .bind(json_text(&run.inputs)?)
+    .bind(&run.concurrency_key)
+    .bind(&run.undo_of)
+    .bind(run.dry_run)
+    .bind(&run.case_id)
+    .bind(&run.error)
+    .bind(&run.created_at)
+    .bind(&run.started_at)
+    .bind(&run.finished_at)
+    .bind(run.cancel_requested)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_step(conn: &mut SqliteConnection, s: &StepRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output, error,
+             reason, started_at, finished_at, deadline, on_failure)
+         VALUES (?1, ?2, (SELECT COALESCE(MAX(pos), -1) + 1 FROM steps WHERE run_id = ?1),
+             ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (run_id, step_id) DO UPDATE SET
+             status = excluded.status, attempts = excluded.attempts, items = excluded.items,
+             inputs = excluded.inputs, output = excluded.output, error = excluded.error,
+             reason = excluded.reason, started_at = excluded.started_at,
+             finished_at = excluded.finished_at, deadline = excluded.deadline,
+             on_failure = excluded.on_failure",
+    )
+    .bind(&s.run_id)
+    .bind(&s.step_id)
+    .bind(s.status.as_str())
+    .bind(i64::from(s.attempts))
+    .bind(i64::from(s.items))
+    .bind(opt_json_text(&s.inputs)?)
+    .bind(opt_json_text(&s.output)?)
+    .bind(&s.error)
+    .bind(&s.reason)
+    .bind(&s.started_at)
+    .bind(&s.finished_at)
+    .bind(&s.deadline)
+    .bind(s.on_failure)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_item(conn: &mut SqliteConnection, i: &ItemRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector, output,
+             error, prior_state, secret_output, started_at, finished_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (run_id, step_id, idx) DO UPDATE SET
+             status = excluded.status, attempts = excluded.attempts, inputs = excluded.inputs,
+             connector = excluded.connector, output = excluded.output, error = excluded.error,
+             prior_state = excluded.prior_state, secret_output = excluded.secret_output,
+             started_at = excluded.started_at, finished_at = excluded.finished_at",
+    )
+    .bind(&i.run_id)
+    .bind(&i.step_id)
+    .bind(i64::from(i.idx))
+    .bind(i.status.as_str())
+    .bind(i64::from(i.attempts))
+    .bind(json_text(&i.inputs)?)
+    .bind(&i.connector)
+    .bind(opt_json_text(&i.output)?)
+    .bind(&i.error)
+    .bind(opt_json_text(&i.prior_state)?)
+    .bind(opt_json_text(&i.secret_output)?)
+    .bind(&i.started_at)
+    .bind(&i.finished_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_evidence(conn: &mut SqliteConnection, e: &EvidenceRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO evidence (evidence_id, run_id, step_id, path, sha256, bytes, records,
+             collected_at, meta)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&e.evidence_id)
+    .bind(&e.run_id)
+    .bind(&e.step_id)
+    .bind(&e.path)
+    .bind(&e.sha256)
+    .bind(to_i64(e.bytes, "evidence.bytes")?)
+    .bind(to_i64(e.records, "evidence.records")?)
+    .bind(&e.collected_at)
+    .bind(json_text(&e.meta)?)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A change carries its own run id; under a lease it must be the leased run's, or the
+/// fencing check would protect the wrong run.
+fn same_run(lease: &Lease, what: &str, run_id: &str) -> Result<()> {
+    if run_id == lease.run_id {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "refusing a commit under the lease of run {} that carries a {what} of run {run_id}",
+            lease.run_id
+        )))
+    }
+}
+
+async fn apply(conn: &mut SqliteConnection, lease: &Lease, change: &Change) -> Result<()> {
+    match change {
+        Change::Run {
+            status,
+            error,
+            started_at,
+            finished_at,
+        } => {
+            sqlx::query(
+                "UPDATE runs SET status = ?, error = ?, started_at = COALESCE(started_at, ?),
+                     finished_at = ?
+                 WHERE id = ?",
+            )
+            .bind(status.as_str())
+            .bind(error)
+            .bind(started_at)
+            .bind(finished_at)
+            .bind(&lease.run_id)
+            .execute(conn)
+            .await?;
+        }
+        Change::Step(s) => {
+            same_run(lease, "step record", &s.run_id)?;
+            upsert_step(conn, s).await?;
+        }
+        Change::Item(i) => {
+            same_run(lease, "item record", &i.run_id)?;
+            upsert_item(conn, i).await?;
+        }
+        Change::Evidence(e) => {
+            same_run(lease, "evidence record", &e.run_id)?;
+            insert_evidence(conn, e).await?;
+        }
+        Change::TruncateItems { step_id, from_idx } => {
+            sqlx::query("DELETE FROM items WHERE run_id = ? AND step_id = ? AND idx >= ?")
+                .bind(&lease.run_id)
+                .bind(step_id)
+                .bind(i64::from(*from_idx))
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_exists(conn: &mut SqliteConnection, run_id: &str) -> Result<bool> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM runs WHERE id = ?")
+        .bind(run_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_run(&self, run: RunRecord, audit: AuditDraft) -> Result<Created> {
+        let mut tx = self.begin_write().await?;
+        if let Some(key) = &run.concurrency_key {
+            let existing: Option<RunRow> = sqlx::query_as(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs
+                 WHERE concurrency_key = ? AND status IN ('queued', 'running', 'waiting')
+                 ORDER BY created_at, id LIMIT 1"
+            ))
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let existing = row.into_record()?;
+                let at = crate::time::now();
+                sqlx::query(
+                    "INSERT INTO run_joins (run_id, trigger_source, started_by, inputs, at)
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(&existing.id)
+                .bind(&run.trigger)
+                .bind(&run.started_by)
+                .bind(json_text(&run.inputs)?)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+                let joined = AuditDraft {
+                    run_id: Some(existing.id.clone()),
+                    actor: audit.actor,
+                    action: "run.joined".into(),
+                    details: serde_json::json!({
+                        "trigger": run.trigger,
+                        "started_by": run.started_by,
+                        "concurrency_key": key,
+                        "details": audit.details,
+                    }),
+                };
+                append_events(&mut tx, vec![joined]).await?;
+                tx.commit().await?;
+                return Ok(Created::Joined(existing));
+            }
+        }
+        insert_run(&mut tx, &run).await?;
+        append_events(&mut tx, vec![audit]).await?;
+        tx.commit().await?;
+        Ok(Created::New(run))
+    }
+
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+        steal_from: Option<&str>,
+    ) -> Result<Option<Lease>> {
+        let now = chrono::Utc::now();
+        let until = crate::time::format(now + ttl(ttl_ms));
+        let now = crate::time::format(now);
+        let mut tx = self.begin_write().await?;
+        // Free, expired (until <= now), ours, or held by the process the caller proved dead.
+        let token: Option<(i64,)> = sqlx::query_as(
+            "UPDATE runs SET lease_owner = ?1, lease_until = ?2, lease_token = lease_token + 1
+             WHERE id = ?3 AND (lease_owner IS NULL OR lease_until IS NULL
+                 OR lease_until <= ?4 OR lease_owner = ?1 OR lease_owner = ?5)
+             RETURNING lease_token",
+        )
+        .bind(owner)
+        .bind(&until)
+        .bind(run_id)
+        .bind(&now)
+        .bind(steal_from)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let lease = match token {
+            Some((token,)) => Some(Lease {
+                run_id: run_id.to_owned(),
+                owner: owner.to_owned(),
+                token,
+            }),
+            None if run_exists(&mut tx, run_id).await? => None,
+            None => return Err(StoreError::RunNotFound(run_id.to_owned())),
+        };
+        tx.commit().await?;
+        Ok(lease)
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<()> {
+        let until = crate::time::format(chrono::Utc::now() + ttl(ttl_ms));
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND lease_token = ?",
+        )
+        .bind(&until)
+        .bind(&lease.run_id)
+        .bind(&lease.owner)
+        .bind(lease.token)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(lease.run_id.clone()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        // A lease already lost is already released: nothing to do, and never touch the
+        // new holder's lease.
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_until = NULL
+             WHERE id = ? AND lease_owner = ? AND lease_token = ?",
+        )
+        .bind(&lease.run_id)
+        .bind(&lease.owner)
+        .bind(lease.token)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>> {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT lease_owner, lease_until FROM runs WHERE id = ?")
+                .bind(run_id)
+                .fetch_optional(&self.read)
+                .await?;
+        let now = crate::time::now();
+        Ok(match row {
+            Some((Some(owner), Some(until))) if until > now => Some(LeaseHolder { owner, until }),
+            _ => None,
+        })
+    }
+
+    async fn commit(
+        &self,
+        lease: &Lease,
+        changes: Vec<Change>,
+        audit: Vec<AuditDraft>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let current: Option<(Option<String>, i64)> =
+            sqlx::query_as("SELECT lease_owner, lease_token FROM runs WHERE id = ?")
+                .bind(&lease.run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match current {
+            None => return Err(StoreError::RunNotFound(lease.run_id.clone())),
+            Some((Some(owner), token)) if owner == lease.owner && token == lease.token => {}
+            Some(_) => return Err(StoreError::LeaseLost(lease.run_id.clone())),
+        }
+        for change in &changes {
+            apply(&mut tx, lease, change).await?;
+        }
+        append_events(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, audit: Vec<AuditDraft>) -> Result<()> {
+        if audit.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        append_events(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let row: Option<RunRow> =
+            sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
+                .bind(run_id)
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(RunRow::into_record).transpose()
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1"));
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(runbook) = &filter.runbook {
+            q.push(" AND runbook = ").push_bind(runbook.clone());
+        }
+        if let Some(case_id) = &filter.case_id {
+            q.push(" AND case_id = ").push_bind(case_id.clone());
+        }
+        q.push(" ORDER BY created_at DESC, id DESC");
+        if let Some(limit) = filter.limit {
+            q.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        let rows: Vec<RunRow> = q.build_query_as().fetch_all(&self.read).await?;
+        rows.into_iter().map(RunRow::into_record).collect()
+    }
+
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
+        let rows: Vec<StepRow> = sqlx::query_as(
+            "SELECT run_id, step_id, status, attempts, items, inputs, output, error, reason,
+                 started_at, finished_at, deadline, on_failure
+             FROM steps WHERE run_id = ? ORDER BY pos",
+        )
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(StepRow::into_record).collect()
+    }
+
+    async fn items(&self, run_id: &str) -> Result<Vec<ItemRecord>> {
+        // Items follow their step's insertion order, then their index.
+        let rows: Vec<ItemRow> = sqlx::query_as(
+            "SELECT i.run_id, i.step_id, i.idx, i.status, i.attempts, i.inputs, i.connector,
+                 i.output, i.error, i.prior_state, i.secret_output, i.started_at, i.finished_at
+             FROM items i LEFT JOIN steps s ON s.run_id = i.run_id AND s.step_id = i.step_id
+             WHERE i.run_id = ?
+             ORDER BY s.pos IS NULL, s.pos, i.step_id, i.idx",
+        )
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(ItemRow::into_record).collect()
+    }
+
+    async fn add_decision(&self, decision: Decision, audit: AuditDraft) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        if !run_exists(&mut tx, &decision.run_id).await? {
+            return Err(StoreError::RunNotFound(decision.run_id));
+        }
+        sqlx::query(
+            "INSERT INTO decisions (run_id, step_id, decision, decided_by, comment, at, releases)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&decision.run_id)
+        .bind(&decision.step_id)
+        .bind(&decision.decision)
+        .bind(&decision.decided_by)
+        .bind(&decision.comment)
+        .bind(&decision.at)
+        .bind(json_text(&decision.releases)?)
+        .execute(&mut *tx)
+        .await?;
+        append_events(&mut tx, vec![audit]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn decisions(&self, run_id: &str) -> Result<Vec<Decision>> {
+        let rows: Vec<DecisionRow> = sqlx::query_as(
+            "SELECT run_id, step_id, decision, decided_by, comment, at, releases
+             FROM decisions WHERE run_id = ? ORDER BY at, id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(DecisionRow::into_record).collect()
+    }
+
+    async fn request_cancel(&self, run_id: &str, audit: AuditDraft) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE runs SET cancel_requested = TRUE WHERE id = ?")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::RunNotFound(run_id.to_owned()));
+        }
+        append_events(&mut tx, vec![audit]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_paused(&self, paused: bool, audit: AuditDraft) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO control (key, value) VALUES ('paused', ?)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(if paused { "true" } else { "false" })
+        .execute(&mut *tx)
+        .await?;
+        append_events(&mut tx, vec![audit]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn is_paused(&self) -> Result<bool> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM control WHERE key = 'paused'")
+                .fetch_optional(&self.read)
+                .await?;
+        match row.as_ref().map(|(v,)| v.as_str()) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(StoreError::Corrupt(format!(
+                "control.paused holds {other:?}, expected \"true\" or \"false\""
+            ))),
+        }
+    }
+
+    async fn joined_triggers(&self, run_id: &str) -> Result<Vec<Value>> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT trigger_source, started_by, inputs, at FROM run_joins
+             WHERE run_id = ? ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|(trigger, started_by, inputs, at)| {
+                Ok(serde_json::json!({
+                    "trigger": trigger,
+                    "started_by": started_by,
+                    "inputs": parse_json::<Value>(&inputs, "run_joins.inputs")?,
+                    "at": at,
+                }))
+            })
+            .collect()
+    }
+
+    async fn evidence(&self, run_id: &str) -> Result<Vec<EvidenceRecord>> {
+        let rows: Vec<EvidenceRow> = sqlx::query_as(
+            "SELECT evidence_id, run_id, step_id, path, sha256, bytes, records, collected_at, meta
+             FROM evidence WHERE run_id = ? ORDER BY collected_at, evidence_id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(EvidenceRow::into_record).collect()
+    }
+
+    async fn audit_events(&self, run_id: Option<&str>) -> Result<Vec<AuditEvent>> {
+        const COLUMNS: &str = "seq, at, run_id, actor, action, details, prev_hash, hash";
+        let rows: Vec<AuditRow> = match run_id {
+            Some(id) => {
+                sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM audit_events WHERE run_id = ? ORDER BY seq"
+                ))
+                .bind(id)
+                .fetch_all(&self.read)
+                .await?
+            }
+            None => {
+                sqlx::query_as(&format!("SELECT {COLUMNS} FROM audit_events ORDER BY seq"))
+                    .fetch_all(&self.read)
+                    .await?
+            }
+        };
+        rows.into_iter().map(AuditRow::into_record).collect()
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditHead>> {
+        let mut conn = self.read.acquire().await?;
+        read_head(&mut conn).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows and conversions
+// ---------------------------------------------------------------------------------------
+
+fn ttl(ttl_ms: u64) -> chrono::TimeDelta {
+    // Clamp absurd values instead of overflowing the timestamp: ten years is "forever" here.
+    const MAX_TTL_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
+    let ms = i64::try_from(ttl_ms.min(MAX_TTL_MS)).unwrap_or(0);
+    chrono::TimeDelta::milliseconds(ms)
+}
+
+fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v)
+        .map_err(|e| StoreError::Corrupt(format!("cannot serialise a JSON column: {e}")))
+}
+
+fn opt_json_text(v: &Option<Value>) -> Result<Option<String>> {
+    v.as_ref().map(json_text).transpose()
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("{column} is not valid JSON: {e}")))
+}
+
+fn parse_opt_json(text: Option<String>, column: &str) -> Result<Option<Value>> {
+    text.map(|t| parse_json(&t, column)).transpose()
+}
+
+fn to_u32(v: i64, column: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} = {v} is out of range")))
+}
+
+fn to_u64(v: i64, column: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} = {v} is negative")))
+}
+
+fn to_i64(v: u64, field: &str) -> Result<i64> {
+    i64::try_from(v)
+        .map_err(|_| StoreError::Corrupt(format!("{field} = {v} is too large to store")))
+}
+
+fn step_status(s: &str, column: &str) -> Result<StepStatus> {
+    StepStatus::parse(s)
+        .ok_or_else(|| StoreError::Corrupt(format!("{column} holds unknown status {s:?}")))
+}
+
+const RUN_COLUMNS: &str = "id, runbook, runbook_text, runbook_sha256, status, trigger_source, \
+     started_by, inputs, concurrency_key, undo_of, dry_run, case_id, error, created_at, \
+     started_at, finished_at, cancel_requested";
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: String,
+    runbook: String,
+    runbook_text: String,
+    runbook_sha256: String,
+    status: String,
+    trigger_source: String,
+    started_by: String,
+    inputs: String,
+    concurrency_key: Option<String>,
+    undo_of: Option<String>,
+    dry_run: bool,
+    case_id: String,
+    error: Option<String>,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    cancel_requested: bool,
+}
+
+impl RunRow {
+    fn into_record(self) -> Result<RunRecord> {
+        let status = RunStatus::parse(&self.status).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "runs.status of run {} holds unknown status {:?}",
+                self.id, self.status
+            ))
+        })?;
+        Ok(RunRecord {
+            inputs: parse_json(&self.inputs, "runs.inputs")?,
+            id: self.id,
+            runbook: self.runbook,
+            runbook_text: self.runbook_text,
+            runbook_sha256: self.runbook_sha256,
+            status,
+            trigger: self.trigger_source,
+            started_by: self.started_by,
+            concurrency_key: self.concurrency_key,
+            undo_of: self.undo_of,
+            dry_run: self.dry_run,
+            case_id: self.case_id,
+            error: self.error,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            cancel_requested: self.cancel_requested,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    run_id: String,
+    step_id: String,
+    status: String,
+    attempts: i64,
+    items: i64,
+    inputs: Option<String>,
+    output: Option<String>,
+    error: Option<String>,
+    reason: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    deadline: Option<String>,
+    on_failure: bool,
+}
+
+impl StepRow {
+    fn into_record(self) -> Result<StepRecord> {
+        Ok(StepRecord {
+            status: step_status(&self.status, "steps.status")?,
+            attempts: to_u32(self.attempts, "steps.attempts")?,
+            items: to_u32(self.items, "steps.items")?,
+            inputs: parse_opt_json(self.inputs, "steps.inputs")?,
+            output: parse_opt_json(self.output, "steps.output")?,
+            run_id: self.run_id,
+            step_id: self.step_id,
+            error: self.error,
+            reason: self.reason,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            deadline: self.deadline,
+            on_failure: self.on_failure,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ItemRow {
+    run_id: String,
+    step_id: String,
+    idx: i64,
+    status: String,
+    attempts: i64,
+    inputs: String,
+    connector: String,
+    output: Option<String>,
+    error: Option<String>,
+    prior_state: Option<String>,
+    secret_output: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+impl ItemRow {
+    fn into_record(self) -> Result<ItemRecord> {
+        Ok(ItemRecord {
+            idx: to_u32(self.idx, "items.idx")?,
+            status: step_status(&self.status, "items.status")?,
+            attempts: to_u32(self.attempts, "items.attempts")?,
+            inputs: parse_json(&self.inputs, "items.inputs")?,
+            output: parse_opt_json(self.output, "items.output")?,
+            prior_state: parse_opt_json(self.prior_state, "items.prior_state")?,
+            secret_output: parse_opt_json(self.secret_output, "items.secret_output")?,
+            run_id: self.run_id,
+            step_id: self.step_id,
+            connector: self.connector,
+            error: self.error,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DecisionRow {
+    run_id: String,
+    step_id: String,
+    decision: String,
+    decided_by: String,
+    comment: Option<String>,
+    at: String,
+    releases: String,
+}
+
+impl DecisionRow {
+    fn into_record(self) -> Result<Decision> {
+        Ok(Decision {
+            releases: parse_json(&self.releases, "decisions.releases")?,
+            run_id: self.run_id,
+            step_id: self.step_id,
+            decision: self.decision,
+            decided_by: self.decided_by,
+            comment: self.comment,
+            at: self.at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EvidenceRow {
+    evidence_id: String,
+    run_id: String,
+    step_id: String,
+    path: String,
+    sha256: String,
+    bytes: i64,
+    records: i64,
+    collected_at: String,
+    meta: String,
+}
+
+impl EvidenceRow {
+    fn into_record(self) -> Result<EvidenceRecord> {
+        Ok(EvidenceRecord {
+            bytes: to_u64(self.bytes, "evidence.bytes")?,
+            records: to_u64(self.records, "evidence.records")?,
+            meta: parse_json(&self.meta, "evidence.meta")?,
+            evidence_id: self.evidence_id,
+            run_id: self.run_id,
+            step_id: self.step_id,
+            path: self.path,
+            sha256: self.sha256,
+            collected_at: self.collected_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    at: String,
+    run_id: Option<String>,
+    actor: String,
+    action: String,
+    details: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl AuditRow {
+    fn into_record(self) -> Result<AuditEvent> {
+        let details = serde_json::from_str(&self.details).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "audit_events.details of event {} is not valid JSON (the row was edited): {e}",
+                self.seq
+            ))
+        })?;
+        Ok(AuditEvent {
+            details,
+            seq: self.seq,
+            at: self.at,
+            run_id: self.run_id,
+            actor: self.actor,
+            action: self.action,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::audit;
+    use crate::store::conformance;
+
+    async fn temp_store() -> (tempfile::TempDir, String, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cordon.db").to_string_lossy().into_owned();
+        let store = SqliteStore::open(&path).await.expect("open");
+        (dir, path, store)
+    }
+
+    #[tokio::test]
+    async fn conformance_suite() {
+        let (_dir, _, store) = temp_store().await;
+        conformance::run_all(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_commits_keep_one_chain() {
+        let (_dir, _, store) = temp_store().await;
+        conformance::concurrent_commits(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_handles_on_one_file_keep_one_chain() {
+        let (_dir, path, a) = temp_store().await;
+        let b = SqliteStore::open(&format!("sqlite://{path}"))
+            .await
+            .expect("open b");
+        conformance::two_handles(Arc::new(a), Arc::new(b)).await;
+    }
+
+    #[tokio::test]
+    async fn huge_lease_ttl_does_not_overflow() {
+        let (_dir, _, store) = temp_store().await;
+        let run = conformance::run(
+            "01TTL000000000000000000000",
+            None,
+            "2026-11-25T23:00:00.000Z",
+        );
+        store
+            .create_run(
+                run.clone(),
+                conformance::draft(Some(&run.id), "run.created", json!({})),
+            )
+            .await
+            .expect("create");
+        let lease = store
+            .acquire_lease(&run.id, "p", u64::MAX, None)
+            .await
+            .expect("acquire")
+            .expect("free");
+        store.renew_lease(&lease, u64::MAX).await.expect("renew");
+        let holder = store
+            .lease_holder(&run.id)
+            .await
+            .expect("holder")
+            .expect("held");
+        assert!(holder.until > crate::time::now());
+    }
+
+    #[tokio::test]
+    async fn in_memory_database_works() {
+        let store = SqliteStore::open("sqlite::memory:").await.expect("open");
+        conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn open_accepts_urls_and_paths_and_sets_pragmas() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (i, form) in ["sqlite://{}", "sqlite:{}", "{}"].iter().enumerate() {
+            let path = dir.path().join(format!("db{i}.sqlite"));
+            let url = form.replace("{}", &path.to_string_lossy());
+            let store = SqliteStore::open(&url).await.expect("open");
+            assert!(path.exists(), "{url} created the file");
+            let mut conn = store.write.acquire().await.expect("conn");
+            let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("mode");
+            assert_eq!(mode, "wal");
+            let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("sync");
+            assert_eq!(sync, 2, "synchronous=FULL");
+            let (fk,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("fk");
+            assert_eq!(fk, 1);
+            let (busy,): (i64,) = sqlx::query_as("PRAGMA busy_timeout")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("busy");
+            assert_eq!(busy, 10_000);
+        }
+        // Opening an existing, migrated file again is fine.
+        let path = dir.path().join("db2.sqlite");
+        SqliteStore::open(&path.to_string_lossy())
+            .await
+            .expect("reopen");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_migrating_a_fresh_file_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fresh.db").to_string_lossy().into_owned();
+        let (a, b) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
+        a.expect("first open");
+        b.expect("second open");
+    }
+
+    /// A store with `n` events across two runs, and a raw connection for tampering.
+    async fn tamper_setup(n: usize) -> (tempfile::TempDir, SqliteStore, SqliteConnection) {
+        let (dir, path, store) = temp_store().await;
+        for i in 0..n {
+            store
+                .append_audit(vec![conformance::draft(
+                    Some(if i % 2 == 0 { "run-a" } else { "run-b" }),
+                    "step.succeeded",
+                    json!({"i": i, "user": "j.doe@example.com"}),
+                )])
+                .await
+                .expect("append");
+        }
+        let report = verify_store(&store).await;
+        assert!(report.ok, "{report:?}");
+        let raw = SqliteConnection::connect(&format!("sqlite://{path}"))
+            .await
+            .expect("raw");
+        (dir, store, raw)
+    }
+
+    async fn verify_store(store: &SqliteStore) -> audit::VerifyReport {
+        let events = store.audit_events(None).await.expect("events");
+        let head = store.audit_head().await.expect("head");
+        audit::verify(&events, head.as_ref())
+    }
+
+    async fn exec(raw: &mut SqliteConnection, sql: &str) {
+        sqlx::query(sql).execute(raw).await.expect(sql);
+    }
+
+    #[tokio::test]
+    async fn tamper_edited_details_names_the_event() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        exec(
+            &mut raw,
+            r#"UPDATE audit_events SET details = '{"i":3,"user":"someone.else@example.com"}' WHERE seq = 4"#,
+        )
+        .await;
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(4));
+        assert!(r.problem.unwrap_or_default().contains("altered"));
+    }
+
+    #[tokio::test]
+    async fn tamper_edited_actor_with_rehash_is_caught_at_the_next_link() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        // Edit event 2 and recompute its hash: event 3 no longer links to it.
+        let mut events = store.audit_events(None).await.expect("events");
+        events[1].actor = "cli:mallory".into();
+        let forged = audit::event_hash(&audit::EventBody::of(&events[1]));
+        sqlx::query("UPDATE audit_events SET actor = 'cli:mallory', hash = ? WHERE seq = 2")
+            .bind(&forged)
+            .execute(&mut raw)
+            .await
+            .expect("update");
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(3));
+    }
+
+    #[tokio::test]
+    async fn tamper_deleted_middle_event_is_named() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        exec(&mut raw, "DELETE FROM audit_events WHERE seq = 3").await;
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(3));
+        assert!(r.problem.unwrap_or_default().contains("missing"));
+    }
+
+    #[tokio::test]
+    async fn tamper_swapped_events_are_named() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        exec(&mut raw, "UPDATE audit_events SET seq = -1 WHERE seq = 2").await;
+        exec(&mut raw, "UPDATE audit_events SET seq = 2 WHERE seq = 5").await;
+        exec(&mut raw, "UPDATE audit_events SET seq = 5 WHERE seq = -1").await;
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(2));
+    }
+
+    #[tokio::test]
+    async fn tamper_truncated_tail_names_the_first_missing_event() {
+        let (_dir, store, mut raw) = tamper_setup(6).await;
+        exec(&mut raw, "DELETE FROM audit_events WHERE seq >= 5").await;
+        let r = verify_store(&store).await;
+        assert!(!r.ok);
+        assert_eq!(r.first_bad, Some(5));
+        assert!(r.problem.unwrap_or_default().contains("truncated"));
+    }
+
+    #[tokio::test]
+    async fn tamper_invalid_json_is_reported_with_its_event() {
+        let (_dir, store, mut raw) = tamper_setup(3).await;
+        exec(
+            &mut raw,
+            "UPDATE audit_events SET details = '{oops' WHERE seq = 2",
+        )
+        .await;
+        let err = store.audit_events(None).await.expect_err("corrupt row");
+        assert!(err.to_string().contains("event 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn appending_after_tampering_with_the_head_fails_closed() {
+        let (_dir, store, mut raw) = tamper_setup(3).await;
+        // The head points back to event 1: the next append would reuse seq 2.
+        exec(&mut raw, "UPDATE audit_head SET seq = 1").await;
+        let result = store
+            .append_audit(vec![conformance::draft(None, "config.loaded", json!({}))])
+            .await;
+        assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
+        assert_eq!(store.audit_events(None).await.expect("events").len(), 3);
+    }
+
+    /// Run with `cargo test -p cordon -- --ignored commit_speed --nocapture`.
+    #[tokio::test]
+    #[ignore = "micro-benchmark"]
+    async fn commit_speed() {
+        let (_dir, _, store) = temp_store().await;
+        let run = conformance::run(
+            "01BENCH0000000000000000000",
+            None,
+            "2026-11-25T23:00:00.000Z",
+        );
+        store
+            .create_run(
+                run.clone(),
+                conformance::draft(Some(&run.id), "run.created", json!({})),
+            )
+            .await
+            .expect("create");
+        let lease = store
+            .acquire_lease(&run.id, "bench", 600_000, None)
+            .await
+            .expect("l")
+            .expect("l");
+        let n = 500u32;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let item = ItemRecord {
+                run_id: run.id.clone(),
+                step_id: "suspend".into(),
+                idx: i % 16,
+                status: StepStatus::Succeeded,
+                attempts: 1,
+                inputs: json!({"user": "00u1", "i": i}),
+                connector: "okta-prod".into(),
+                output: Some(json!({"already": false})),
+                error: None,
+                prior_state: None,
+                secret_output: None,
+                started_at: None,
+                finished_at: None,
+            };
+            store
+                .commit(
+                    &lease,
+                    vec![Change::Item(item)],
+                    vec![conformance::draft(
+                        Some(&run.id),
+                        "step.succeeded",
+                        json!({"i": i}),
+                    )],
+                )
+                .await
+                .expect("commit");
+        }
+        let mean = started.elapsed() / n;
+        println!("commit (1 item upsert + 1 audit event, synchronous=FULL): mean {mean:?}");
+    }
+}

@@ -1,0 +1,891 @@
+//! The store conformance suite: behaviour every [`Store`] backend must show, written against
+//! the trait only, so that the SQLite tests and (later) the PostgreSQL tests run the same
+//! checks. Each function expects a fresh, empty store and panics on the first deviation.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{
+    AuditDraft, Change, Created, Decision, EvidenceRecord, ItemRecord, RunFilter, RunRecord,
+    RunStatus, StepRecord, StepStatus, Store, StoreError,
+};
+use crate::audit;
+use cordon_connectors::evidence::EvidenceMeta;
+
+/// Every behaviour that needs only one handle.
+pub async fn run_all(store: &dyn Store) {
+    create_and_join(store).await;
+    lease_lifecycle(store).await;
+    stale_commit_changes_nothing(store).await;
+    commit_is_atomic(store).await;
+    commit_round_trips_state(store).await;
+    decisions_cancel_pause_evidence(store).await;
+    list_filters(store).await;
+    assert_chain_intact(store).await;
+}
+
+pub fn run(id: &str, key: Option<&str>, created_at: &str) -> RunRecord {
+    RunRecord {
+        id: id.into(),
+        runbook: "nk-it-worker".into(),
+        runbook_text: "name: nk-it-worker\nsteps: []\n".into(),
+        runbook_sha256: "5f".repeat(32),
+        status: RunStatus::Queued,
+        trigger: "webhook:siem".into(),
+        started_by: "webhook:siem".into(),
+        inputs: json!({"user_email": "j.doe@example.com", "alert_id": format!("alert-{id}")}),
+        concurrency_key: key.map(str::to_owned),
+        undo_of: None,
+        dry_run: false,
+        case_id: key.unwrap_or(id).to_owned(),
+        error: None,
+        created_at: created_at.into(),
+        started_at: None,
+        finished_at: None,
+        cancel_requested: false,
+    }
+}
+
+pub fn draft(run_id: Option<&str>, action: &str, details: Value) -> AuditDraft {
+    AuditDraft {
+        run_id: run_id.map(str::to_owned),
+        actor: "cli:dana".into(),
+        action: action.into(),
+        details,
+    }
+}
+
+fn step(run_id: &str, step_id: &str, status: StepStatus) -> StepRecord {
+    StepRecord {
+        run_id: run_id.into(),
+        step_id: step_id.into(),
+        status,
+        attempts: 1,
+        items: 1,
+        inputs: None,
+        output: None,
+        error: None,
+        reason: None,
+        started_at: Some("2026-11-25T23:57:58.123Z".into()),
+        finished_at: None,
+        deadline: None,
+        on_failure: false,
+    }
+}
+
+fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
+    ItemRecord {
+        run_id: run_id.into(),
+        step_id: step_id.into(),
+        idx,
+        status: StepStatus::Running,
+        attempts: 1,
+        inputs: json!({"user": format!("u{idx}")}),
+        connector: "okta-prod".into(),
+        output: None,
+        error: None,
+        prior_state: None,
+        secret_output: None,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn evidence(run_id: &str, evidence_id: &str) -> EvidenceRecord {
+    EvidenceRecord {
+        evidence_id: evidence_id.into(),
+        run_id: run_id.into(),
+        step_id: "snapshot".into(),
+        path: format!("{run_id}/{evidence_id}.jsonl"),
+        sha256: "ab".repeat(32),
+        bytes: 1_234_567,
+        records: 42,
+        collected_at: "2026-11-25T23:58:00.000Z".into(),
+        meta: EvidenceMeta {
+            connector_type: "okta".into(),
+            instance: "okta-prod".into(),
+            action: "snapshot_system_log".into(),
+            extension: "jsonl".into(),
+            media_type: "application/x-ndjson".into(),
+            source: json!({"filter": "actor.id eq \"00u1\"", "since": "2026-08-27T00:00:00Z"}),
+        },
+    }
+}
+
+async fn new_run(store: &dyn Store, id: &str) {
+    let created = store
+        .create_run(
+            run(id, None, "2026-11-25T23:00:00.000Z"),
+            draft(Some(id), "run.created", json!({})),
+        )
+        .await
+        .expect("create run");
+    assert!(matches!(created, Created::New(_)));
+}
+
+/// The whole chain verifies and its head matches the last event.
+pub async fn assert_chain_intact(store: &dyn Store) {
+    let events = store.audit_events(None).await.expect("audit events");
+    let head = store.audit_head().await.expect("audit head");
+    let report = audit::verify(&events, head.as_ref());
+    assert!(report.ok, "chain broken: {report:?}");
+    assert_eq!(report.events, events.len());
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(ev.seq, i as i64 + 1, "sequence numbers are dense");
+    }
+}
+
+pub async fn create_and_join(store: &dyn Store) {
+    let first = run(
+        "01JOIN0000000000000000000A",
+        Some("case:j.doe"),
+        "2026-11-25T23:00:00.000Z",
+    );
+    let created = store
+        .create_run(
+            first.clone(),
+            draft(Some(&first.id), "run.created", json!({"k": 1})),
+        )
+        .await
+        .expect("create");
+    let Created::New(stored) = created else {
+        panic!("first run must be new")
+    };
+    assert_eq!(stored, first);
+    assert_eq!(
+        store.get_run(&first.id).await.expect("get"),
+        Some(first.clone())
+    );
+
+    // Same key while the first is active: joined, not created.
+    let mut second = run(
+        "01JOIN0000000000000000000B",
+        Some("case:j.doe"),
+        "2026-11-25T23:01:00.000Z",
+    );
+    second.trigger = "webhook:okta".into();
+    second.inputs = json!({"alert_id": "second-alert", "severity": "high"});
+    let created = store
+        .create_run(
+            second.clone(),
+            draft(Some(&second.id), "run.created", json!({})),
+        )
+        .await
+        .expect("join");
+    let Created::Joined(existing) = created else {
+        panic!("a second trigger with an active key must join")
+    };
+    assert_eq!(existing.id, first.id);
+    assert_eq!(store.get_run(&second.id).await.expect("get"), None);
+    let joins = store.joined_triggers(&first.id).await.expect("joins");
+    assert_eq!(joins.len(), 1);
+    assert_eq!(joins[0]["trigger"], json!("webhook:okta"));
+    assert_eq!(joins[0]["inputs"], second.inputs);
+    let events = store.audit_events(Some(&first.id)).await.expect("events");
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["run.created", "run.joined"]);
+    assert_eq!(events[1].details["trigger"], json!("webhook:okta"));
+
+    // Once the first run finished, the key is free again.
+    let lease = store
+        .acquire_lease(&first.id, "proc-a", 60_000, None)
+        .await
+        .expect("lease")
+        .expect("free lease");
+    store
+        .commit(
+            &lease,
+            vec![Change::Run {
+                status: RunStatus::Succeeded,
+                error: None,
+                started_at: None,
+                finished_at: Some("2026-11-25T23:05:00.000Z".into()),
+            }],
+            vec![draft(Some(&first.id), "run.succeeded", json!({}))],
+        )
+        .await
+        .expect("finish");
+    let third = run(
+        "01JOIN0000000000000000000C",
+        Some("case:j.doe"),
+        "2026-11-25T23:06:00.000Z",
+    );
+    let created = store
+        .create_run(
+            third.clone(),
+            draft(Some(&third.id), "run.created", json!({})),
+        )
+        .await
+        .expect("create third");
+    assert!(matches!(created, Created::New(r) if r.id == third.id));
+    assert_chain_intact(store).await;
+}
+
+pub async fn lease_lifecycle(store: &dyn Store) {
+    let id = "01LEASE000000000000000000A";
+    new_run(store, id).await;
+    assert_eq!(store.lease_holder(id).await.expect("holder"), None);
+
+    let a1 = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert_eq!((a1.owner.as_str(), a1.run_id.as_str()), ("proc-a", id));
+    let holder = store.lease_holder(id).await.expect("holder").expect("held");
+    assert_eq!(holder.owner, "proc-a");
+
+    // Held by someone else: refused, unless stealing from exactly that owner.
+    assert_eq!(
+        store
+            .acquire_lease(id, "proc-b", 60_000, None)
+            .await
+            .expect("b"),
+        None
+    );
+    assert_eq!(
+        store
+            .acquire_lease(id, "proc-b", 60_000, Some("proc-x"))
+            .await
+            .expect("b"),
+        None
+    );
+
+    // Ours again: a new token.
+    let a2 = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("reacquire")
+        .expect("ours");
+    assert!(a2.token > a1.token);
+    assert!(matches!(
+        store.renew_lease(&a1, 60_000).await,
+        Err(StoreError::LeaseLost(r)) if r == id
+    ));
+    store.renew_lease(&a2, 60_000).await.expect("renew current");
+
+    // Stolen from a process proven dead.
+    let b = store
+        .acquire_lease(id, "proc-b", 60_000, Some("proc-a"))
+        .await
+        .expect("steal")
+        .expect("stolen");
+    assert!(b.token > a2.token);
+    assert!(matches!(
+        store.commit(&a2, vec![], vec![]).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.renew_lease(&a2, 1000).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    // Releasing a lost lease leaves the new holder alone.
+    store.release_lease(&a2).await.expect("release lost");
+    assert_eq!(
+        store
+            .lease_holder(id)
+            .await
+            .expect("holder")
+            .map(|h| h.owner),
+        Some("proc-b".into())
+    );
+
+    // Expiry: a lease renewed with no time left is free for anyone.
+    store.renew_lease(&b, 0).await.expect("renew to now");
+    assert_eq!(store.lease_holder(id).await.expect("holder"), None);
+    let c = store
+        .acquire_lease(id, "proc-c", 60_000, None)
+        .await
+        .expect("acquire expired")
+        .expect("expired lease is free");
+    assert!(c.token > b.token);
+    assert!(matches!(
+        store.commit(&b, vec![], vec![]).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+
+    // Release keeps the counter: the next token is still higher.
+    store.release_lease(&c).await.expect("release");
+    assert_eq!(store.lease_holder(id).await.expect("holder"), None);
+    assert!(matches!(
+        store.commit(&c, vec![], vec![]).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let d = store
+        .acquire_lease(id, "proc-d", 60_000, None)
+        .await
+        .expect("acquire released")
+        .expect("free");
+    assert!(d.token > c.token);
+
+    assert!(matches!(
+        store.acquire_lease("no-such-run", "proc-a", 1000, None).await,
+        Err(StoreError::RunNotFound(r)) if r == "no-such-run"
+    ));
+}
+
+pub async fn stale_commit_changes_nothing(store: &dyn Store) {
+    let id = "01STALE000000000000000000A";
+    new_run(store, id).await;
+    let old = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("a")
+        .expect("a");
+    let new = store
+        .acquire_lease(id, "proc-b", 60_000, Some("proc-a"))
+        .await
+        .expect("b")
+        .expect("b");
+    let events_before = store.audit_events(None).await.expect("events").len();
+    let head_before = store.audit_head().await.expect("head");
+    let err = store
+        .commit(
+            &old,
+            vec![
+                Change::Run {
+                    status: RunStatus::Failed,
+                    error: Some("stale".into()),
+                    started_at: Some("2026-11-25T23:00:00.000Z".into()),
+                    finished_at: None,
+                },
+                Change::Step(step(id, "suspend", StepStatus::Running)),
+            ],
+            vec![draft(Some(id), "step.started", json!({}))],
+        )
+        .await;
+    assert!(matches!(err, Err(StoreError::LeaseLost(r)) if r == id));
+    let stored = store.get_run(id).await.expect("get").expect("run");
+    assert_eq!(stored.status, RunStatus::Queued);
+    assert_eq!(stored.error, None);
+    assert!(store.steps(id).await.expect("steps").is_empty());
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events_before
+    );
+    assert_eq!(store.audit_head().await.expect("head"), head_before);
+    // The current holder still commits.
+    store
+        .commit(
+            &new,
+            vec![Change::Step(step(id, "suspend", StepStatus::Running))],
+            vec![],
+        )
+        .await
+        .expect("current lease commits");
+}
+
+pub async fn commit_is_atomic(store: &dyn Store) {
+    let id = "01ATOMIC00000000000000000A";
+    new_run(store, id).await;
+    let lease = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("a")
+        .expect("a");
+    store
+        .commit(&lease, vec![Change::Evidence(evidence(id, "ev-1"))], vec![])
+        .await
+        .expect("first evidence");
+    let events_before = store.audit_events(None).await.expect("events").len();
+    let head_before = store.audit_head().await.expect("head");
+
+    // The duplicate evidence id fails the commit after the run and step changes applied.
+    let result = store
+        .commit(
+            &lease,
+            vec![
+                Change::Run {
+                    status: RunStatus::Running,
+                    error: None,
+                    started_at: Some("2026-11-25T23:00:00.000Z".into()),
+                    finished_at: None,
+                },
+                Change::Step(step(id, "snapshot", StepStatus::Succeeded)),
+                Change::Evidence(evidence(id, "ev-1")),
+            ],
+            vec![
+                draft(Some(id), "step.succeeded", json!({})),
+                draft(Some(id), "evidence.collected", json!({})),
+            ],
+        )
+        .await;
+    assert!(
+        result.is_err(),
+        "a duplicate evidence id must fail the commit"
+    );
+    let stored = store.get_run(id).await.expect("get").expect("run");
+    assert_eq!(stored.status, RunStatus::Queued);
+    assert_eq!(stored.started_at, None);
+    assert!(store.steps(id).await.expect("steps").is_empty());
+    assert_eq!(store.evidence(id).await.expect("evidence").len(), 1);
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events_before
+    );
+    assert_eq!(store.audit_head().await.expect("head"), head_before);
+
+    // A change for another run is refused too, and also changes nothing.
+    let result = store
+        .commit(
+            &lease,
+            vec![
+                Change::Step(step(id, "a", StepStatus::Running)),
+                Change::Step(step("some-other-run", "b", StepStatus::Running)),
+            ],
+            vec![draft(Some(id), "step.started", json!({}))],
+        )
+        .await;
+    assert!(result.is_err());
+    assert!(store.steps(id).await.expect("steps").is_empty());
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events_before
+    );
+}
+
+pub async fn commit_round_trips_state(store: &dyn Store) {
+    let id = "01STATE000000000000000000A";
+    new_run(store, id).await;
+    let lease = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("a")
+        .expect("a");
+
+    // JSON that must come back exactly: key order, unicode, big integers, floats, nesting.
+    let tricky = json!({
+        "zeta": 1, "alpha": [1, 2.5, -0.1, 18446744073709551615u64, -9223372036854775808i64],
+        "nested": {"b": null, "a": true, "emoji": "🔒 \"quoted\" \\ </script>"},
+        "empty": {}, "list": []
+    });
+    let mut s2 = step(id, "suspend", StepStatus::Running);
+    s2.inputs = Some(tricky.clone());
+    let mut i0 = item(id, "suspend", 0);
+    i0.prior_state = Some(json!({"status": "ACTIVE"}));
+    i0.secret_output = Some(json!({"pin": "123456"}));
+    store
+        .commit(
+            &lease,
+            vec![
+                Change::Run {
+                    status: RunStatus::Running,
+                    error: None,
+                    started_at: Some("2026-11-25T23:00:01.000Z".into()),
+                    finished_at: None,
+                },
+                // Inserted first despite the name: order is insertion order, not name order.
+                Change::Step(step(id, "zz-lookup", StepStatus::Succeeded)),
+                Change::Step(s2.clone()),
+                Change::Item(item(id, "suspend", 2)),
+                Change::Item(i0.clone()),
+                Change::Item(item(id, "suspend", 1)),
+            ],
+            vec![draft(Some(id), "step.started", tricky.clone())],
+        )
+        .await
+        .expect("commit");
+
+    // Upsert replaces the whole row but keeps the step's position.
+    let mut lookup = step(id, "zz-lookup", StepStatus::Failed);
+    lookup.error = Some("boom".into());
+    lookup.output = Some(json!([{"id": "00u1"}]));
+    lookup.attempts = 3;
+    store
+        .commit(
+            &lease,
+            vec![
+                Change::Run {
+                    status: RunStatus::Failed,
+                    error: Some("step zz-lookup failed".into()),
+                    // Already set: ignored.
+                    started_at: Some("2030-01-01T00:00:00.000Z".into()),
+                    finished_at: Some("2026-11-25T23:09:00.000Z".into()),
+                },
+                Change::Step(lookup.clone()),
+                Change::TruncateItems {
+                    step_id: "suspend".into(),
+                    from_idx: 2,
+                },
+            ],
+            vec![],
+        )
+        .await
+        .expect("commit 2");
+
+    let r = store.get_run(id).await.expect("get").expect("run");
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(r.started_at.as_deref(), Some("2026-11-25T23:00:01.000Z"));
+    assert_eq!(r.finished_at.as_deref(), Some("2026-11-25T23:09:00.000Z"));
+    assert_eq!(r.error.as_deref(), Some("step zz-lookup failed"));
+
+    let steps = store.steps(id).await.expect("steps");
+    assert_eq!(steps, vec![lookup, s2]);
+    assert_eq!(
+        serde_json::to_string(&steps[1].inputs).expect("ser"),
+        serde_json::to_string(&Some(&tricky)).expect("ser"),
+        "key order survives"
+    );
+    let items = store.items(id).await.expect("items");
+    assert_eq!(items, vec![i0, item(id, "suspend", 1)]);
+
+    let events = store.audit_events(Some(id)).await.expect("events");
+    let started = events
+        .iter()
+        .find(|e| e.action == "step.started")
+        .expect("event");
+    assert_eq!(started.details, tricky);
+
+    // A retry clears error and finished_at (None is written as given).
+    store
+        .commit(
+            &lease,
+            vec![Change::Run {
+                status: RunStatus::Running,
+                error: None,
+                started_at: None,
+                finished_at: None,
+            }],
+            vec![],
+        )
+        .await
+        .expect("commit 3");
+    let r = store.get_run(id).await.expect("get").expect("run");
+    assert_eq!((r.error, r.finished_at), (None, None));
+    assert_eq!(r.started_at.as_deref(), Some("2026-11-25T23:00:01.000Z"));
+}
+
+pub async fn decisions_cancel_pause_evidence(store: &dyn Store) {
+    let id = "01MISC0000000000000000000A";
+    new_run(store, id).await;
+
+    let d1 = Decision {
+        run_id: id.into(),
+        step_id: "approve".into(),
+        decision: "approve".into(),
+        decided_by: "cli:lee".into(),
+        comment: Some("confirmed with HR <ok>".into()),
+        at: "2026-11-25T23:10:00.000Z".into(),
+        releases: json!({"suspend": {"user": "00u1"}}),
+    };
+    let mut d0 = d1.clone();
+    d0.decided_by = "cli:kim".into();
+    d0.comment = None;
+    d0.at = "2026-11-25T23:09:00.000Z".into();
+    store
+        .add_decision(
+            d1.clone(),
+            draft(Some(id), "approval.decided", json!({"by": "lee"})),
+        )
+        .await
+        .expect("decide");
+    store
+        .add_decision(
+            d0.clone(),
+            draft(Some(id), "approval.decided", json!({"by": "kim"})),
+        )
+        .await
+        .expect("decide");
+    assert_eq!(
+        store.decisions(id).await.expect("decisions"),
+        vec![d0, d1.clone()]
+    );
+    let mut orphan = d1.clone();
+    orphan.run_id = "no-such-run".into();
+    assert!(matches!(
+        store
+            .add_decision(orphan, draft(None, "approval.decided", json!({})))
+            .await,
+        Err(StoreError::RunNotFound(_))
+    ));
+
+    assert!(
+        !store
+            .get_run(id)
+            .await
+            .expect("get")
+            .expect("run")
+            .cancel_requested
+    );
+    store
+        .request_cancel(id, draft(Some(id), "run.cancel_requested", json!({})))
+        .await
+        .expect("cancel");
+    assert!(
+        store
+            .get_run(id)
+            .await
+            .expect("get")
+            .expect("run")
+            .cancel_requested
+    );
+    assert!(matches!(
+        store
+            .request_cancel(
+                "no-such-run",
+                draft(None, "run.cancel_requested", json!({}))
+            )
+            .await,
+        Err(StoreError::RunNotFound(_))
+    ));
+
+    assert!(!store.is_paused().await.expect("paused"));
+    store
+        .set_paused(true, draft(None, "engine.paused", json!({})))
+        .await
+        .expect("pause");
+    assert!(store.is_paused().await.expect("paused"));
+    store
+        .set_paused(false, draft(None, "engine.unpaused", json!({})))
+        .await
+        .expect("unpause");
+    assert!(!store.is_paused().await.expect("paused"));
+
+    let lease = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("a")
+        .expect("a");
+    let e1 = evidence(id, "ev-b");
+    let mut e2 = evidence(id, "ev-a");
+    e2.collected_at = "2026-11-25T23:59:00.000Z".into();
+    store
+        .commit(
+            &lease,
+            vec![Change::Evidence(e2.clone()), Change::Evidence(e1.clone())],
+            vec![],
+        )
+        .await
+        .expect("evidence");
+    assert_eq!(store.evidence(id).await.expect("evidence"), vec![e1, e2]);
+
+    store
+        .append_audit(vec![
+            draft(None, "config.loaded", json!({"path": "/etc/cordon.yaml"})),
+            draft(Some(id), "audit.exported", json!({"format": "html"})),
+        ])
+        .await
+        .expect("append");
+    store.append_audit(vec![]).await.expect("append nothing");
+
+    let actions: Vec<String> = store
+        .audit_events(Some(id))
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "run.created",
+            "approval.decided",
+            "approval.decided",
+            "run.cancel_requested",
+            "audit.exported"
+        ]
+    );
+    let all = store.audit_events(None).await.expect("events");
+    assert!(all
+        .iter()
+        .any(|e| e.action == "engine.paused" && e.run_id.is_none()));
+    assert_chain_intact(store).await;
+}
+
+pub async fn list_filters(store: &dyn Store) {
+    let mut a = run(
+        "01LIST0000000000000000000A",
+        None,
+        "2027-01-01T00:00:01.000Z",
+    );
+    a.case_id = "case-1".into();
+    let mut b = run(
+        "01LIST0000000000000000000B",
+        None,
+        "2027-01-01T00:00:02.000Z",
+    );
+    b.runbook = "laptop-recovery".into();
+    b.case_id = "case-1".into();
+    let c = run(
+        "01LIST0000000000000000000C",
+        None,
+        "2027-01-01T00:00:03.000Z",
+    );
+    for r in [&a, &b, &c] {
+        store
+            .create_run(r.clone(), draft(Some(&r.id), "run.created", json!({})))
+            .await
+            .expect("create");
+    }
+    let lease = store
+        .acquire_lease(&c.id, "p", 60_000, None)
+        .await
+        .expect("l")
+        .expect("l");
+    store
+        .commit(
+            &lease,
+            vec![Change::Run {
+                status: RunStatus::Running,
+                error: None,
+                started_at: Some("2027-01-01T00:00:04.000Z".into()),
+                finished_at: None,
+            }],
+            vec![],
+        )
+        .await
+        .expect("commit");
+
+    let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = ids(store.list_runs(&RunFilter::default()).await.expect("list"));
+    // Newest first; the three newest runs are ours (other tests use earlier timestamps).
+    assert_eq!(all[..3], [c.id.clone(), b.id.clone(), a.id.clone()]);
+    let filter = RunFilter {
+        limit: Some(2),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_runs(&filter).await.expect("list")),
+        [c.id.clone(), b.id.clone()]
+    );
+    let filter = RunFilter {
+        case_id: Some("case-1".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_runs(&filter).await.expect("list")),
+        [b.id.clone(), a.id.clone()]
+    );
+    let filter = RunFilter {
+        runbook: Some("laptop-recovery".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_runs(&filter).await.expect("list")),
+        [b.id.clone()]
+    );
+    let filter = RunFilter {
+        status: Some(RunStatus::Running),
+        ..RunFilter::default()
+    };
+    let running = store.list_runs(&filter).await.expect("list");
+    assert!(running.iter().all(|r| r.status == RunStatus::Running));
+    let running = ids(running);
+    assert!(running.contains(&c.id) && !running.contains(&a.id) && !running.contains(&b.id));
+    let filter = RunFilter {
+        status: Some(RunStatus::Queued),
+        runbook: Some("nk-it-worker".into()),
+        case_id: Some("case-1".into()),
+        limit: Some(10),
+    };
+    assert_eq!(
+        ids(store.list_runs(&filter).await.expect("list")),
+        [a.id.clone()]
+    );
+}
+
+/// Eight tasks commit to their own runs at once through one store; the chain stays whole.
+pub async fn concurrent_commits(store: Arc<dyn Store>) {
+    const TASKS: usize = 8;
+    const COMMITS: usize = 10;
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let id = format!("01CONC{t:020}");
+            new_run(store.as_ref(), &id).await;
+            let lease = store
+                .acquire_lease(&id, &format!("task-{t}"), 60_000, None)
+                .await
+                .expect("lease")
+                .expect("free");
+            for n in 0..COMMITS {
+                store
+                    .commit(
+                        &lease,
+                        vec![Change::Item(item(&id, "suspend", n as u32))],
+                        vec![
+                            draft(Some(&id), "step.started", json!({"n": n})),
+                            draft(Some(&id), "step.succeeded", json!({"n": n})),
+                        ],
+                    )
+                    .await
+                    .expect("commit");
+            }
+            id
+        }));
+    }
+    for h in handles {
+        let id = h.await.expect("task");
+        assert_eq!(store.items(&id).await.expect("items").len(), COMMITS);
+        assert_eq!(
+            store.audit_events(Some(&id)).await.expect("events").len(),
+            1 + 2 * COMMITS
+        );
+    }
+    assert_chain_intact(store.as_ref()).await;
+}
+
+/// Two handles on one database (two processes) interleave commits into one chain.
+pub async fn two_handles(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    const COMMITS: usize = 15;
+    let run_a = "01TWOHANDLES0000000000000A";
+    let run_b = "01TWOHANDLES0000000000000B";
+    new_run(a.as_ref(), run_a).await;
+    new_run(b.as_ref(), run_b).await;
+    // Each handle sees the other's writes.
+    assert!(b.get_run(run_a).await.expect("get").is_some());
+    let la = a
+        .acquire_lease(run_a, "proc-a", 60_000, None)
+        .await
+        .expect("a")
+        .expect("a");
+    let lb = b
+        .acquire_lease(run_b, "proc-b", 60_000, None)
+        .await
+        .expect("b")
+        .expect("b");
+    // Handle b cannot take a's lease: leases live in the database, not the handle.
+    assert_eq!(
+        b.acquire_lease(run_a, "proc-b", 60_000, None)
+            .await
+            .expect("b"),
+        None
+    );
+
+    let work = |store: Arc<dyn Store>, lease: super::Lease| async move {
+        for n in 0..COMMITS {
+            store
+                .commit(
+                    &lease,
+                    vec![Change::Step(step(
+                        &lease.run_id,
+                        &format!("s{n}"),
+                        StepStatus::Succeeded,
+                    ))],
+                    vec![draft(
+                        Some(&lease.run_id),
+                        "step.succeeded",
+                        json!({"n": n}),
+                    )],
+                )
+                .await
+                .expect("commit");
+            tokio::task::yield_now().await;
+        }
+    };
+    let (ra, rb) = tokio::join!(
+        tokio::spawn(work(Arc::clone(&a), la)),
+        tokio::spawn(work(Arc::clone(&b), lb))
+    );
+    ra.expect("a");
+    rb.expect("b");
+    for store in [&a, &b] {
+        assert_eq!(store.steps(run_a).await.expect("steps").len(), COMMITS);
+        assert_eq!(store.steps(run_b).await.expect("steps").len(), COMMITS);
+        assert_chain_intact(store.as_ref()).await;
+    }
+    let events = a.audit_events(None).await.expect("events");
+    assert_eq!(events.len(), 2 * (1 + COMMITS));
+}
