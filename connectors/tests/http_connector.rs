@@ -431,3 +431,44 @@ async fn snapshot_counts_json_arrays_and_fails_without_evidence_on_error() {
         "no artifact opened for the 404"
     );
 }
+
+#[tokio::test]
+async fn redirects_are_followed_only_within_the_same_origin() {
+    let server = MockServer::start().await;
+    let port = server.address().port();
+    Mock::given(method("GET"))
+        .and(path("/v1/old"))
+        .respond_with(ResponseTemplate::new(302).insert_header("Location", "/v1/new"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/new"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("moved"))
+        .mount(&server)
+        .await;
+    // Same server, other origin: a configured secret header must not follow it there.
+    Mock::given(method("GET"))
+        .and(path("/v1/away"))
+        .respond_with(ResponseTemplate::new(302).insert_header(
+            "Location",
+            format!("http://localhost:{port}/v1/new").as_str(),
+        ))
+        .mount(&server)
+        .await;
+    let h = harness(&server);
+    let out = h
+        .call("request", json!({"method": "GET", "url": "/old"}))
+        .await
+        .unwrap();
+    assert_eq!(out["body"], "moved");
+    let err = h
+        .call("request", json!({"method": "GET", "url": "/away"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectorError::Rejected { status: 302, .. }),
+        "{err:?}"
+    );
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 3, "the cross-origin redirect was not followed");
+}
