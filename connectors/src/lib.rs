@@ -73,7 +73,10 @@ impl RequestLog {
     }
     /// Everything noted so far, emptying the log.
     pub fn take(&self) -> Vec<RequestSummary> {
-        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 }
 

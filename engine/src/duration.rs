@@ -10,7 +10,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` has no unit: write e.g. 500ms, 30s, 5m, 72h or 7d"))?;
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("`{s}` does not start with a number: write e.g. 30s"));
+        return Err(format!(
+            "`{s}` does not start with a number: write e.g. 30s"
+        ));
     }
     let n: u64 = num
         .parse()

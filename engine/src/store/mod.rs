@@ -55,7 +55,10 @@ impl RunStatus {
     }
     /// Queued, running or waiting: the run can still change.
     pub fn is_active(self) -> bool {
-        matches!(self, RunStatus::Queued | RunStatus::Running | RunStatus::Waiting)
+        matches!(
+            self,
+            RunStatus::Queued | RunStatus::Running | RunStatus::Waiting
+        )
     }
 }
 
@@ -100,7 +103,10 @@ impl StepStatus {
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled
+            StepStatus::Succeeded
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
         )
     }
 }
@@ -329,8 +335,12 @@ pub trait Store: Send + Sync {
     async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>>;
 
     /// Apply state changes and append audit events atomically, if `lease` is still current.
-    async fn commit(&self, lease: &Lease, changes: Vec<Change>, audit: Vec<AuditDraft>)
-        -> Result<()>;
+    async fn commit(
+        &self,
+        lease: &Lease,
+        changes: Vec<Change>,
+        audit: Vec<AuditDraft>,
+    ) -> Result<()>;
 
     /// Append audit events that belong to no leased state change (config load, pause,
     /// exports, a CLI decision's record).
