@@ -664,3 +664,137 @@ fn validate_reports_every_problem_with_location_and_exit_one() {
     let good = env.run(&["validate", env.path().join("runbooks/none.yaml").to_str().unwrap()]);
     assert_ne!(good.code, 0);
 }
+
+#[test]
+fn tasks_joins_cancel_and_retry() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    let u = srv.url();
+    env.write_runbook(
+        "task",
+        &rb(
+            "task",
+            &format!(
+                r#"inputs:
+  subject: {{ type: string, required: true }}
+concurrency_key: "{{{{ inputs.subject }}}}"
+steps:
+  - id: hold-payments
+    task:
+      assignees: [role:finance]
+      message: "Hold payments to {{{{ inputs.subject }}}}"
+  - id: after
+    needs: [hold-payments]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/after-task" }}
+"#
+            ),
+        ),
+    );
+    let first = env.run(&["run", "task", "--input", "subject=x@example.com"]);
+    assert_eq!(first.code, 3, "{first:?}");
+    let run = first.run_id();
+    // A second trigger for the same subject joins the active run.
+    let second = env.run(&["run", "task", "--input", "subject=x@example.com"]);
+    assert_eq!(second.run_id(), run, "{second:?}");
+    assert!(second.stderr.contains("joined"), "{second:?}");
+    assert_eq!(env.run(&["runs", "list", "--json"]).json().as_array().unwrap().len(), 1);
+    // Tasks are done with `cordon done`; `approve` is refused for them.
+    let wrong = env.run(&["approve", &run, "hold-payments", "--by", "fin"]);
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    let done = env.run(&["done", &run, "hold-payments", "--by", "fin", "--note", "held", "--json"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    let doc = done.json();
+    assert_eq!(step(&doc, "hold-payments")["output"]["note"], "held");
+    assert_eq!(srv.hits("/ok/after-task").len(), 1);
+
+    // Cancel a run that is executing in another process.
+    env.write_runbook(
+        "slowcancel",
+        &rb("slowcancel", &format!("steps:\n  - id: slow\n    uses: http.request\n    with: {{ method: GET, url: \"{u}/delay/4000/c\" }}\n  - id: next\n    needs: [slow]\n    uses: http.request\n    with: {{ method: POST, url: \"{u}/ok/never\" }}\n")),
+    );
+    let child = env.spawn(&["run", "slowcancel"]);
+    let t0 = Instant::now();
+    while srv.state.seen.lock().unwrap().is_empty() || env.run(&["runs", "list", "--json", "--runbook", "slowcancel"]).json().as_array().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = env.run(&["runs", "list", "--json", "--runbook", "slowcancel"]).json()[0]["id"].as_str().unwrap().to_string();
+    let c = env.run(&["cancel", &id]);
+    assert_eq!(c.code, 0, "{c:?}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc = env.show(&id);
+    assert_eq!(doc["status"], "cancelled");
+    assert!(srv.hits("/ok/never").is_empty());
+
+    // Retry keeps what succeeded and re-runs what failed.
+    env.write_runbook(
+        "retryable",
+        &rb("retryable", &format!("steps:\n  - id: a\n    uses: http.request\n    with: {{ method: POST, url: \"{u}/ok/a\" }}\n  - id: b\n    needs: [a]\n    uses: http.request\n    with: {{ method: POST, url: \"{u}/flaky/1/b\" }}\n    retry: {{ attempts: 1 }}\n")),
+    );
+    let r = env.run(&["run", "retryable"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let id = r.run_id();
+    let again = env.run(&["retry", &id, "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(again.json()["id"], id.as_str());
+    assert_eq!(srv.hits("/ok/a").len(), 1);
+    assert_eq!(srv.hits("/flaky/1/b").len(), 2);
+}
+
+#[test]
+fn pause_holds_mutating_calls_until_unpause() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    let u = srv.url();
+    env.write_runbook(
+        "paused",
+        &rb("paused", &format!("steps:\n  - id: look\n    uses: http.request\n    with: {{ method: GET, url: \"{u}/ok/look\" }}\n  - id: change\n    needs: [look]\n    uses: http.request\n    with: {{ method: POST, url: \"{u}/ok/change\" }}\n")),
+    );
+    assert_eq!(env.run(&["pause"]).code, 0);
+    let child = env.spawn(&["run", "paused"]);
+    let t0 = Instant::now();
+    while srv.hits("/ok/look").is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "lookup did not run while paused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(srv.hits("/ok/change").is_empty(), "a mutating call went out while paused");
+    assert_eq!(env.run(&["unpause"]).code, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(srv.hits("/ok/change").len(), 1);
+    let audit = env.run(&["audit", "verify"]);
+    assert_eq!(audit.code, 0);
+}
+
+#[test]
+fn snapshots_are_evidence_with_hashes_and_verify_catches_tampering() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "snap",
+        &rb("snap", &format!("steps:\n  - id: logs\n    uses: http.snapshot\n    with: {{ method: GET, url: \"{}/ndjson/25/logs\" }}\n", srv.url())),
+    );
+    let r = env.run(&["run", "snap", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    let out = &step(&doc, "logs")["output"];
+    assert_eq!(out["records"], 25);
+    let run = r.run_id();
+    let v = env.run(&["evidence", "verify", &run]);
+    assert_eq!(v.code, 0, "{v:?}");
+    // Tamper with the artifact on disk.
+    let dir = env.path().join("evidence").join(&run);
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e != "jsonl" || !p.ends_with("manifest.jsonl")) && !p.ends_with("SHA256SUMS") && !p.ends_with("manifest.jsonl"))
+        .expect("artifact file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let bad = env.run(&["evidence", "verify", &run]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+}

@@ -694,7 +694,7 @@ impl App {
     async fn cmd_evidence_verify(&self, run: &str) -> Result<u8> {
         self.store().get_run(run).await?.ok_or_else(|| bad_input(format!("run {run} not found")))?;
         let records = self.store().evidence(run).await?;
-        let report = self.engine.inner.evidence.verify_run(run, &records).await;
+        let report = self.engine.inner.evidence.verify_run(run, &records);
         println!("{report}");
         self.store()
             .append_audit(vec![AuditDraft {
