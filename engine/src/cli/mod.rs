@@ -790,7 +790,7 @@ fn find_runbook(dir: &Path, name: &str) -> Result<PathBuf> {
     }
     let mut known = Vec::new();
     for f in runbook_files(dir) {
-        if let Some(n) = crate::runbook::parse::runbook_name(&f) {
+        if let Some(n) = declared_name(&f) {
             if n == name {
                 return Ok(f);
             }
@@ -807,6 +807,17 @@ fn find_runbook(dir: &Path, name: &str) -> Result<PathBuf> {
         "unknown runbook `{name}` (not in {}){hint}",
         dir.display()
     )))
+}
+
+/// The top-level `name:` of a runbook file, read cheaply to find a runbook by name (the
+/// file is validated properly once chosen).
+fn declared_name(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix("name:")?.trim();
+        let v = v.split(" #").next().unwrap_or(v).trim();
+        Some(v.trim_matches(|c| c == '"' || c == '\'').to_string())
+    })
 }
 
 fn cmd_validate(config_path: Option<&Path>, paths: Vec<PathBuf>, json: bool) -> Result<u8> {
