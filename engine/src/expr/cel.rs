@@ -52,7 +52,7 @@ impl Cel {
             let message = errs
                 .errors
                 .iter()
-                .map(|e| e.msg.clone())
+                .map(|e| e.msg.trim_start_matches("Syntax error: ").to_owned())
                 .collect::<Vec<_>>()
                 .join("; ");
             ExprError::CelSyntax {

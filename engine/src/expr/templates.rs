@@ -14,6 +14,7 @@ use handlebars::template::{Parameter, TemplateElement};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, JsonRender, JsonTruthy, Path, PathSeg, RenderContext,
     RenderError, RenderErrorReason, Renderable, ScopedJson, StringOutput, Template, TemplateError,
+    TemplateErrorReason,
 };
 use serde_json::Value;
 
@@ -259,8 +260,14 @@ fn syntax_error(e: TemplateError) -> ExprError {
         Some((l, c)) => (Some(l), Some(c)),
         None => (None, None),
     };
+    let message = match e.reason() {
+        // The grammar's own message lists parser rules ("expected escape, expression,
+        // html_expression, …"), which means nothing to a runbook author.
+        TemplateErrorReason::InvalidSyntax(_) => "invalid template syntax: check that every `{{` is closed by `}}` and every `{{#helper}}` by `{{/helper}}`".to_owned(),
+        other => other.to_string(),
+    };
     ExprError::Syntax {
-        message: e.reason().to_string(),
+        message,
         line,
         column,
     }
