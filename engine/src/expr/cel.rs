@@ -413,6 +413,12 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("{}1{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(Cel::compile(&deep).is_err());
+    }
+
+    #[test]
     fn programs_are_send_sync() {
         fn check<T: Send + Sync + Clone>() {}
         check::<CelProgram>();
