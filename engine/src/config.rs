@@ -163,7 +163,8 @@ impl Config {
             }
         };
         if let Some(url) = std::env::var(DATABASE_ENV).ok().filter(|u| !u.is_empty()) {
-            config.database_url = normalise_database_url(&url, &config.base_dir, "CORDON_DATABASE_URL")?;
+            config.database_url =
+                normalise_database_url(&url, &config.base_dir, "CORDON_DATABASE_URL")?;
         }
         Ok(config)
     }
@@ -270,16 +271,18 @@ fn normalise_database_url(url: &str, base: &Path, origin: &str) -> Result<String
         .or_else(|| url.strip_prefix("sqlite:"))
         .ok_or_else(|| ConfigError::Invalid {
             path: origin.to_string(),
-            message: format!(
-                "database `{url}` is neither sqlite://PATH nor postgres://…"
-            ),
+            message: format!("database `{url}` is neither sqlite://PATH nor postgres://…"),
         })?;
     let (path, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     };
     let p = Path::new(path);
-    let abs = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     Ok(match query {
         Some(q) => format!("sqlite://{}?{q}", abs.display()),
         None => format!("sqlite://{}", abs.display()),

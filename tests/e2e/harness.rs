@@ -65,7 +65,11 @@ impl TestServer {
         rt.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        TestServer { addr, state, _rt: rt }
+        TestServer {
+            addr,
+            state,
+            _rt: rt,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -145,8 +149,10 @@ async fn handle(
                 .iter()
                 .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
                 .collect();
-            axum::Json(json!({"method": method.as_str(), "path": path, "headers": h,
-                "body": String::from_utf8_lossy(&body)}))
+            axum::Json(
+                json!({"method": method.as_str(), "path": path, "headers": h,
+                "body": String::from_utf8_lossy(&body)}),
+            )
             .into_response()
         }
         Some("ndjson") => {
@@ -188,19 +194,31 @@ impl Ran {
         if let Some(line) = self.stdout.lines().find(|l| l.starts_with("run ")) {
             return line[4..].trim().to_string();
         }
-        let v: Value = serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|_| panic!("no run id in stdout: {}\nstderr: {}", self.stdout, self.stderr));
+        let v: Value = serde_json::from_str(&self.stdout).unwrap_or_else(|_| {
+            panic!(
+                "no run id in stdout: {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        });
         v["id"].as_str().expect("id").to_string()
     }
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
 impl std::fmt::Debug for Ran {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -218,7 +236,10 @@ impl Env {
             format!("database: sqlite://cordon.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\n{extra}"),
         )
         .unwrap();
-        Env { dir, extra_env: Vec::new() }
+        Env {
+            dir,
+            extra_env: Vec::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {

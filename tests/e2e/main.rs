@@ -57,7 +57,10 @@ steps:
     assert!(first.end <= left.start && first.end <= right.start);
     assert!(left.end <= last.start && right.end <= last.start);
     // left and right overlapped in time: they ran concurrently.
-    assert!(left.start < right.end && right.start < left.end, "left/right did not overlap");
+    assert!(
+        left.start < right.end && right.start < left.end,
+        "left/right did not overlap"
+    );
     assert_eq!(step(&doc, "left")["output"]["status"], 200);
 }
 
@@ -137,7 +140,10 @@ steps:
     // Never more than two at once.
     let seen = srv.seen();
     for a in &seen {
-        let overlapping = seen.iter().filter(|b| b.start < a.end && a.start < b.end).count();
+        let overlapping = seen
+            .iter()
+            .filter(|b| b.start < a.end && a.start < b.end)
+            .count();
         assert!(overlapping <= 2, "{overlapping} requests overlapped");
     }
 }
@@ -172,7 +178,10 @@ fn retries_after_503_and_after_429_with_retry_after() {
     let flaky = srv.hits("/flaky/");
     assert_eq!(flaky.len(), 3);
     // Same idempotency key on every attempt.
-    let keys: Vec<&String> = flaky.iter().map(|s| &s.headers["idempotency-key"]).collect();
+    let keys: Vec<&String> = flaky
+        .iter()
+        .map(|s| &s.headers["idempotency-key"])
+        .collect();
     assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
     assert!(keys[0].ends_with("/flaky/0"), "{}", keys[0]);
     // Retry-After: 2 was honoured.
@@ -213,7 +222,10 @@ fn a_4xx_is_not_retried_and_timeouts_fail_the_step() {
     let slow = step(&doc, "slow");
     assert_eq!(slow["status"], "failed");
     assert_eq!(slow["attempts"], 2);
-    assert!(slow["error"].as_str().unwrap().contains("timed out"), "{slow}");
+    assert!(
+        slow["error"].as_str().unwrap().contains("timed out"),
+        "{slow}"
+    );
     let bad = step(&doc, "bad");
     assert_eq!(bad["attempts"], 1);
     assert!(bad["error"].as_str().unwrap().contains("404"), "{bad}");
@@ -254,7 +266,11 @@ on_failure:
     assert_eq!(step(&doc, "page")["status"], "succeeded");
     assert!(srv.hits("/ok/after").is_empty());
     let page = &srv.hits("/echo/page")[0];
-    assert!(page.body.contains("onfail failed: step `breaks` failed"), "{}", page.body);
+    assert!(
+        page.body.contains("onfail failed: step `breaks` failed"),
+        "{}",
+        page.body
+    );
 }
 
 fn approval_runbook(u: &str) -> String {
@@ -301,7 +317,10 @@ fn approval_waits_durably_then_approve_continues() {
     // The starter cannot approve alone; a person outside the group cannot approve at all.
     let selfie = env.run(&["approve", &run, "approve-suspend", "--by", "dana"]);
     assert_eq!(selfie.code, 1, "{selfie:?}");
-    assert!(selfie.stderr.contains("cannot approve it alone"), "{selfie:?}");
+    assert!(
+        selfie.stderr.contains("cannot approve it alone"),
+        "{selfie:?}"
+    );
     let outsider = env.run(&["approve", &run, "approve-suspend", "--by", "sam"]);
     assert_eq!(outsider.code, 1, "{outsider:?}");
     assert!(srv.hits("/ok/suspend").is_empty());
@@ -313,7 +332,16 @@ fn approval_waits_durably_then_approve_continues() {
         "database: sqlite://cordon.db\nevidence: { dir: evidence }\nrunbooks: runbooks\napi:\n  tokens:\n    - { name: dana, token: { env: DANA_TOKEN }, role: approver, groups: [legal] }\n    - { name: lee, token: { env: LEE_TOKEN }, role: approver, groups: [legal] }\n",
     )
     .unwrap();
-    let ok = env.run(&["approve", &run, "approve-suspend", "--by", "lee", "--comment", "evidence is clear", "--json"]);
+    let ok = env.run(&[
+        "approve",
+        &run,
+        "approve-suspend",
+        "--by",
+        "lee",
+        "--comment",
+        "evidence is clear",
+        "--json",
+    ]);
     assert_eq!(ok.code, 0, "{ok:?}");
     let doc = ok.json();
     assert_eq!(doc["status"], "succeeded");
@@ -343,13 +371,26 @@ fn rejection_fails_the_run_and_runs_on_failure() {
     assert_eq!(r.code, 3, "{r:?}");
     let run = r.run_id();
     // The starter may reject.
-    let rej = env.run(&["approve", &run, "approve-suspend", "--by", "ana", "--reject", "--comment", "false positive", "--json"]);
+    let rej = env.run(&[
+        "approve",
+        &run,
+        "approve-suspend",
+        "--by",
+        "ana",
+        "--reject",
+        "--comment",
+        "false positive",
+        "--json",
+    ]);
     assert_eq!(rej.code, 1, "{rej:?}");
     let doc = rej.json();
     assert_eq!(doc["status"], "failed");
     assert_eq!(step(&doc, "suspend")["status"], "cancelled");
     assert_eq!(step(&doc, "tell")["status"], "succeeded");
-    assert!(doc["error"].as_str().unwrap().contains("false positive"), "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("false positive"),
+        "{doc}"
+    );
     assert!(srv.hits("/ok/suspend").is_empty());
 }
 
@@ -402,7 +443,11 @@ steps:
     assert_eq!(order, ["/ok/release/d2", "/ok/release/d1", "/ok/unsuspend"]);
     // `note` has no undo: reported, not silently dropped.
     let plan = doc["inputs"]["plan"].as_array().unwrap();
-    assert!(plan.iter().any(|p| p["step"] == "note" && p["disposition"] == "not_undoable"), "{plan:?}");
+    assert!(
+        plan.iter()
+            .any(|p| p["step"] == "note" && p["disposition"] == "not_undoable"),
+        "{plan:?}"
+    );
 }
 
 #[test]
@@ -438,10 +483,20 @@ fn dry_run_calls_lookups_only_and_reports_the_rest() {
     assert_eq!(r.code, 0, "{r:?}");
     let doc = r.json();
     assert_eq!(srv.hits("/ok/u-77").len(), 1, "the lookup runs for real");
-    assert!(srv.seen().iter().all(|s| s.method == "GET"), "{:?}", srv.seen());
+    assert!(
+        srv.seen().iter().all(|s| s.method == "GET"),
+        "{:?}",
+        srv.seen()
+    );
     let s = step(&doc, "suspend");
     assert_eq!(s["output"]["dry_run"], true);
-    assert!(s["output"]["inputs"]["url"].as_str().unwrap().ends_with("/ok/suspend/u-77"), "{s}");
+    assert!(
+        s["output"]["inputs"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/ok/suspend/u-77"),
+        "{s}"
+    );
     let n = step(&doc, "notify");
     let target = n["output"]["inputs"]["json"]["target"].as_str().unwrap();
     assert!(target.contains("not run in dry run"), "{target}");
@@ -476,24 +531,46 @@ fn resume_after_kill_dash_nine_repeats_no_succeeded_step() {
     let mut child = env.spawn(&["run", "slow"]);
     // Wait until the slow step's request is in flight, then kill -9.
     let t0 = Instant::now();
-    while srv.state.seen.lock().unwrap().iter().all(|s| !s.path.contains("/ok/first")) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "first step never ran");
+    while srv
+        .state
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| !s.path.contains("/ok/first"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "first step never ran"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(600));
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let run = stdout.lines().find_map(|l| l.strip_prefix("run ")).expect("run id").trim().to_string();
+    let run = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .expect("run id")
+        .trim()
+        .to_string();
     // Let the killed attempt's request finish on the server before counting.
     std::thread::sleep(Duration::from_millis(2500));
     let r = env.run(&["resume", &run, "--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json()["status"], "succeeded");
-    assert_eq!(srv.hits("/ok/first").len(), 1, "a succeeded step was repeated");
+    assert_eq!(
+        srv.hits("/ok/first").len(),
+        1,
+        "a succeeded step was repeated"
+    );
     let slow = srv.hits("/slow");
     assert_eq!(slow.len(), 2, "the interrupted step runs again");
-    assert_eq!(slow[0].headers["idempotency-key"], slow[1].headers["idempotency-key"]);
+    assert_eq!(
+        slow[0].headers["idempotency-key"],
+        slow[1].headers["idempotency-key"]
+    );
     assert_eq!(srv.hits("/ok/last").len(), 1);
     let v = env.run(&["audit", "verify"]);
     assert_eq!(v.code, 0, "{v:?}");
@@ -548,10 +625,15 @@ fn secrets_from_env_never_reach_database_audit_logs_or_errors() {
     }
     assert!(!db_bytes.is_empty());
     assert!(
-        !db_bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        !db_bytes
+            .windows(secret.len())
+            .any(|w| w == secret.as_bytes()),
         "secret stored in the database"
     );
-    assert!(show.stdout.contains("[REDACTED]"), "the echoed header should show as redacted");
+    assert!(
+        show.stdout.contains("[REDACTED]"),
+        "the echoed header should show as redacted"
+    );
 }
 
 #[test]
@@ -577,13 +659,24 @@ steps:
     let missing = env.run(&["run", "typed"]);
     assert_eq!(missing.code, 2, "{missing:?}");
     assert!(missing.stderr.contains("subject_email"), "{missing:?}");
-    let mistyped = env.run(&["run", "typed", "--input", "subject_email=a@b.co", "--input", "confidence=high"]);
+    let mistyped = env.run(&[
+        "run",
+        "typed",
+        "--input",
+        "subject_email=a@b.co",
+        "--input",
+        "confidence=high",
+    ]);
     assert_eq!(mistyped.code, 2, "{mistyped:?}");
     assert!(mistyped.stderr.contains("confidence"), "{mistyped:?}");
     let alert = env.run(&["run", "typed", "--alert", "nope.json"]);
     assert_eq!(alert.code, 2, "{alert:?}");
     assert!(alert.stderr.contains("nope.json"), "{alert:?}");
-    std::fs::write(env.path().join("alert.json"), r#"{"subject_email": "x@example.com", "confidence": 0.9}"#).unwrap();
+    std::fs::write(
+        env.path().join("alert.json"),
+        r#"{"subject_email": "x@example.com", "confidence": 0.9}"#,
+    )
+    .unwrap();
     let good = env.run(&["run", "typed", "--alert", "alert.json", "--json"]);
     assert_eq!(good.code, 0, "{good:?}");
     assert_eq!(good.json()["inputs"]["confidence"], 0.9);
@@ -597,8 +690,14 @@ fn hundred_steps_and_ten_thousand_items() {
     let env = Env::new("");
     let mut steps = String::from("steps:\n");
     for i in 0..100 {
-        let needs = if i == 0 { String::new() } else { format!("\n    needs: [s{}]", i - 1) };
-        steps.push_str(&format!("  - id: s{i}{needs}\n    uses: core.noop\n    with: {{ n: {i} }}\n"));
+        let needs = if i == 0 {
+            String::new()
+        } else {
+            format!("\n    needs: [s{}]", i - 1)
+        };
+        steps.push_str(&format!(
+            "  - id: s{i}{needs}\n    uses: core.noop\n    with: {{ n: {i} }}\n"
+        ));
     }
     env.write_runbook("hundred", &rb("hundred", &steps));
     let r = env.run(&["run", "hundred", "--json"]);
@@ -613,10 +712,17 @@ fn hundred_steps_and_ten_thousand_items() {
         ),
     );
     let list: Vec<u32> = (0..10_000).collect();
-    std::fs::write(env.path().join("big.json"), serde_json::json!({ "n": list }).to_string()).unwrap();
+    std::fs::write(
+        env.path().join("big.json"),
+        serde_json::json!({ "n": list }).to_string(),
+    )
+    .unwrap();
     let r = env.run(&["run", "wide", "--alert", "big.json", "--json"]);
     assert_eq!(r.code, 0, "{:?}", r.stderr);
-    let out = step(&r.json(), "wide")["output"].as_array().unwrap().clone();
+    let out = step(&r.json(), "wide")["output"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(out.len(), 10_000);
     assert_eq!(out[9_999]["i"], 9_999);
 }
@@ -624,7 +730,10 @@ fn hundred_steps_and_ten_thousand_items() {
 #[test]
 fn audit_verify_names_the_first_tampered_event() {
     let env = Env::new("");
-    env.write_runbook("one", &rb("one", "steps:\n  - id: a\n    uses: core.noop\n"));
+    env.write_runbook(
+        "one",
+        &rb("one", "steps:\n  - id: a\n    uses: core.noop\n"),
+    );
     for _ in 0..3 {
         assert_eq!(env.run(&["run", "one"]).code, 0);
     }
@@ -660,8 +769,14 @@ fn validate_reports_every_problem_with_location_and_exit_one() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains(":6:5:"), "{r:?}");
     assert!(r.stdout.contains("needs"), "{r:?}");
-    assert!(r.stdout.contains(":9:11:") || r.stdout.contains(":9:"), "{r:?}");
-    let good = env.run(&["validate", env.path().join("runbooks/none.yaml").to_str().unwrap()]);
+    assert!(
+        r.stdout.contains(":9:11:") || r.stdout.contains(":9:"),
+        "{r:?}"
+    );
+    let good = env.run(&[
+        "validate",
+        env.path().join("runbooks/none.yaml").to_str().unwrap(),
+    ]);
     assert_ne!(good.code, 0);
 }
 
@@ -698,11 +813,27 @@ steps:
     let second = env.run(&["run", "task", "--input", "subject=x@example.com"]);
     assert_eq!(second.run_id(), run, "{second:?}");
     assert!(second.stderr.contains("joined"), "{second:?}");
-    assert_eq!(env.run(&["runs", "list", "--json"]).json().as_array().unwrap().len(), 1);
+    assert_eq!(
+        env.run(&["runs", "list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // Tasks are done with `cordon done`; `approve` is refused for them.
     let wrong = env.run(&["approve", &run, "hold-payments", "--by", "fin"]);
     assert_eq!(wrong.code, 1, "{wrong:?}");
-    let done = env.run(&["done", &run, "hold-payments", "--by", "fin", "--note", "held", "--json"]);
+    let done = env.run(&[
+        "done",
+        &run,
+        "hold-payments",
+        "--by",
+        "fin",
+        "--note",
+        "held",
+        "--json",
+    ]);
     assert_eq!(done.code, 0, "{done:?}");
     let doc = done.json();
     assert_eq!(step(&doc, "hold-payments")["output"]["note"], "held");
@@ -715,11 +846,23 @@ steps:
     );
     let child = env.spawn(&["run", "slowcancel"]);
     let t0 = Instant::now();
-    while srv.state.seen.lock().unwrap().is_empty() || env.run(&["runs", "list", "--json", "--runbook", "slowcancel"]).json().as_array().unwrap().is_empty() {
+    while srv.state.seen.lock().unwrap().is_empty()
+        || env
+            .run(&["runs", "list", "--json", "--runbook", "slowcancel"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    {
         assert!(t0.elapsed() < Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let id = env.run(&["runs", "list", "--json", "--runbook", "slowcancel"]).json()[0]["id"].as_str().unwrap().to_string();
+    let id = env
+        .run(&["runs", "list", "--json", "--runbook", "slowcancel"])
+        .json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let c = env.run(&["cancel", &id]);
     assert_eq!(c.code, 0, "{c:?}");
     let out = child.wait_with_output().unwrap();
@@ -756,14 +899,25 @@ fn pause_holds_mutating_calls_until_unpause() {
     let child = env.spawn(&["run", "paused"]);
     let t0 = Instant::now();
     while srv.hits("/ok/look").is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "lookup did not run while paused");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "lookup did not run while paused"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(srv.hits("/ok/change").is_empty(), "a mutating call went out while paused");
+    assert!(
+        srv.hits("/ok/change").is_empty(),
+        "a mutating call went out while paused"
+    );
     assert_eq!(env.run(&["unpause"]).code, 0);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(srv.hits("/ok/change").len(), 1);
     let audit = env.run(&["audit", "verify"]);
     assert_eq!(audit.code, 0);
@@ -790,7 +944,12 @@ fn snapshots_are_evidence_with_hashes_and_verify_catches_tampering() {
     let file = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e != "jsonl" || !p.ends_with("manifest.jsonl")) && !p.ends_with("SHA256SUMS") && !p.ends_with("manifest.jsonl"))
+        .find(|p| {
+            p.extension()
+                .is_some_and(|e| e != "jsonl" || !p.ends_with("manifest.jsonl"))
+                && !p.ends_with("SHA256SUMS")
+                && !p.ends_with("manifest.jsonl")
+        })
         .expect("artifact file");
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[0] ^= 1;

@@ -82,7 +82,12 @@ impl Sandbox {
             ] {
                 w.users.insert(
                     email.to_string(),
-                    User { id: id.into(), email: email.into(), name: name.into(), status: "ACTIVE" },
+                    User {
+                        id: id.into(),
+                        email: email.into(),
+                        name: name.into(),
+                        status: "ACTIVE",
+                    },
                 );
             }
             for (id, serial, owner) in [
@@ -91,7 +96,12 @@ impl Sandbox {
             ] {
                 w.devices.insert(
                     serial.to_string(),
-                    Device { id: id.into(), serial: serial.into(), owner: owner.into(), contained: false },
+                    Device {
+                        id: id.into(),
+                        serial: serial.into(),
+                        owner: owner.into(),
+                        contained: false,
+                    },
                 );
             }
         }
@@ -100,7 +110,10 @@ impl Sandbox {
 
     /// Mutating calls received so far, as `METHOD path` lines.
     pub fn calls(&self) -> Vec<String> {
-        self.world.lock().map(|w| w.calls.clone()).unwrap_or_default()
+        self.world
+            .lock()
+            .map(|w| w.calls.clone())
+            .unwrap_or_default()
     }
 
     /// Serve on an ephemeral loopback port.
@@ -113,7 +126,11 @@ impl Sandbox {
                 tracing::warn!(error = %e, "sandbox server stopped");
             }
         });
-        Ok(SandboxServer { addr, sandbox: self, handle })
+        Ok(SandboxServer {
+            addr,
+            sandbox: self,
+            handle,
+        })
     }
 
     pub fn router(&self) -> Router {
@@ -136,7 +153,11 @@ impl Sandbox {
 }
 
 fn not_found(what: &str) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": format!("{what} not found")}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": format!("{what} not found")})),
+    )
+        .into_response()
 }
 
 fn user_json(u: &User) -> Value {
@@ -151,7 +172,9 @@ fn find<'a>(w: &'a mut World, key: &str) -> Option<&'a mut User> {
 }
 
 async fn get_user(State(s): State<Sandbox>, Path(user): Path<String>) -> Response {
-    let Ok(mut w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    let Ok(mut w) = s.world.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     match find(&mut w, &user) {
         Some(u) => Json(user_json(u)).into_response(),
         None => not_found("user"),
@@ -160,7 +183,9 @@ async fn get_user(State(s): State<Sandbox>, Path(user): Path<String>) -> Respons
 
 async fn set_status(s: Sandbox, user: String, to: &'static str, verb: &str) -> Response {
     s.record(format!("POST /demo/users/{user}/{verb}"));
-    let Ok(mut w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    let Ok(mut w) = s.world.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     match find(&mut w, &user) {
         Some(u) => {
             let already = u.status == to;
@@ -184,9 +209,15 @@ struct LogQuery {
     since: Option<String>,
 }
 
-async fn logs(State(s): State<Sandbox>, Path(user): Path<String>, Query(q): Query<LogQuery>) -> Response {
+async fn logs(
+    State(s): State<Sandbox>,
+    Path(user): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
     let email = {
-        let Ok(mut w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+        let Ok(mut w) = s.world.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
         match find(&mut w, &user) {
             Some(u) => u.email.clone(),
             None => return not_found("user"),
@@ -212,7 +243,9 @@ async fn logs(State(s): State<Sandbox>, Path(user): Path<String>, Query(q): Quer
 }
 
 async fn get_device(State(s): State<Sandbox>, Path(serial): Path<String>) -> Response {
-    let Ok(w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    let Ok(w) = s.world.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     match w.devices.get(&serial) {
         Some(d) => Json(json!({"found": true, "id": d.id, "serial": d.serial, "owner": d.owner, "contained": d.contained})).into_response(),
         None => Json(json!({"found": false, "serial": serial})).into_response(),
@@ -221,7 +254,9 @@ async fn get_device(State(s): State<Sandbox>, Path(serial): Path<String>) -> Res
 
 async fn set_contained(s: Sandbox, serial: String, to: bool, verb: &str) -> Response {
     s.record(format!("POST /demo/devices/{serial}/{verb}"));
-    let Ok(mut w) = s.world.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    let Ok(mut w) = s.world.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     match w.devices.get_mut(&serial) {
         Some(d) => {
             let already = d.contained == to;

@@ -45,7 +45,10 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 async fn engine(dir: &std::path::Path) -> anyhow::Result<Engine> {
     let cfg_path = dir.join("config.yaml");
-    std::fs::write(&cfg_path, "database: sqlite://bench.db\nevidence: { dir: evidence }\n")?;
+    std::fs::write(
+        &cfg_path,
+        "database: sqlite://bench.db\nevidence: { dir: evidence }\n",
+    )?;
     let config = Config::from_file(&cfg_path)?;
     let redactor = Redactor::default();
     let registry = Registry::from_config(&config.connectors, &config.base_dir, &redactor)
@@ -57,8 +60,14 @@ async fn engine(dir: &std::path::Path) -> anyhow::Result<Engine> {
 fn chain(name: &str, n: usize) -> String {
     let mut s = format!("version: 1\nname: {name}\nsteps:\n");
     for i in 0..n {
-        let needs = if i == 0 { String::new() } else { format!("\n    needs: [s{}]", i - 1) };
-        s.push_str(&format!("  - id: s{i}{needs}\n    uses: core.noop\n    with: {{ n: {i} }}\n"));
+        let needs = if i == 0 {
+            String::new()
+        } else {
+            format!("\n    needs: [s{}]", i - 1)
+        };
+        s.push_str(&format!(
+            "  - id: s{i}{needs}\n    uses: core.noop\n    with: {{ n: {i} }}\n"
+        ));
     }
     s
 }
@@ -95,11 +104,17 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let run = engine.execute(&id, stamps.clone()).await?;
     let total = t0.elapsed();
-    anyhow::ensure!(run.status == RunStatus::Succeeded, "chain run {}", run.status.as_str());
+    anyhow::ensure!(
+        run.status == RunStatus::Succeeded,
+        "chain run {}",
+        run.status.as_str()
+    );
     let v = stamps.0.lock().map(|v| v.clone()).unwrap_or_default();
     let mut deltas: Vec<Duration> = v.windows(2).map(|w| w[1] - w[0]).collect();
     deltas.sort();
-    println!("per-step engine overhead, chain of {steps} core.noop steps on SQLite (synchronous=FULL):");
+    println!(
+        "per-step engine overhead, chain of {steps} core.noop steps on SQLite (synchronous=FULL):"
+    );
     println!(
         "  p50 {:.3} ms   p99 {:.3} ms   mean {:.3} ms",
         pct(&deltas, 0.50).as_secs_f64() * 1e3,

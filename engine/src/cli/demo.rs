@@ -20,18 +20,31 @@ const DEMO_RUNBOOK: &str = include_str!("../../../runbooks/demo-containment.yaml
 pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     let app = App::open(config_path).await?;
     let engine = &app.engine;
-    let server = Sandbox::seeded().serve().await.context("cannot start the local sandbox")?;
+    let server = Sandbox::seeded()
+        .serve()
+        .await
+        .context("cannot start the local sandbox")?;
     eprintln!("sandbox listening on {}", server.base_url());
 
-    let from_folder = engine.inner.config.runbooks_dir.join("demo-containment.yaml");
+    let from_folder = engine
+        .inner
+        .config
+        .runbooks_dir
+        .join("demo-containment.yaml");
     let (text, file) = match std::fs::read_to_string(&from_folder) {
         Ok(t) => (t, from_folder.display().to_string()),
-        Err(_) => (DEMO_RUNBOOK.to_string(), "demo-containment.yaml (embedded)".to_string()),
+        Err(_) => (
+            DEMO_RUNBOOK.to_string(),
+            "demo-containment.yaml (embedded)".to_string(),
+        ),
     };
     let rb = validate(&text, &file, &engine.validation_context()).map_err(|d| {
         anyhow::anyhow!(
             "the demo runbook is not valid:\n{}",
-            d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n")
+            d.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })?;
     let alert_id = format!("DEMO-{}", ulid::Ulid::new());
@@ -39,7 +52,10 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     inputs.insert("sandbox_url".into(), json!(server.base_url()));
     inputs.insert("alert_id".into(), json!(alert_id));
     inputs.insert("subject_email".into(), json!("j.smith@example.com"));
-    inputs.insert("device_serials".into(), json!(["C02DEMO0001", "C02DEMO0002", "C02UNKNOWN9"]));
+    inputs.insert(
+        "device_serials".into(),
+        json!(["C02DEMO0001", "C02DEMO0002", "C02UNKNOWN9"]),
+    );
     inputs.insert("confidence".into(), json!(0.92));
     let created = engine
         .start_run(StartRequest {
@@ -60,7 +76,10 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     let display = Arc::new(progress::Display::new(json_out));
     let run = engine.execute(&run.id, display.clone()).await?;
     if run.status != RunStatus::Waiting {
-        anyhow::bail!("expected the run to wait for counsel's approval, it is {}", run.status.as_str());
+        anyhow::bail!(
+            "expected the run to wait for counsel's approval, it is {}",
+            run.status.as_str()
+        );
     }
     eprintln!("⚖ counsel (demo-counsel, group legal) reviews the evidence and approves");
     let counsel = Decider {
@@ -104,7 +123,11 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
         eprintln!(
             "evidence: {} artifact(s), {}",
             evidence.len(),
-            if ev_report.ok() { "hashes verified" } else { "VERIFICATION FAILED" }
+            if ev_report.ok() {
+                "hashes verified"
+            } else {
+                "VERIFICATION FAILED"
+            }
         );
         eprintln!(
             "audit chain: {} events, {}",
@@ -113,8 +136,14 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
         );
         eprintln!();
         eprintln!("next: cordon runs show {}", run.id);
-        eprintln!("      cordon audit export --run {} --format html -o audit.html", run.id);
-        eprintln!("      cordon undo {}   (a false positive: reverse it, newest first)", run.id);
+        eprintln!(
+            "      cordon audit export --run {} --format html -o audit.html",
+            run.id
+        );
+        eprintln!(
+            "      cordon undo {}   (a false positive: reverse it, newest first)",
+            run.id
+        );
     }
     let ok = run.status == RunStatus::Succeeded && ev_report.ok() && audit.ok;
     let _ = Value::Null;

@@ -28,7 +28,11 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditDraft, Created, RunFilter, RunRecord, RunStatus, Store};
 
 #[derive(Parser, Debug)]
-#[command(name = "cordon", version, about = "Incident-response runbooks, executed durably, with an audit trail a court can trust")]
+#[command(
+    name = "cordon",
+    version,
+    about = "Incident-response runbooks, executed durably, with an audit trail a court can trust"
+)]
 pub struct Cli {
     /// Configuration file (default: $CORDON_CONFIG, else embedded defaults).
     #[arg(long, global = true, value_name = "FILE")]
@@ -265,14 +269,21 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Validate { paths, json } => cmd_validate(config_path.as_deref(), paths, json),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&crate::runbook::schema::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::runbook::schema::json_schema())?
+            );
             Ok(0)
         }
-        Command::Connectors { command: ListCommand::List { json } } => {
+        Command::Connectors {
+            command: ListCommand::List { json },
+        } => {
             cmd_connectors(json);
             Ok(0)
         }
-        Command::Runbooks { command: ListCommand::List { json } } => {
+        Command::Runbooks {
+            command: ListCommand::List { json },
+        } => {
             let config = load_config(config_path.as_deref())?;
             cmd_runbooks(&config, json)
         }
@@ -347,21 +358,52 @@ impl App {
     async fn command(&self, cmd: Command) -> Result<u8> {
         match cmd {
             Command::Run(args) => self.cmd_run(args).await,
-            Command::Approve { run, step, by, reject, comment, json } => {
-                let verdict = if reject { Verdict::Reject } else { Verdict::Approve };
-                self.cmd_decide(&run, &step, &by, verdict, comment, json).await
+            Command::Approve {
+                run,
+                step,
+                by,
+                reject,
+                comment,
+                json,
+            } => {
+                let verdict = if reject {
+                    Verdict::Reject
+                } else {
+                    Verdict::Approve
+                };
+                self.cmd_decide(&run, &step, &by, verdict, comment, json)
+                    .await
             }
-            Command::Done { run, step, by, note, json } => {
-                self.cmd_decide(&run, &step, &by, Verdict::Done, note, json).await
+            Command::Done {
+                run,
+                step,
+                by,
+                note,
+                json,
+            } => {
+                self.cmd_decide(&run, &step, &by, Verdict::Done, note, json)
+                    .await
             }
             Command::Cancel { run, actor } => self.cmd_cancel(&run, &actor_name(actor)).await,
             Command::Pause { actor } => self.cmd_pause(true, &actor_name(actor)).await,
             Command::Unpause { actor } => self.cmd_pause(false, &actor_name(actor)).await,
-            Command::Retry { run, from, actor, json } => {
+            Command::Retry {
+                run,
+                from,
+                actor,
+                json,
+            } => {
                 let actor = format!("cli:{}", actor_name(actor));
                 self.audit_config(&actor).await?;
                 let lease = self.engine.acquire(&run).await.map_err(exec_err)?;
-                if let Err(e) = crate::exec::runner::prepare_retry(&self.engine, &lease, from.as_deref(), &actor).await {
+                if let Err(e) = crate::exec::runner::prepare_retry(
+                    &self.engine,
+                    &lease,
+                    from.as_deref(),
+                    &actor,
+                )
+                .await
+                {
                     let _ = self.store().release_lease(&lease).await;
                     return Err(exec_err(e));
                 }
@@ -374,23 +416,38 @@ impl App {
             Command::Undo { run, actor, json } => {
                 let who = actor_name(actor);
                 self.audit_config(&format!("cli:{who}")).await?;
-                let (undo, plan) = crate::exec::undo::create_undo_run(&self.engine, &run, &format!("cli:{who}"), &who)
-                    .await
-                    .map_err(exec_err)?;
+                let (undo, plan) = crate::exec::undo::create_undo_run(
+                    &self.engine,
+                    &run,
+                    &format!("cli:{who}"),
+                    &who,
+                )
+                .await
+                .map_err(exec_err)?;
                 if !json {
                     println!("run {}", undo.id);
                     for p in &plan {
-                        eprintln!("  {} [{}] {}: {}", p.step, p.index, p.action, p.disposition.replace('_', " "));
+                        eprintln!(
+                            "  {} [{}] {}: {}",
+                            p.step,
+                            p.index,
+                            p.action,
+                            p.disposition.replace('_', " ")
+                        );
                     }
                 }
                 self.follow(&undo.id, json, false).await
             }
             Command::Runs { command } => self.cmd_runs(command).await,
             Command::Audit { command } => self.cmd_audit(command).await,
-            Command::Evidence { command: EvidenceCommand::Verify { run } } => self.cmd_evidence_verify(&run).await,
-            Command::Validate { .. } | Command::Schema | Command::Connectors { .. } | Command::Runbooks { .. } | Command::Demo { .. } => {
-                Err(anyhow!("unreachable command dispatch"))
-            }
+            Command::Evidence {
+                command: EvidenceCommand::Verify { run },
+            } => self.cmd_evidence_verify(&run).await,
+            Command::Validate { .. }
+            | Command::Schema
+            | Command::Connectors { .. }
+            | Command::Runbooks { .. }
+            | Command::Demo { .. } => Err(anyhow!("unreachable command dispatch")),
         }
     }
 
@@ -399,19 +456,31 @@ impl App {
         let rb = load_runbook(&args.runbook, config, &self.engine.validation_context())?;
         let mut inputs = Map::new();
         if let Some(path) = &args.alert {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| bad_input(format!("cannot read alert file {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad_input(format!("cannot read alert file {}: {e}", path.display()))
+            })?;
             match serde_json::from_str::<Value>(&text) {
                 Ok(Value::Object(m)) => inputs.extend(m),
-                Ok(_) => return Err(bad_input(format!("alert file {}: expected a JSON object whose keys are input names", path.display()))),
-                Err(e) => return Err(bad_input(format!("alert file {}: not valid JSON: {e}", path.display()))),
+                Ok(_) => {
+                    return Err(bad_input(format!(
+                        "alert file {}: expected a JSON object whose keys are input names",
+                        path.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(bad_input(format!(
+                        "alert file {}: not valid JSON: {e}",
+                        path.display()
+                    )))
+                }
             }
         }
         for kv in &args.inputs {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| bad_input(format!("--input `{kv}`: expected KEY=VALUE")))?;
-            let value = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.to_string()));
+            let value =
+                serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.to_string()));
             inputs.insert(k.trim().to_string(), value);
         }
         let who = actor_name(args.actor);
@@ -448,7 +517,8 @@ impl App {
                     run.concurrency_key.clone().unwrap_or_default()
                 );
                 if args.json {
-                    let mut doc = crate::exec::document::run_document(self.store(), &run, false).await?;
+                    let mut doc =
+                        crate::exec::document::run_document(self.store(), &run, false).await?;
                     doc["deduplicated"] = json!(true);
                     println!("{}", serde_json::to_string_pretty(&doc)?);
                 }
@@ -477,7 +547,9 @@ impl App {
             Ok(run) => run,
             Err(ExecError::Busy { .. }) if !print_id => {
                 // Another process executes it (a decision recorded while it runs).
-                eprintln!("run {run_id} is being executed by another process; it will pick this up");
+                eprintln!(
+                    "run {run_id} is being executed by another process; it will pick this up"
+                );
                 return self.wait_for(run_id, json).await;
             }
             Err(e) => return Err(exec_err(e)),
@@ -493,7 +565,13 @@ impl App {
                 .get_run(run_id)
                 .await?
                 .ok_or_else(|| bad_input(format!("run {run_id} not found")))?;
-            if matches!(run.status, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Waiting) {
+            if matches!(
+                run.status,
+                RunStatus::Succeeded
+                    | RunStatus::Failed
+                    | RunStatus::Cancelled
+                    | RunStatus::Waiting
+            ) {
                 return self.report(&run, json).await;
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -507,12 +585,24 @@ impl App {
         } else {
             match run.status {
                 RunStatus::Succeeded => eprintln!("run {} succeeded", run.id),
-                RunStatus::Failed => eprintln!("run {} failed: {}", run.id, run.error.clone().unwrap_or_default()),
+                RunStatus::Failed => eprintln!(
+                    "run {} failed: {}",
+                    run.id,
+                    run.error.clone().unwrap_or_default()
+                ),
                 RunStatus::Cancelled => eprintln!("run {} cancelled", run.id),
                 RunStatus::Waiting => {
                     let steps = self.store().steps(&run.id).await?;
-                    for s in steps.iter().filter(|s| s.status == crate::store::StepStatus::Waiting) {
-                        let kind = s.inputs.as_ref().and_then(|i| i.get("kind")).and_then(Value::as_str).unwrap_or("approval");
+                    for s in steps
+                        .iter()
+                        .filter(|s| s.status == crate::store::StepStatus::Waiting)
+                    {
+                        let kind = s
+                            .inputs
+                            .as_ref()
+                            .and_then(|i| i.get("kind"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("approval");
                         let verb = if kind == "task" { "done" } else { "approve" };
                         eprintln!(
                             "run {} waits for {kind} `{}`: cordon {verb} {} {} --by NAME",
@@ -526,22 +616,45 @@ impl App {
         Ok(exit_for(run.status))
     }
 
-    async fn cmd_decide(&self, run: &str, step: &str, by: &str, verdict: Verdict, comment: Option<String>, json: bool) -> Result<u8> {
+    async fn cmd_decide(
+        &self,
+        run: &str,
+        step: &str,
+        by: &str,
+        verdict: Verdict,
+        comment: Option<String>,
+        json: bool,
+    ) -> Result<u8> {
         let config = &self.engine.inner.config;
         let (groups, admin) = match config.groups_of(by) {
             None => (None, false),
             Some((g, admin)) => (Some(g), admin),
         };
-        let decider = Decider { name: by.to_string(), via: "cli".into(), groups, admin };
+        let decider = Decider {
+            name: by.to_string(),
+            via: "cli".into(),
+            groups,
+            admin,
+        };
         self.audit_config(&decider.id()).await?;
         if let Err(e) = decide(&self.engine, run, step, &decider, verdict, comment).await {
             return Err(match e {
-                crate::exec::decide::DecideError::Exec(ExecError::NotFound(r)) => bad_input(format!("run {r} not found")),
+                crate::exec::decide::DecideError::Exec(ExecError::NotFound(r)) => {
+                    bad_input(format!("run {r} not found"))
+                }
                 crate::exec::decide::DecideError::Exec(other) => exec_err(other),
                 other => Exit(1, other.to_string()).into(),
             });
         }
-        eprintln!("recorded: {} on step `{step}` by {}", match verdict { Verdict::Approve => "approval", Verdict::Reject => "rejection", Verdict::Done => "done" }, decider.id());
+        eprintln!(
+            "recorded: {} on step `{step}` by {}",
+            match verdict {
+                Verdict::Approve => "approval",
+                Verdict::Reject => "rejection",
+                Verdict::Done => "done",
+            },
+            decider.id()
+        );
         self.follow(run, json, false).await
     }
 
@@ -556,15 +669,22 @@ impl App {
             return Ok(0);
         }
         self.store()
-            .request_cancel(run_id, AuditDraft {
-                run_id: Some(run_id.to_string()),
-                actor: format!("cli:{who}"),
-                action: "run.cancel_requested".into(),
-                details: json!({}),
-            })
+            .request_cancel(
+                run_id,
+                AuditDraft {
+                    run_id: Some(run_id.to_string()),
+                    actor: format!("cli:{who}"),
+                    action: "run.cancel_requested".into(),
+                    details: json!({}),
+                },
+            )
             .await?;
         // If no live process executes it, finish the cancellation here.
-        match self.engine.execute(run_id, Arc::new(crate::exec::Quiet)).await {
+        match self
+            .engine
+            .execute(run_id, Arc::new(crate::exec::Quiet))
+            .await
+        {
             Ok(run) => eprintln!("run {run_id} {}", run.status.as_str()),
             Err(ExecError::Busy { .. }) => {
                 eprintln!("cancellation requested; the process executing run {run_id} stops it");
@@ -575,22 +695,55 @@ impl App {
     }
 
     async fn cmd_pause(&self, paused: bool, who: &str) -> Result<u8> {
-        let action = if paused { "engine.paused" } else { "engine.unpaused" };
+        let action = if paused {
+            "engine.paused"
+        } else {
+            "engine.unpaused"
+        };
         self.store()
-            .set_paused(paused, AuditDraft { run_id: None, actor: format!("cli:{who}"), action: action.into(), details: json!({}) })
+            .set_paused(
+                paused,
+                AuditDraft {
+                    run_id: None,
+                    actor: format!("cli:{who}"),
+                    action: action.into(),
+                    details: json!({}),
+                },
+            )
             .await?;
-        eprintln!("{}", if paused { "paused: no new mutating call will start until `cordon unpause`" } else { "unpaused" });
+        eprintln!(
+            "{}",
+            if paused {
+                "paused: no new mutating call will start until `cordon unpause`"
+            } else {
+                "unpaused"
+            }
+        );
         Ok(0)
     }
 
     async fn cmd_runs(&self, cmd: RunsCommand) -> Result<u8> {
         match cmd {
-            RunsCommand::List { json, status, runbook, case, limit } => {
+            RunsCommand::List {
+                json,
+                status,
+                runbook,
+                case,
+                limit,
+            } => {
                 let status = match status {
                     Some(s) => Some(RunStatus::parse(&s).ok_or_else(|| bad_input(format!("unknown status `{s}`: use queued, running, waiting, succeeded, failed or cancelled")))?),
                     None => None,
                 };
-                let runs = self.store().list_runs(&RunFilter { status, runbook, case_id: case, limit: Some(limit) }).await?;
+                let runs = self
+                    .store()
+                    .list_runs(&RunFilter {
+                        status,
+                        runbook,
+                        case_id: case,
+                        limit: Some(limit),
+                    })
+                    .await?;
                 if json {
                     let list: Vec<Value> = runs.iter().map(|r| json!({
                         "id": r.id, "runbook": r.runbook, "status": r.status.as_str(), "trigger": r.trigger,
@@ -599,24 +752,49 @@ impl App {
                     })).collect();
                     println!("{}", serde_json::to_string_pretty(&list)?);
                 } else {
-                    println!("{:<26}  {:<10}  {:<24}  {:<32}  {}", "RUN", "STATUS", "CREATED", "RUNBOOK", "TRIGGER");
+                    println!(
+                        "{:<26}  {:<10}  {:<24}  {:<32}  {}",
+                        "RUN", "STATUS", "CREATED", "RUNBOOK", "TRIGGER"
+                    );
                     for r in runs {
-                        println!("{:<26}  {:<10}  {:<24}  {:<32}  {}", r.id, r.status.as_str(), r.created_at, r.runbook, r.trigger);
+                        println!(
+                            "{:<26}  {:<10}  {:<24}  {:<32}  {}",
+                            r.id,
+                            r.status.as_str(),
+                            r.created_at,
+                            r.runbook,
+                            r.trigger
+                        );
                     }
                 }
                 Ok(0)
             }
             RunsCommand::Show { run, json, reveal } => {
-                let mut rec = self.store().get_run(&run).await?.ok_or_else(|| bad_input(format!("run {run} not found")))?;
+                let mut rec = self
+                    .store()
+                    .get_run(&run)
+                    .await?
+                    .ok_or_else(|| bad_input(format!("run {run} not found")))?;
                 // Overdue approvals are decided by the next process that looks.
                 if rec.status == RunStatus::Waiting && self.has_overdue(&run).await? {
-                    if let Ok(r) = self.engine.execute(&run, Arc::new(crate::exec::Quiet)).await {
+                    if let Ok(r) = self
+                        .engine
+                        .execute(&run, Arc::new(crate::exec::Quiet))
+                        .await
+                    {
                         rec = r;
                     }
                 }
                 let doc = crate::exec::document::run_document(self.store(), &rec, reveal).await?;
                 if reveal {
-                    self.store().append_audit(vec![AuditDraft { run_id: Some(run.clone()), actor: "cli".into(), action: "secrets.revealed".into(), details: json!({}) }]).await?;
+                    self.store()
+                        .append_audit(vec![AuditDraft {
+                            run_id: Some(run.clone()),
+                            actor: "cli".into(),
+                            action: "secrets.revealed".into(),
+                            details: json!({}),
+                        }])
+                        .await?;
                 }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -631,7 +809,8 @@ impl App {
     async fn has_overdue(&self, run: &str) -> Result<bool> {
         let now = crate::time::now();
         Ok(self.store().steps(run).await?.iter().any(|s| {
-            s.status == crate::store::StepStatus::Waiting && s.deadline.as_deref().is_some_and(|d| d < now.as_str())
+            s.status == crate::store::StepStatus::Waiting
+                && s.deadline.as_deref().is_some_and(|d| d < now.as_str())
         }))
     }
 
@@ -642,22 +821,40 @@ impl App {
                 let head = self.store().audit_head().await?;
                 let report = crate::audit::verify(&events, head.as_ref());
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&json!({
-                        "ok": report.ok, "events": report.events, "head": report.head, "first_bad": report.first_bad, "problem": report.problem,
-                    }))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({
+                            "ok": report.ok, "events": report.events, "head": report.head, "first_bad": report.first_bad, "problem": report.problem,
+                        }))?
+                    );
                 } else if report.ok {
-                    println!("audit chain intact: {} events, head {}", report.events, report.head.clone().unwrap_or_default());
+                    println!(
+                        "audit chain intact: {} events, head {}",
+                        report.events,
+                        report.head.clone().unwrap_or_default()
+                    );
                 } else {
                     println!(
                         "audit chain BROKEN at event {}: {}",
-                        report.first_bad.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                        report
+                            .first_bad
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "?".into()),
                         report.problem.clone().unwrap_or_default()
                     );
                 }
                 Ok(if report.ok { 0 } else { 1 })
             }
-            AuditCommand::Export { run, format, output } => {
-                let rec = self.store().get_run(&run).await?.ok_or_else(|| bad_input(format!("run {run} not found")))?;
+            AuditCommand::Export {
+                run,
+                format,
+                output,
+            } => {
+                let rec = self
+                    .store()
+                    .get_run(&run)
+                    .await?
+                    .ok_or_else(|| bad_input(format!("run {run} not found")))?;
                 let events = self.store().audit_events(Some(&run)).await?;
                 let mut buf: Vec<u8> = Vec::new();
                 match format {
@@ -671,7 +868,8 @@ impl App {
                 }
                 let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&buf));
                 match &output {
-                    Some(p) => std::fs::write(p, &buf).with_context(|| format!("cannot write {}", p.display()))?,
+                    Some(p) => std::fs::write(p, &buf)
+                        .with_context(|| format!("cannot write {}", p.display()))?,
                     None => {
                         use std::io::Write;
                         std::io::stdout().write_all(&buf)?;
@@ -692,7 +890,10 @@ impl App {
     }
 
     async fn cmd_evidence_verify(&self, run: &str) -> Result<u8> {
-        self.store().get_run(run).await?.ok_or_else(|| bad_input(format!("run {run} not found")))?;
+        self.store()
+            .get_run(run)
+            .await?
+            .ok_or_else(|| bad_input(format!("run {run} not found")))?;
         let records = self.store().evidence(run).await?;
         let report = self.engine.inner.evidence.verify_run(run, &records);
         println!("{report}");
@@ -712,7 +913,8 @@ impl App {
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Err(bad_input(
-            "the PostgreSQL store is not available in this build yet; use sqlite://PATH".to_string(),
+            "the PostgreSQL store is not available in this build yet; use sqlite://PATH"
+                .to_string(),
         ));
     }
     let store = SqliteStore::open(url)
@@ -722,7 +924,10 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
 }
 
 fn config_origin(c: &Config) -> String {
-    c.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "configuration".into())
+    c.source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "configuration".into())
 }
 
 fn exec_err(e: ExecError) -> anyhow::Error {
@@ -751,7 +956,11 @@ fn actor_name(given: Option<String>) -> String {
 }
 
 /// A runbook by name (in the runbooks folder) or by path.
-pub fn load_runbook(which: &str, config: &Config, ctx: &ValidationContext) -> Result<ValidatedRunbook> {
+pub fn load_runbook(
+    which: &str,
+    config: &Config,
+    ctx: &ValidationContext,
+) -> Result<ValidatedRunbook> {
     let as_path = Path::new(which);
     let path = if as_path.is_file() {
         as_path.to_path_buf()
@@ -764,7 +973,11 @@ pub fn load_runbook(which: &str, config: &Config, ctx: &ValidationContext) -> Re
         bad_input(format!(
             "runbook {} is not valid:\n{}",
             path.display(),
-            diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+            diags
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         ))
     })
 }
@@ -825,15 +1038,26 @@ fn cmd_validate(config_path: Option<&Path>, paths: Vec<PathBuf>, json: bool) -> 
     let ctx = if config.source.is_some() {
         let redactor = Redactor::default();
         match Registry::from_config(&config.connectors, &config.base_dir, &redactor) {
-            Ok(r) => ValidationContext { instances: Some(r.instance_types()) },
+            Ok(r) => ValidationContext {
+                instances: Some(r.instance_types()),
+            },
             Err(errs) => {
-                return Err(bad_input(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
+                return Err(bad_input(
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ));
             }
         }
     } else {
         ValidationContext { instances: None }
     };
-    let targets = if paths.is_empty() { vec![config.runbooks_dir.clone()] } else { paths };
+    let targets = if paths.is_empty() {
+        vec![config.runbooks_dir.clone()]
+    } else {
+        paths
+    };
     let mut files = Vec::new();
     for t in &targets {
         if t.is_dir() {
@@ -863,10 +1087,19 @@ fn cmd_validate(config_path: Option<&Path>, paths: Vec<PathBuf>, json: bool) -> 
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({"files": files.len(), "problems": all}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"files": files.len(), "problems": all}))?
+        );
     } else {
         for d in all.iter().filter(|d| d.get("code") == Some(&json!("E002"))) {
-            println!("{}:{}:{}: {} [E002]", d["file"].as_str().unwrap_or(""), 1, 1, d["message"].as_str().unwrap_or(""));
+            println!(
+                "{}:{}:{}: {} [E002]",
+                d["file"].as_str().unwrap_or(""),
+                1,
+                1,
+                d["message"].as_str().unwrap_or("")
+            );
         }
         if all.is_empty() {
             eprintln!("{} runbook(s) valid", files.len());
@@ -875,7 +1108,14 @@ fn cmd_validate(config_path: Option<&Path>, paths: Vec<PathBuf>, json: bool) -> 
         }
     }
     if files.is_empty() {
-        return Err(bad_input(format!("no runbooks found in {}", targets.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", "))));
+        return Err(bad_input(format!(
+            "no runbooks found in {}",
+            targets
+                .iter()
+                .map(|t| t.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     }
     Ok(if all.is_empty() { 0 } else { 1 })
 }
@@ -883,14 +1123,20 @@ fn cmd_validate(config_path: Option<&Path>, paths: Vec<PathBuf>, json: bool) -> 
 fn cmd_connectors(json: bool) {
     let catalog = cordon_connectors::catalog::catalog();
     if json {
-        println!("{}", serde_json::to_string_pretty(&catalog).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&catalog).unwrap_or_default()
+        );
         return;
     }
     for t in catalog {
         println!("{} — {}", t.name, t.description);
         for a in t.actions {
             let undo = a.undo.map(|u| format!(", undo: {u}")).unwrap_or_default();
-            println!("  {}.{} ({:?}{undo}) — {}", t.name, a.name, a.effect, a.description);
+            println!(
+                "  {}.{} ({:?}{undo}) — {}",
+                t.name, a.name, a.effect, a.description
+            );
             for f in a.inputs {
                 let req = if f.required { " (required)" } else { "" };
                 println!("      in  {}: {}{req} — {}", f.name, f.ty, f.description);
@@ -919,9 +1165,17 @@ fn cmd_runbooks(config: &Config, json: bool) -> Result<u8> {
     } else {
         for r in &list {
             if r["valid"] == json!(true) {
-                println!("{:<36} {}", r["name"].as_str().unwrap_or(""), r["title"].as_str().unwrap_or(""));
+                println!(
+                    "{:<36} {}",
+                    r["name"].as_str().unwrap_or(""),
+                    r["title"].as_str().unwrap_or("")
+                );
             } else {
-                println!("{:<36} (invalid: {} problems; run `cordon validate`)", r["file"].as_str().unwrap_or(""), r["problems"]);
+                println!(
+                    "{:<36} (invalid: {} problems; run `cordon validate`)",
+                    r["file"].as_str().unwrap_or(""),
+                    r["problems"]
+                );
             }
         }
     }
@@ -931,10 +1185,22 @@ fn cmd_runbooks(config: &Config, json: bool) -> Result<u8> {
 fn print_run(doc: &Value) {
     let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
     println!("run       {}", s(&doc["id"]));
-    println!("runbook   {} (sha256 {})", s(&doc["runbook"]), s(&doc["runbook_sha256"]));
+    println!(
+        "runbook   {} (sha256 {})",
+        s(&doc["runbook"]),
+        s(&doc["runbook_sha256"])
+    );
     println!("status    {}", s(&doc["status"]));
-    println!("trigger   {} (started by {})", s(&doc["trigger"]), s(&doc["started_by"]));
-    println!("started   {}   finished {}", s(&doc["started_at"]), s(&doc["finished_at"]));
+    println!(
+        "trigger   {} (started by {})",
+        s(&doc["trigger"]),
+        s(&doc["started_by"])
+    );
+    println!(
+        "started   {}   finished {}",
+        s(&doc["started_at"]),
+        s(&doc["finished_at"])
+    );
     if let Some(u) = doc["undo_of"].as_str() {
         println!("undo of   {u}");
     }
@@ -944,7 +1210,12 @@ fn print_run(doc: &Value) {
     println!();
     if let Some(steps) = doc["steps"].as_array() {
         for st in steps {
-            let mut line = format!("  {:<10} {:<32} attempts {}", s(&st["status"]), s(&st["id"]), st["attempts"]);
+            let mut line = format!(
+                "  {:<10} {:<32} attempts {}",
+                s(&st["status"]),
+                s(&st["id"]),
+                st["attempts"]
+            );
             if let Some(e) = st["error"].as_str() {
                 line.push_str(&format!("  error: {e}"));
             } else if let Some(r) = st["reason"].as_str() {

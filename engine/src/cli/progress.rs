@@ -46,8 +46,9 @@ impl Display {
 
     fn bar(&self, step: &str, items: u32) {
         let Some(m) = &self.live else { return };
-        let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {msg} {pos}/{len} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let style =
+            ProgressStyle::with_template("{spinner} {prefix:.bold} {msg} {pos}/{len} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let pb = m.add(ProgressBar::new(items as u64));
         pb.set_style(style);
         pb.set_prefix(step.to_string());
@@ -82,14 +83,28 @@ impl Observer for Display {
                     }
                 }
             }
-            Progress::StepRetrying { step, idx, attempt, delay_ms, error } => {
-                let at = if idx > 0 { format!(" [{idx}]") } else { String::new() };
+            Progress::StepRetrying {
+                step,
+                idx,
+                attempt,
+                delay_ms,
+                error,
+            } => {
+                let at = if idx > 0 {
+                    format!(" [{idx}]")
+                } else {
+                    String::new()
+                };
                 self.line(format!(
                     "↻ {step}{at}: attempt {attempt} in {:.1}s after: {error}",
                     delay_ms as f64 / 1000.0
                 ));
             }
-            Progress::StepFinished { step, status, detail } => {
+            Progress::StepFinished {
+                step,
+                status,
+                detail,
+            } => {
                 let took = self.take(&step).map(|(pb, t)| {
                     pb.finish_and_clear();
                     t.elapsed()
@@ -114,7 +129,9 @@ impl Observer for Display {
                 self.line(format!("⏸ {step}: waiting: {message}"));
             }
             Progress::Paused { step } => {
-                self.line(format!("⏸ {step}: engine paused (`cordon unpause` to continue)"));
+                self.line(format!(
+                    "⏸ {step}: engine paused (`cordon unpause` to continue)"
+                ));
             }
         }
     }

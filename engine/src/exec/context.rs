@@ -22,7 +22,10 @@ impl RunContext {
         r.insert("runbook".into(), json!(run.runbook));
         r.insert(
             "started_at".into(),
-            json!(run.started_at.clone().unwrap_or_else(|| run.created_at.clone())),
+            json!(run
+                .started_at
+                .clone()
+                .unwrap_or_else(|| run.created_at.clone())),
         );
         r.insert("trigger".into(), json!(run.trigger));
         r.insert("started_by".into(), json!(run.started_by));
@@ -84,7 +87,9 @@ pub fn dry_run_placeholders(template: &str, uncalled: &BTreeSet<String>) -> Opti
                 let trimmed = inner.trim_start();
                 if trimmed.starts_with('#') || trimmed.starts_with('^') {
                     out.push_str("{{");
-                    out.push_str(&inner.replace(&path, &format!("\"<{path}: not run in dry run>\"")));
+                    out.push_str(
+                        &inner.replace(&path, &format!("\"<{path}: not run in dry run>\"")),
+                    );
                     out.push_str("}}");
                 } else {
                     out.push_str(&format!("<{path}: not run in dry run>"));
@@ -134,6 +139,9 @@ mod tests {
         );
         assert!(dry_run_placeholders("{{ steps.find.output.id }}", &set).is_none());
         let b = dry_run_placeholders("{{#if steps.suspend.output.already}}x{{/if}}", &set).unwrap();
-        assert!(b.starts_with("{{#if \"<steps.suspend.output.already"), "{b}");
+        assert!(
+            b.starts_with("{{#if \"<steps.suspend.output.already"),
+            "{b}"
+        );
     }
 }

@@ -91,13 +91,24 @@ pub async fn decide(
     })?;
     match (def.kind(), verdict) {
         (StepKind::Approval, Verdict::Done) => {
-            return Err(DecideError::WrongKind { step: step_id.into(), kind: "an approval", verb: "approve" })
+            return Err(DecideError::WrongKind {
+                step: step_id.into(),
+                kind: "an approval",
+                verb: "approve",
+            })
         }
         (StepKind::Task, Verdict::Approve | Verdict::Reject) => {
-            return Err(DecideError::WrongKind { step: step_id.into(), kind: "a task", verb: "done" })
+            return Err(DecideError::WrongKind {
+                step: step_id.into(),
+                kind: "a task",
+                verb: "done",
+            })
         }
         (StepKind::Action, _) => {
-            return Err(DecideError::NotWaiting { step: step_id.into(), status: "an action step".into() })
+            return Err(DecideError::NotWaiting {
+                step: step_id.into(),
+                status: "an action step".into(),
+            })
         }
         _ => {}
     }
@@ -110,7 +121,10 @@ pub async fn decide(
         } else {
             format!("{} (run {})", status.as_str(), run.status.as_str())
         };
-        return Err(DecideError::NotWaiting { step: step_id.into(), status: shown });
+        return Err(DecideError::NotWaiting {
+            step: step_id.into(),
+            status: shown,
+        });
     }
     let _ = RunStatus::Waiting;
     let (who_list, min) = match (&def.approval, &def.task) {
@@ -128,8 +142,14 @@ pub async fn decide(
     let previous = store.decisions(run_id).await?;
     let mine: Vec<&Decision> = previous.iter().filter(|d| d.step_id == step_id).collect();
     if verdict == Verdict::Approve {
-        if mine.iter().any(|d| d.decision == "approve" && d.decided_by == decider.id()) {
-            return Err(DecideError::Duplicate { who: decider.id(), step: step_id.into() });
+        if mine
+            .iter()
+            .any(|d| d.decision == "approve" && d.decided_by == decider.id())
+        {
+            return Err(DecideError::Duplicate {
+                who: decider.id(),
+                step: step_id.into(),
+            });
         }
         let mut approvers: Vec<String> = mine
             .iter()
@@ -152,7 +172,11 @@ pub async fn decide(
         Verdict::Done => "done",
     };
     let releases = rec.and_then(|s| s.inputs.clone()).unwrap_or_default();
-    let action = if verdict == Verdict::Done { "task.done" } else { "approval.decided" };
+    let action = if verdict == Verdict::Done {
+        "task.done"
+    } else {
+        "approval.decided"
+    };
     let audit = AuditDraft {
         run_id: Some(run_id.to_string()),
         actor: decider.id(),

@@ -5,7 +5,11 @@ use serde_json::{json, Value};
 use crate::store::{ItemRecord, RunRecord, StepRecord, Store, StoreError};
 
 /// Build the run document. `reveal` includes secret outputs (admins only).
-pub async fn run_document(store: &dyn Store, run: &RunRecord, reveal: bool) -> Result<Value, StoreError> {
+pub async fn run_document(
+    store: &dyn Store,
+    run: &RunRecord,
+    reveal: bool,
+) -> Result<Value, StoreError> {
     let steps = store.steps(&run.id).await?;
     let items = store.items(&run.id).await?;
     let joined = store.joined_triggers(&run.id).await?;

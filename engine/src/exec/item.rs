@@ -153,7 +153,9 @@ impl ItemJob {
                     }
                     Ok(Ok(None)) => {}
                     // A failed read is not fatal: the action itself reports `already`.
-                    Ok(Err(e)) => tracing::warn!(error = %self.engine.inner.redactor.redact_str(&e.to_string()), "prior-state read failed"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %self.engine.inner.redactor.redact_str(&e.to_string()), "prior-state read failed")
+                    }
                     Err(_) => tracing::warn!("prior-state read timed out"),
                 }
             }
@@ -307,9 +309,15 @@ mod tests {
         };
         for _ in 0..50 {
             let d2 = p.delay(2, None);
-            assert!(d2 >= Duration::from_secs(1) && d2 <= Duration::from_secs(2), "{d2:?}");
+            assert!(
+                d2 >= Duration::from_secs(1) && d2 <= Duration::from_secs(2),
+                "{d2:?}"
+            );
             let d4 = p.delay(4, None);
-            assert!(d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8), "{d4:?}");
+            assert!(
+                d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8),
+                "{d4:?}"
+            );
             let d9 = p.delay(9, None);
             assert!(d9 <= Duration::from_secs(10), "{d9:?}");
         }
@@ -318,7 +326,10 @@ mod tests {
     #[test]
     fn retry_after_wins_over_max_backoff_up_to_fifteen_minutes() {
         let p = RetryPolicy::default();
-        assert_eq!(p.delay(2, Some(Duration::from_secs(90))), Duration::from_secs(90));
+        assert_eq!(
+            p.delay(2, Some(Duration::from_secs(90))),
+            Duration::from_secs(90)
+        );
         assert_eq!(p.delay(2, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
     }
 

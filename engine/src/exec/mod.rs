@@ -53,12 +53,35 @@ pub enum ExecError {
 /// A change of state worth showing a person following the run.
 #[derive(Debug, Clone)]
 pub enum Progress {
-    StepStarted { step: String, items: u32 },
-    StepRetrying { step: String, idx: u32, attempt: u32, delay_ms: u64, error: String },
-    ItemFinished { step: String, idx: u32, total: u32, ok: bool },
-    StepFinished { step: String, status: crate::store::StepStatus, detail: Option<String> },
-    Waiting { step: String, message: String },
-    Paused { step: String },
+    StepStarted {
+        step: String,
+        items: u32,
+    },
+    StepRetrying {
+        step: String,
+        idx: u32,
+        attempt: u32,
+        delay_ms: u64,
+        error: String,
+    },
+    ItemFinished {
+        step: String,
+        idx: u32,
+        total: u32,
+        ok: bool,
+    },
+    StepFinished {
+        step: String,
+        status: crate::store::StepStatus,
+        detail: Option<String>,
+    },
+    Waiting {
+        step: String,
+        message: String,
+    },
+    Paused {
+        step: String,
+    },
 }
 
 /// Receives [`Progress`] events (the CLI's display; a no-op elsewhere).
@@ -232,7 +255,11 @@ impl Engine {
     }
 
     /// Store a run built elsewhere (undo runs), with its audit event.
-    pub async fn store_run(&self, run: RunRecord, audit: AuditDraft) -> Result<RunRecord, ExecError> {
+    pub async fn store_run(
+        &self,
+        run: RunRecord,
+        audit: AuditDraft,
+    ) -> Result<RunRecord, ExecError> {
         match self.inner.store.create_run(run, audit).await? {
             Created::New(r) | Created::Joined(r) => Ok(r),
         }
@@ -317,6 +344,9 @@ pub fn owner_is_dead(owner: &str) -> bool {
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }

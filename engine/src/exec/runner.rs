@@ -24,8 +24,8 @@ use crate::expr::Cel;
 use crate::runbook::model::{OnTimeout, Step, StepKind};
 use crate::runbook::validate::ValidatedRunbook;
 use crate::store::{
-    AuditDraft, Change, Decision, ItemRecord, Lease, RunRecord, RunStatus, StepRecord,
-    StepStatus, Store, StoreError,
+    AuditDraft, Change, Decision, ItemRecord, Lease, RunRecord, RunStatus, StepRecord, StepStatus,
+    Store, StoreError,
 };
 
 /// How often a busy run looks for decisions and cancellation from other processes.
@@ -80,7 +80,10 @@ pub async fn drive(
 
 /// The stored runbook, validated without the current configuration's instances (which may
 /// have changed since the run started; connector resolution reports that per step).
-pub(crate) fn stored_runbook(engine: &Engine, run: &RunRecord) -> Result<ValidatedRunbook, ExecError> {
+pub(crate) fn stored_runbook(
+    engine: &Engine,
+    run: &RunRecord,
+) -> Result<ValidatedRunbook, ExecError> {
     crate::runbook::validate::validate(
         &run.runbook_text,
         &format!("{} (stored with run {})", run.runbook, run.id),
@@ -88,7 +91,11 @@ pub(crate) fn stored_runbook(engine: &Engine, run: &RunRecord) -> Result<Validat
     )
     .map_err(|diags| ExecError::StoredRunbook {
         run: run.id.clone(),
-        message: diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "),
+        message: diags
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
     })
     .map(|v| {
         let _ = engine;
@@ -189,7 +196,8 @@ impl Runner {
             if let Some(s) = steps.get(id) {
                 if s.status.is_finished() {
                     ctx.set_step(id, s.status.as_str(), s.output.as_ref());
-                    if s.output.as_ref().and_then(|o| o.get("dry_run")) == Some(&Value::Bool(true)) {
+                    if s.output.as_ref().and_then(|o| o.get("dry_run")) == Some(&Value::Bool(true))
+                    {
                         uncalled.insert(id.clone());
                     }
                 }
@@ -207,7 +215,9 @@ impl Runner {
             for it in list.iter_mut() {
                 if it.status == StepStatus::Running {
                     it.status = StepStatus::Pending;
-                    resumed.push(json!({"step": it.step_id, "index": it.idx, "attempts": it.attempts}));
+                    resumed.push(
+                        json!({"step": it.step_id, "index": it.idx, "attempts": it.attempts}),
+                    );
                 }
             }
         }
@@ -336,7 +346,10 @@ impl Runner {
     }
 
     fn status(&self, id: &str) -> StepStatus {
-        self.steps.get(id).map(|s| s.status).unwrap_or(StepStatus::Pending)
+        self.steps
+            .get(id)
+            .map(|s| s.status)
+            .unwrap_or(StepStatus::Pending)
     }
 
     fn def(&self, id: &str) -> Option<&Step> {
@@ -366,7 +379,9 @@ impl Runner {
 
     fn ready_exists(&self) -> bool {
         self.order.iter().any(|(id, f)| {
-            self.in_phase(*f) && self.status(id) == StepStatus::Pending && self.deps_state(id).is_some()
+            self.in_phase(*f)
+                && self.status(id) == StepStatus::Pending
+                && self.deps_state(id).is_some()
         }) || self.items.iter().any(|(sid, list)| {
             self.status(sid) == StepStatus::Running
                 && list.iter().any(|i| i.status == StepStatus::Pending)
@@ -396,7 +411,8 @@ impl Runner {
             d.needs.iter().any(|n| {
                 let st = self.status(n);
                 st == StepStatus::Cancelled
-                    || (st == StepStatus::Failed && !self.def(n).is_some_and(|x| x.continue_on_error))
+                    || (st == StepStatus::Failed
+                        && !self.def(n).is_some_and(|x| x.continue_on_error))
             })
         })
     }
@@ -410,11 +426,19 @@ impl Runner {
                     continue;
                 }
                 if self.blocked_forever(id) {
-                    self.set_finished(id, StepStatus::Cancelled, None, Some("a step it needs did not succeed".into()), None);
+                    self.set_finished(
+                        id,
+                        StepStatus::Cancelled,
+                        None,
+                        Some("a step it needs did not succeed".into()),
+                        None,
+                    );
                     progressed = true;
                     continue;
                 }
-                let Some(all_skipped) = self.deps_state(id) else { continue };
+                let Some(all_skipped) = self.deps_state(id) else {
+                    continue;
+                };
                 self.start_step(id, all_skipped);
                 progressed = true;
             }
@@ -425,13 +449,21 @@ impl Runner {
     }
 
     fn start_step(&mut self, id: &str, all_skipped: bool) {
-        let Some(def) = self.def(id).cloned() else { return };
+        let Some(def) = self.def(id).cloned() else {
+            return;
+        };
         let ctx = self.ctx.value();
         if let Some(cond) = &def.condition {
             match self.eval_bool(cond, &ctx) {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.set_finished(id, StepStatus::Skipped, None, Some(format!("condition `{cond}` is false")), None);
+                    self.set_finished(
+                        id,
+                        StepStatus::Skipped,
+                        None,
+                        Some(format!("condition `{cond}` is false")),
+                        None,
+                    );
                     return;
                 }
                 Err(e) if self.run.dry_run => {
@@ -443,7 +475,13 @@ impl Runner {
                 }
             }
         } else if all_skipped {
-            self.set_finished(id, StepStatus::Skipped, None, Some("every step it needs was skipped".into()), None);
+            self.set_finished(
+                id,
+                StepStatus::Skipped,
+                None,
+                Some("every step it needs was skipped".into()),
+                None,
+            );
             return;
         }
         match def.kind() {
@@ -459,12 +497,26 @@ impl Runner {
             self.step_failed(id, format!("step `{id}`: unknown action `{uses}`"));
             return;
         };
-        let instance = def.connector.as_ref().and_then(|c| c.names().first().map(|s| s.to_string()));
-        let connector = match self.engine.inner.registry.resolve(ty.name, instance.as_deref()) {
+        let instance = def
+            .connector
+            .as_ref()
+            .and_then(|c| c.names().first().map(|s| s.to_string()));
+        let connector = match self
+            .engine
+            .inner
+            .registry
+            .resolve(ty.name, instance.as_deref())
+        {
             Ok(c) => c,
             Err(e) => {
                 if def.optional && !self.engine.inner.registry.has_type(ty.name) {
-                    self.set_finished(id, StepStatus::Skipped, None, Some("not configured".into()), None);
+                    self.set_finished(
+                        id,
+                        StepStatus::Skipped,
+                        None,
+                        Some("not configured".into()),
+                        None,
+                    );
                 } else {
                     self.step_failed(id, format!("step `{id}`: {e}"));
                 }
@@ -482,7 +534,13 @@ impl Runner {
             None => vec![Value::Null],
         };
         if elements.is_empty() {
-            self.set_finished(id, StepStatus::Skipped, Some(json!([])), Some("`for_each` list is empty".into()), None);
+            self.set_finished(
+                id,
+                StepStatus::Skipped,
+                Some(json!([])),
+                Some("`for_each` list is empty".into()),
+                None,
+            );
             return;
         }
         let with = Value::Object(def.with.clone().unwrap_or_default());
@@ -496,13 +554,19 @@ impl Runner {
             match self.render(&with, &c) {
                 Ok(v) => rendered.push(v),
                 Err(e) => {
-                    let at = if def.for_each.is_some() { format!(" (element {idx})") } else { String::new() };
+                    let at = if def.for_each.is_some() {
+                        format!(" (element {idx})")
+                    } else {
+                        String::new()
+                    };
                     self.step_failed(id, format!("step `{id}`{at}: {e}"));
                     return;
                 }
             }
         }
-        let effect = decl.effect.for_input(rendered.first().unwrap_or(&Value::Null));
+        let effect = decl
+            .effect
+            .for_input(rendered.first().unwrap_or(&Value::Null));
         if effect == Effect::Mutation && !self.run.dry_run {
             if let Err(e) = self.check_guards(&rendered) {
                 self.step_failed(id, format!("step `{id}`: {e}"));
@@ -548,7 +612,10 @@ impl Runner {
             }
         }
         if existing.len() > merged.len() {
-            self.changes.push(Change::TruncateItems { step_id: id.to_string(), from_idx: n });
+            self.changes.push(Change::TruncateItems {
+                step_id: id.to_string(),
+                from_idx: n,
+            });
         }
         for it in &merged {
             self.changes.push(Change::Item(it.clone()));
@@ -562,7 +629,10 @@ impl Runner {
             s.reason = None;
             self.changes.push(Change::Step(s.clone()));
         }
-        self.observer.event(Progress::StepStarted { step: id.to_string(), items: n });
+        self.observer.event(Progress::StepStarted {
+            step: id.to_string(),
+            items: n,
+        });
         self.maybe_finalize(id);
     }
 
@@ -582,7 +652,11 @@ impl Runner {
             }
         };
         if self.run.dry_run {
-            let what = if def.approval.is_some() { "approved" } else { "done" };
+            let what = if def.approval.is_some() {
+                "approved"
+            } else {
+                "done"
+            };
             self.set_finished(
                 id,
                 StepStatus::Succeeded,
@@ -598,7 +672,10 @@ impl Runner {
             .map(|d| crate::time::format(chrono::Utc::now() + d));
         let releases = self.releases(id, ctx);
         let (kind, who) = match (&def.approval, &def.task) {
-            (Some(a), _) => ("approval", json!({"approvers": a.approvers, "min_approvals": a.min_approvals})),
+            (Some(a), _) => (
+                "approval",
+                json!({"approvers": a.approvers, "min_approvals": a.min_approvals}),
+            ),
             (_, Some(t)) => ("task", json!({"assignees": t.assignees})),
             _ => return,
         };
@@ -616,7 +693,10 @@ impl Runner {
             action: format!("{kind}.requested"),
             details: json!({"step": id, "details": inputs}),
         });
-        self.observer.event(Progress::Waiting { step: id.to_string(), message });
+        self.observer.event(Progress::Waiting {
+            step: id.to_string(),
+            message,
+        });
     }
 
     /// The resolved inputs of the steps a decision on `gate` releases.
@@ -629,7 +709,9 @@ impl Runner {
             }
             let with = Value::Object(def.with.clone().unwrap_or_default());
             let resolved = match &def.for_each {
-                None => self.render(&with, ctx).map(|v| json!({"uses": def.uses, "with": v})),
+                None => self
+                    .render(&with, ctx)
+                    .map(|v| json!({"uses": def.uses, "with": v})),
                 Some(expr) => self.eval_list(expr, ctx).and_then(|list| {
                     let mut all = Vec::new();
                     for (i, el) in list.iter().enumerate() {
@@ -658,8 +740,12 @@ impl Runner {
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
-            let Some(def) = self.def(&id).cloned() else { continue };
-            let Some((_, decl)) = def.uses.as_deref().and_then(find_action) else { continue };
+            let Some(def) = self.def(&id).cloned() else {
+                continue;
+            };
+            let Some((_, decl)) = def.uses.as_deref().and_then(find_action) else {
+                continue;
+            };
             let limit = if def.for_each.is_some() {
                 def.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1)
             } else {
@@ -675,14 +761,22 @@ impl Runner {
             let pending: Vec<usize> = self
                 .items
                 .get(&id)
-                .map(|l| l.iter().enumerate().filter(|(_, i)| i.status == StepStatus::Pending).map(|(n, _)| n).collect())
+                .map(|l| {
+                    l.iter()
+                        .enumerate()
+                        .filter(|(_, i)| i.status == StepStatus::Pending)
+                        .map(|(n, _)| n)
+                        .collect()
+                })
                 .unwrap_or_default();
             let mut touched = false;
             for pos in pending {
                 if busy >= limit {
                     break;
                 }
-                let Some(item) = self.items.get_mut(&id).and_then(|l| l.get_mut(pos)) else { continue };
+                let Some(item) = self.items.get_mut(&id).and_then(|l| l.get_mut(pos)) else {
+                    continue;
+                };
                 let effect = decl.effect.for_input(&item.inputs);
                 if self.run.dry_run && effect != Effect::Lookup {
                     let uses = def.uses.clone().unwrap_or_default();
@@ -699,7 +793,11 @@ impl Runner {
                     continue;
                 }
                 let connector = match self.engine.inner.registry.resolve(
-                    def.uses.as_deref().and_then(|u| u.split_once('.')).map(|(t, _)| t).unwrap_or(""),
+                    def.uses
+                        .as_deref()
+                        .and_then(|u| u.split_once('.'))
+                        .map(|(t, _)| t)
+                        .unwrap_or(""),
                     Some(item.connector.as_str()),
                 ) {
                     Ok(c) => c,
@@ -784,7 +882,14 @@ impl Runner {
             "attempts": rec.attempts, "requests": done.requests,
         });
         if let Some(out) = &rec.output {
-            for k in ["target", "already", "found", "status", "evidence_id", "sha256"] {
+            for k in [
+                "target",
+                "already",
+                "found",
+                "status",
+                "evidence_id",
+                "sha256",
+            ] {
                 if let Some(v) = out.get(k) {
                     details[k] = v.clone();
                 }
@@ -807,7 +912,11 @@ impl Runner {
             ok: rec.status == StepStatus::Succeeded,
         });
         self.changes.push(Change::Item(rec.clone()));
-        if let Some(slot) = self.items.get_mut(&step).and_then(|l| l.iter_mut().find(|i| i.idx == rec.idx)) {
+        if let Some(slot) = self
+            .items
+            .get_mut(&step)
+            .and_then(|l| l.iter_mut().find(|i| i.idx == rec.idx))
+        {
             *slot = rec;
         }
         self.maybe_finalize(&step);
@@ -816,18 +925,27 @@ impl Runner {
 
     /// Finish a running action step whose items have all finished.
     fn maybe_finalize(&mut self, id: &str) {
-        if self.status(id) != StepStatus::Running || self.running.get(id).copied().unwrap_or(0) > 0 {
+        if self.status(id) != StepStatus::Running || self.running.get(id).copied().unwrap_or(0) > 0
+        {
             return;
         }
-        let Some(list) = self.items.get(id) else { return };
+        let Some(list) = self.items.get(id) else {
+            return;
+        };
         if list.iter().any(|i| !i.status.is_finished()) {
             return;
         }
         let for_each = self.def(id).is_some_and(|d| d.for_each.is_some());
         let output = if for_each {
-            Value::Array(list.iter().map(|i| i.output.clone().unwrap_or(Value::Null)).collect())
+            Value::Array(
+                list.iter()
+                    .map(|i| i.output.clone().unwrap_or(Value::Null))
+                    .collect(),
+            )
         } else {
-            list.first().and_then(|i| i.output.clone()).unwrap_or(Value::Null)
+            list.first()
+                .and_then(|i| i.output.clone())
+                .unwrap_or(Value::Null)
         };
         let attempts: u32 = list.iter().map(|i| i.attempts).sum();
         let failed: Vec<String> = list
@@ -835,7 +953,11 @@ impl Runner {
             .filter(|i| i.status == StepStatus::Failed)
             .map(|i| {
                 let e = i.error.clone().unwrap_or_default();
-                if for_each { format!("element {}: {e}", i.idx) } else { e }
+                if for_each {
+                    format!("element {}: {e}", i.idx)
+                } else {
+                    e
+                }
             })
             .collect();
         let cancelled = list.iter().any(|i| i.status == StepStatus::Cancelled);
@@ -844,13 +966,25 @@ impl Runner {
         }
         if !failed.is_empty() {
             let msg = failed.join("; ");
-            self.set_finished(id, StepStatus::Failed, Some(output), None, Some(msg.clone()));
+            self.set_finished(
+                id,
+                StepStatus::Failed,
+                Some(output),
+                None,
+                Some(msg.clone()),
+            );
             if !self.def(id).is_some_and(|d| d.continue_on_error) {
                 self.fail_run(format!("step `{id}` failed: {msg}"));
                 self.cancel_unstarted("run failed");
             }
         } else if cancelled {
-            self.set_finished(id, StepStatus::Cancelled, Some(output), Some("cancelled".into()), None);
+            self.set_finished(
+                id,
+                StepStatus::Cancelled,
+                Some(output),
+                Some("cancelled".into()),
+                None,
+            );
         } else {
             self.set_finished(id, StepStatus::Succeeded, Some(output), None, None);
         }
@@ -865,7 +999,9 @@ impl Runner {
         error: Option<String>,
     ) {
         let now = crate::time::now();
-        let Some(s) = self.steps.get_mut(id) else { return };
+        let Some(s) = self.steps.get_mut(id) else {
+            return;
+        };
         s.status = status;
         s.output = output;
         s.reason = reason.clone();
@@ -897,7 +1033,10 @@ impl Runner {
         });
         self.set_finished(id, StepStatus::Failed, None, None, Some(error.clone()));
         if !self.def(id).is_some_and(|d| d.continue_on_error) {
-            self.fail_run(format!("step `{id}` failed: {}", strip_step_prefix(id, &error)));
+            self.fail_run(format!(
+                "step `{id}` failed: {}",
+                strip_step_prefix(id, &error)
+            ));
             self.cancel_unstarted("run failed");
         }
     }
@@ -954,7 +1093,8 @@ impl Runner {
                 .any(|(id, _)| !self.status(id).is_finished())
         };
         if self.cancelling {
-            return (!unfinished(false) && !unfinished(true) || self.inflight == 0).then_some(RunStatus::Cancelled);
+            return (!unfinished(false) && !unfinished(true) || self.inflight == 0)
+                .then_some(RunStatus::Cancelled);
         }
         if unfinished(false) {
             return None;
@@ -989,7 +1129,9 @@ impl Runner {
     }
 
     async fn apply_decisions(&mut self, id: &str, all: &[Decision]) -> Result<(), ExecError> {
-        let Some(def) = self.def(id).cloned() else { return Ok(()) };
+        let Some(def) = self.def(id).cloned() else {
+            return Ok(());
+        };
         let mine: Vec<&Decision> = all.iter().filter(|d| d.step_id == id).collect();
         if let Some(task) = &def.task {
             let _ = task;
@@ -999,13 +1141,24 @@ impl Runner {
             }
             return Ok(());
         }
-        let Some(approval) = &def.approval else { return Ok(()) };
-        if let Some(r) = mine.iter().find(|d| d.decision == "reject" || d.decision == "timeout-reject") {
+        let Some(approval) = &def.approval else {
+            return Ok(());
+        };
+        if let Some(r) = mine
+            .iter()
+            .find(|d| d.decision == "reject" || d.decision == "timeout-reject")
+        {
             let why = match &r.comment {
                 Some(c) if !c.is_empty() => format!("rejected by {}: {c}", r.decided_by),
                 _ => format!("rejected by {}", r.decided_by),
             };
-            self.set_finished(id, StepStatus::Failed, Some(json!({"approved": false, "rejected_by": r.decided_by, "comment": r.comment})), None, Some(why.clone()));
+            self.set_finished(
+                id,
+                StepStatus::Failed,
+                Some(json!({"approved": false, "rejected_by": r.decided_by, "comment": r.comment})),
+                None,
+                Some(why.clone()),
+            );
             self.fail_run(format!("step `{id}` {why}"));
             self.cancel_unstarted("run failed");
             return Ok(());
@@ -1043,7 +1196,11 @@ impl Runner {
                     decided_by: "system:timeout".into(),
                     comment: Some("approval timed out".into()),
                     at: crate::time::now(),
-                    releases: self.steps.get(id).and_then(|s| s.inputs.clone()).unwrap_or(Value::Null),
+                    releases: self
+                        .steps
+                        .get(id)
+                        .and_then(|s| s.inputs.clone())
+                        .unwrap_or(Value::Null),
                 };
                 let audit = AuditDraft {
                     run_id: Some(self.run.id.clone()),
@@ -1075,7 +1232,12 @@ impl Runner {
             .filter(|(id, _)| self.status(id) == StepStatus::Waiting)
             .map(|(id, _)| id.clone())
             .collect();
-        self.changes.push(Change::Run { status: RunStatus::Waiting, error: None, started_at: None, finished_at: None });
+        self.changes.push(Change::Run {
+            status: RunStatus::Waiting,
+            error: None,
+            started_at: None,
+            finished_at: None,
+        });
         self.audit.push(AuditDraft {
             run_id: Some(self.run.id.clone()),
             actor: "engine".into(),
@@ -1096,7 +1258,13 @@ impl Runner {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in skip {
-                self.set_finished(&id, StepStatus::Skipped, None, Some("the run did not fail".into()), None);
+                self.set_finished(
+                    &id,
+                    StepStatus::Skipped,
+                    None,
+                    Some("the run did not fail".into()),
+                    None,
+                );
             }
         }
         if status == RunStatus::Cancelled {
@@ -1107,7 +1275,13 @@ impl Runner {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in rest {
-                self.set_finished(&id, StepStatus::Cancelled, None, Some("cancelled".into()), None);
+                self.set_finished(
+                    &id,
+                    StepStatus::Cancelled,
+                    None,
+                    Some("cancelled".into()),
+                    None,
+                );
             }
         }
         let error = match status {
@@ -1173,13 +1347,25 @@ impl Runner {
         let guards = self.engine.guards().clone();
         for inputs in rendered {
             if let Some(u) = inputs.get("user").and_then(Value::as_str) {
-                if guards.protected_users.iter().any(|p| p.eq_ignore_ascii_case(u)) {
-                    return Err(format!("guard `protected_users`: user `{u}` is protected; no call was made"));
+                if guards
+                    .protected_users
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(u))
+                {
+                    return Err(format!(
+                        "guard `protected_users`: user `{u}` is protected; no call was made"
+                    ));
                 }
             }
             if let Some(d) = inputs.get("device").and_then(Value::as_str) {
-                if guards.protected_devices.iter().any(|p| p.eq_ignore_ascii_case(d)) {
-                    return Err(format!("guard `protected_devices`: device `{d}` is protected; no call was made"));
+                if guards
+                    .protected_devices
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(d))
+                {
+                    return Err(format!(
+                        "guard `protected_devices`: device `{d}` is protected; no call was made"
+                    ));
                 }
             }
         }
@@ -1209,7 +1395,9 @@ impl Runner {
         let mut all = BTreeSet::new();
         let defs: Vec<Step> = self.rb.runbook.steps.clone();
         for def in &defs {
-            let Some((_, decl)) = def.uses.as_deref().and_then(find_action) else { continue };
+            let Some((_, decl)) = def.uses.as_deref().and_then(find_action) else {
+                continue;
+            };
             let with = Value::Object(def.with.clone().unwrap_or_default());
             let elements = match &def.for_each {
                 Some(e) => match self.eval_list(e, &ctx) {
@@ -1219,8 +1407,14 @@ impl Runner {
                 None => vec![Value::Null],
             };
             for (i, el) in elements.iter().enumerate() {
-                let c = if def.for_each.is_some() { self.ctx.with_var(def.loop_var(), el, i) } else { ctx.clone() };
-                let Ok(inputs) = self.engine.inner.templates.render_value(&with, &c) else { break };
+                let c = if def.for_each.is_some() {
+                    self.ctx.with_var(def.loop_var(), el, i)
+                } else {
+                    ctx.clone()
+                };
+                let Ok(inputs) = self.engine.inner.templates.render_value(&with, &c) else {
+                    break;
+                };
                 if decl.effect.for_input(&inputs) == Effect::Mutation {
                     all.extend(item_targets(&inputs));
                 }
@@ -1255,10 +1449,18 @@ fn retry_policy(def: &Step) -> RetryPolicy {
     let mut p = RetryPolicy::default();
     if let Some(r) = &def.retry {
         p.attempts = r.attempts.max(1);
-        if let Some(b) = r.backoff.as_deref().and_then(|b| crate::duration::parse(b).ok()) {
+        if let Some(b) = r
+            .backoff
+            .as_deref()
+            .and_then(|b| crate::duration::parse(b).ok())
+        {
             p.backoff = b;
         }
-        if let Some(m) = r.max_backoff.as_deref().and_then(|m| crate::duration::parse(m).ok()) {
+        if let Some(m) = r
+            .max_backoff
+            .as_deref()
+            .and_then(|m| crate::duration::parse(m).ok())
+        {
             p.max_backoff = m;
         }
     }
@@ -1267,9 +1469,17 @@ fn retry_policy(def: &Step) -> RetryPolicy {
 
 fn patch_placeholders(v: &Value, uncalled: &BTreeSet<String>) -> Value {
     match v {
-        Value::String(s) => dry_run_placeholders(s, uncalled).map(Value::String).unwrap_or_else(|| v.clone()),
-        Value::Array(a) => Value::Array(a.iter().map(|x| patch_placeholders(x, uncalled)).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), patch_placeholders(x, uncalled))).collect()),
+        Value::String(s) => dry_run_placeholders(s, uncalled)
+            .map(Value::String)
+            .unwrap_or_else(|| v.clone()),
+        Value::Array(a) => {
+            Value::Array(a.iter().map(|x| patch_placeholders(x, uncalled)).collect())
+        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), patch_placeholders(x, uncalled)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -1300,7 +1510,10 @@ pub async fn prepare_retry(
     let reset: BTreeSet<String> = match from {
         Some(f) => {
             if rb.step(f).is_none() {
-                return Err(ExecError::Invalid(format!("run {} has no step `{f}`", run.id)));
+                return Err(ExecError::Invalid(format!(
+                    "run {} has no step `{f}`",
+                    run.id
+                )));
             }
             let mut set = BTreeSet::from([f.to_string()]);
             for s in &rb.runbook.steps {
@@ -1312,7 +1525,9 @@ pub async fn prepare_retry(
         }
         None => steps
             .iter()
-            .filter(|s| !s.on_failure && matches!(s.status, StepStatus::Failed | StepStatus::Cancelled))
+            .filter(|s| {
+                !s.on_failure && matches!(s.status, StepStatus::Failed | StepStatus::Cancelled)
+            })
             .map(|s| s.step_id.clone())
             .collect(),
     };
@@ -1330,7 +1545,8 @@ pub async fn prepare_retry(
             changes.push(Change::Step(s));
         }
     }
-    let by_step: BTreeMap<&str, bool> = reset.iter().map(|s| (s.as_str(), from.is_some())).collect();
+    let by_step: BTreeMap<&str, bool> =
+        reset.iter().map(|s| (s.as_str(), from.is_some())).collect();
     for mut it in items {
         if let Some(all) = by_step.get(it.step_id.as_str()) {
             if *all || it.status != StepStatus::Succeeded {
@@ -1343,7 +1559,12 @@ pub async fn prepare_retry(
             }
         }
     }
-    changes.push(Change::Run { status: RunStatus::Queued, error: None, started_at: None, finished_at: None });
+    changes.push(Change::Run {
+        status: RunStatus::Queued,
+        error: None,
+        started_at: None,
+        finished_at: None,
+    });
     let audit = vec![AuditDraft {
         run_id: Some(run.id.clone()),
         actor: actor.to_string(),

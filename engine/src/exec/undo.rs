@@ -58,7 +58,13 @@ pub async fn create_undo_run(
     let mut items = store.items(origin_id).await?;
     items.retain(|i| i.status == StepStatus::Succeeded);
     // Newest first; ties broken by reverse file order, then reverse index.
-    let pos = |id: &str| rb.runbook.steps.iter().position(|s| s.id == id).unwrap_or(0);
+    let pos = |id: &str| {
+        rb.runbook
+            .steps
+            .iter()
+            .position(|s| s.id == id)
+            .unwrap_or(0)
+    };
     items.sort_by(|a, b| {
         b.finished_at
             .cmp(&a.finished_at)
@@ -74,9 +80,15 @@ pub async fn create_undo_run(
     let mut gen_steps: Vec<Step> = Vec::new();
     let templates = &engine.inner.templates;
     for it in &items {
-        let Some(def) = rb.step(&it.step_id) else { continue };
-        let Some(uses) = def.uses.as_deref() else { continue };
-        let Some((ty, decl)) = find_action(uses) else { continue };
+        let Some(def) = rb.step(&it.step_id) else {
+            continue;
+        };
+        let Some(uses) = def.uses.as_deref() else {
+            continue;
+        };
+        let Some((ty, decl)) = find_action(uses) else {
+            continue;
+        };
         if decl.effect.for_input(&it.inputs) != Effect::Mutation {
             continue;
         }
@@ -123,7 +135,11 @@ pub async fn create_undo_run(
                 .unwrap_or_else(|| it.connector.clone());
             (u.uses.clone(), connector, rendered)
         } else if let Some(undo) = decl.undo {
-            (format!("{}.{undo}", ty.name), it.connector.clone(), it.inputs.clone())
+            (
+                format!("{}.{undo}", ty.name),
+                it.connector.clone(),
+                it.inputs.clone(),
+            )
         } else {
             entry.disposition = "not_undoable".into();
             plan.push(entry);
@@ -134,8 +150,17 @@ pub async fn create_undo_run(
         } else {
             format!("undo-{}", it.step_id)
         };
-        let needs = gen_steps.last().map(|s| vec![s.id.clone()]).unwrap_or_default();
-        gen_steps.push(generated_step(&id, &undo_uses, &undo_connector, escape(&undo_with), needs));
+        let needs = gen_steps
+            .last()
+            .map(|s| vec![s.id.clone()])
+            .unwrap_or_default();
+        gen_steps.push(generated_step(
+            &id,
+            &undo_uses,
+            &undo_connector,
+            escape(&undo_with),
+            needs,
+        ));
         entry.disposition = "undo".into();
         entry.undo_step = Some(id);
         plan.push(entry);

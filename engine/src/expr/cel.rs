@@ -52,7 +52,7 @@ impl Cel {
             let message = errs
                 .errors
                 .iter()
-                .map(|e| e.msg.clone())
+                .map(|e| e.msg.trim_start_matches("Syntax error: ").to_owned())
                 .collect::<Vec<_>>()
                 .join("; ");
             ExprError::CelSyntax {
@@ -410,6 +410,12 @@ mod tests {
             Ok(vec!["steps.find.output.id".to_owned()])
         );
         assert_eq!(r("[1,2,3].map(x, x * 2)"), Ok(vec![]));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("{}1{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(Cel::compile(&deep).is_err());
     }
 
     #[test]

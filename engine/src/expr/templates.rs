@@ -14,6 +14,7 @@ use handlebars::template::{Parameter, TemplateElement};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, JsonRender, JsonTruthy, Path, PathSeg, RenderContext,
     RenderError, RenderErrorReason, Renderable, ScopedJson, StringOutput, Template, TemplateError,
+    TemplateErrorReason,
 };
 use serde_json::Value;
 
@@ -37,6 +38,37 @@ const CONTEXT_HELPERS: &[&str] = &["each", "with"];
 /// Bound on the compiled-template cache; past it the cache starts over (runbooks have a few
 /// hundred templates at most, so this only guards against unbounded growth).
 const CACHE_LIMIT: usize = 4096;
+
+/// Deepest nesting of sub-expressions or blocks we compile. The parser and renderer recurse,
+/// so an adversarial template could otherwise exhaust the stack; real ones nest a few levels.
+const MAX_NESTING: usize = 32;
+
+/// Compile a template, refusing pathological nesting first.
+fn compile(template: &str) -> Result<Template, ExprError> {
+    let (mut parens, mut blocks, mut deepest) = (0usize, 0usize, 0usize);
+    let bytes = template.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'(' => parens += 1,
+            b')' => parens = parens.saturating_sub(1),
+            b'{' if bytes.get(i + 1) == Some(&b'{') => match bytes.get(i + 2) {
+                Some(b'#') => blocks += 1,
+                Some(b'/') => blocks = blocks.saturating_sub(1),
+                _ => {}
+            },
+            _ => {}
+        }
+        deepest = deepest.max(parens).max(blocks);
+    }
+    if deepest > MAX_NESTING {
+        return Err(ExprError::Syntax {
+            message: format!("the template nests more than {MAX_NESTING} levels deep"),
+            line: None,
+            column: None,
+        });
+    }
+    Template::compile(template).map_err(syntax_error)
+}
 
 fn is_helper(name: &str) -> bool {
     HELPERS.contains(&name)
@@ -198,7 +230,7 @@ impl Templates {
                 return Ok(c.clone());
             }
         }
-        let t = Template::compile(template).map_err(syntax_error)?;
+        let t = compile(template)?;
         let compiled = Arc::new(match single_path(&t) {
             Some(segs) => Compiled::Path(segs),
             None => Compiled::Template(t),
@@ -259,8 +291,14 @@ fn syntax_error(e: TemplateError) -> ExprError {
         Some((l, c)) => (Some(l), Some(c)),
         None => (None, None),
     };
+    let message = match e.reason() {
+        // The grammar's own message lists parser rules ("expected escape, expression,
+        // html_expression, …"), which means nothing to a runbook author.
+        TemplateErrorReason::InvalidSyntax(_) => "invalid template syntax: check that every `{{` is closed by `}}` and every `{{#helper}}` by `{{/helper}}`".to_owned(),
+        other => other.to_string(),
+    };
     ExprError::Syntax {
-        message: e.reason().to_string(),
+        message,
         line,
         column,
     }
@@ -462,7 +500,7 @@ pub fn template_refs(template: &str) -> Result<Vec<String>, ExprError> {
     if !template.contains("{{") {
         return Ok(Vec::new());
     }
-    let t = Template::compile(template).map_err(syntax_error)?;
+    let t = compile(template)?;
     let mut out = Vec::new();
     let scope = Scope {
         depth: 0,
@@ -888,6 +926,23 @@ mod tests {
             template_refs("{{> partial }}"),
             Err(ExprError::Syntax { .. })
         ));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        let deep = format!("{{{{ {}x{} }}}}", "(not ".repeat(5000), ")".repeat(5000));
+        assert!(matches!(
+            template_refs(&deep),
+            Err(ExprError::Syntax { .. })
+        ));
+        assert!(fixed().render_str(&deep, &json!({"x": 1})).is_err());
+        let blocks = format!("{}x{}", "{{#if a}}".repeat(5000), "{{/if}}".repeat(5000));
+        assert!(matches!(
+            template_refs(&blocks),
+            Err(ExprError::Syntax { .. })
+        ));
+        let ok = format!("{}{{{{x}}}}{}", "{{#if a}}".repeat(5), "{{/if}}".repeat(5));
+        assert_eq!(template_refs(&ok), Ok(vec!["a".to_owned(), "x".to_owned()]));
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub(crate) fn parse(source: &str) -> Result<Parsed, ParseProblem> {
         let mut problem = yaml_problem(&e);
         // serde_yaml places duplicate keys at the document start; the location reader can
         // say where the second one is.
-        if problem.message.starts_with("duplicate entry") {
+        if problem.message.contains("duplicate entry") {
             let opts = LoaderOptions::default().error_on_duplicate_keys(true);
             if let Err(marked_yaml::LoadError::DuplicateKey(d)) =
                 marked_yaml::parse_yaml_with_options(0, source, opts)

@@ -173,12 +173,12 @@ pub fn json_schema() -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The example from runbook-format.md, with vendor actions replaced by `core.noop` and
     /// `http.request` (the only types in the catalogue today).
-    pub(crate) const EXAMPLE: &str = r##"
+    pub const EXAMPLE: &str = r##"
 version: 1
 name: example-containment
 title: "Suspected DPRK remote IT worker: contain, preserve, notify"

@@ -381,6 +381,9 @@ const ACTION_ONLY: &[&str] = &[
     "optional",
 ];
 
+/// Keys whose values are durations.
+const DURATION_KEYS: &[&str] = &["timeout", "backoff", "max_backoff"];
+
 const RUN_VARS: &[&str] = &["id", "runbook", "started_at", "trigger", "error"];
 const STEP_VARS: &[&str] = &["output", "status"];
 const RESERVED_VARS: &[&str] = &["inputs", "steps", "run", "this"];
@@ -540,6 +543,9 @@ impl Checker<'_> {
                     if let Some(s) = val.as_str() {
                         hint = did_you_mean(s, vals.iter().copied());
                     }
+                }
+                if DURATION_KEYS.contains(&f.name) && val.is_number() {
+                    hint = Some(format!("durations need a unit: write e.g. `{k}: {val}s`"));
                 }
                 if f.ty == Ty::StrList && val.is_string() {
                     hint = Some(format!(
@@ -793,7 +799,7 @@ impl Checker<'_> {
         let what = match (&raw_id, group) {
             (Some(id), Group::Main) => format!("step `{id}`"),
             (Some(id), Group::OnFailure) => format!("on_failure step `{id}`"),
-            (None, _) => format!("{} step {}", group.key(), ptr_index(&ptr)),
+            (None, _) => format!("step {} of `{}`", ptr_index(&ptr), group.key()),
         };
         let sid = raw_id.as_deref();
         let Some((mut clean, complete)) = self.shape(item, &ptr, STEP_FIELDS, &what, sid) else {
@@ -1928,4 +1934,157 @@ pub(crate) fn shape_tables() -> Vec<(&'static str, Vec<&'static str>)> {
         ("ApprovalSpec", names(APPROVAL_FIELDS)),
         ("TaskSpec", names(TASK_FIELDS)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runbook::schema::tests::EXAMPLE;
+
+    fn run(src: &str) -> Result<ValidatedRunbook, Vec<Diagnostic>> {
+        validate(src, "rb.yaml", &ValidationContext::default())
+    }
+
+    fn errors(src: &str) -> Vec<String> {
+        match run(src) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn with_instances(src: &str, inst: &[(&str, &str)]) -> Vec<String> {
+        let ctx = ValidationContext {
+            instances: Some(
+                inst.iter()
+                    .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+                    .collect(),
+            ),
+        };
+        match validate(src, "rb.yaml", &ctx) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn example_validates_with_order_hash_and_ancestors() {
+        let v = run(EXAMPLE).unwrap_or_else(|d| panic!("{d:#?}"));
+        assert_eq!(v.runbook.name, "example-containment");
+        assert_eq!(v.text, EXAMPLE);
+        assert_eq!(v.sha256, hex::encode(Sha256::digest(EXAMPLE.as_bytes())));
+        assert_eq!(v.sha256.len(), 64);
+        assert_eq!(
+            v.order,
+            vec![
+                "snapshot-idp-logs",
+                "suspend-account",
+                "contain-devices",
+                "approve-legal",
+                "payment-hold",
+                "draft-fbi-referral"
+            ]
+        );
+        assert_eq!(
+            v.ancestors("draft-fbi-referral"),
+            [
+                "approve-legal",
+                "contain-devices",
+                "snapshot-idp-logs",
+                "suspend-account"
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect()
+        );
+        assert!(v.ancestors("snapshot-idp-logs").is_empty());
+        assert!(v.step("page-oncall").is_some());
+        assert_eq!(v.on_failure_order(), vec!["page-oncall"]);
+    }
+
+    #[test]
+    fn order_follows_needs_not_file_order() {
+        let src = "version: 1\nname: t\nsteps:\n  - { id: c, uses: core.noop, needs: [b] }\n  - { id: a, uses: core.noop }\n  - { id: b, uses: core.noop, needs: [a] }\n";
+        let v = run(src).unwrap_or_else(|d| panic!("{d:#?}"));
+        assert_eq!(v.order, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn typo_in_key_points_at_key_with_hint() {
+        let src = "version: 1\nname: t\nsteps:\n  - id: a\n    uses: core.noop\n  - id: b\n    neds: [a]\n    uses: core.noop\n";
+        assert_eq!(
+            errors(src),
+            vec!["rb.yaml:7:5: unknown key `neds` in step `b` [E103]; did you mean `needs`?"]
+        );
+    }
+
+    #[test]
+    fn reading_a_step_outside_needs_is_a_race() {
+        let src = "version: 1\nname: t\nsteps:\n  - id: find\n    uses: core.noop\n  - id: use\n    uses: core.noop\n    with: { x: \"{{ steps.find.output.id }}\" }\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].starts_with("rb.yaml:8:16: "), "{}", e[0]);
+        assert!(e[0].contains("[E151]"), "{}", e[0]);
+        assert!(e[0].ends_with("add `find` to `needs`"), "{}", e[0]);
+        // Transitive needs are fine.
+        let ok = "version: 1\nname: t\nsteps:\n  - { id: find, uses: core.noop }\n  - { id: mid, uses: core.noop, needs: [find] }\n  - id: use\n    needs: [mid]\n    uses: core.noop\n    if: steps.find.output.found\n    with: { x: \"{{ steps.find.output.id }}\" }\n";
+        assert_eq!(errors(ok), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cycle_names_steps_in_order() {
+        let src = "version: 1\nname: t\nsteps:\n  - { id: a, uses: core.noop, needs: [c] }\n  - { id: b, uses: core.noop, needs: [a] }\n  - { id: c, uses: core.noop, needs: [b] }\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].contains("`a` → `c` → `b` → `a`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn instances_checked_when_known() {
+        let src = "version: 1\nname: t\nsteps:\n  - id: a\n    uses: http.request\n    connector: api-prod\n    with: { method: GET, url: \"https://x\" }\n";
+        assert_eq!(errors(src), Vec::<String>::new());
+        assert_eq!(
+            with_instances(src, &[("api-prod", "http")]),
+            Vec::<String>::new()
+        );
+        let e = with_instances(src, &[("api-prd", "http")]);
+        assert_eq!(
+            e,
+            vec!["rb.yaml:6:16: no connector instance named `api-prod` is configured [E170]; did you mean `api-prd`?"]
+        );
+        let e = with_instances(src, &[("api-prod", "core")]);
+        assert!(e[0].contains("[E171]"), "{e:?}");
+    }
+
+    #[test]
+    fn run_error_only_in_on_failure() {
+        let src = "version: 1\nname: t\nsteps:\n  - id: a\n    uses: core.noop\n    with: { e: \"{{ run.error }}\" }\non_failure:\n  - id: b\n    uses: core.noop\n    with: { e: \"{{ run.error }} {{ steps.a.status }}\" }\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains("[E154]") && e[0].starts_with("rb.yaml:6:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn loop_variable_only_with_for_each() {
+        let src = "version: 1\nname: t\ninputs: { l: { type: array } }\nsteps:\n  - id: a\n    for_each: inputs.l\n    as: dev\n    uses: core.noop\n    with: { d: \"{{ dev }}\" }\n  - id: b\n    uses: core.noop\n    with: { d: \"{{ dev }}\" }\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains("[E155]") && e[0].starts_with("rb.yaml:12:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_a_diagnostic() {
+        let d = validate_file(
+            Path::new("/nonexistent/rb.yaml"),
+            &ValidationContext::default(),
+        )
+        .unwrap_err();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].line, d[0].column, d[0].code), (1, 1, "E002"));
+    }
 }
