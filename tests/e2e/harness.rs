@@ -100,6 +100,23 @@ async fn handle(
     let start = Instant::now();
     let parts: Vec<&str> = rest.split('/').collect();
     let path = uri.path().to_string();
+    // Recorded on arrival (and its end time on completion), so that a request whose client
+    // was killed mid-way still counts.
+    let slot = {
+        let mut seen = st.seen.lock().unwrap();
+        seen.push(Seen {
+            method: method.to_string(),
+            path: path.clone(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
+            body: String::from_utf8_lossy(&body).to_string(),
+            start,
+            end: start + Duration::from_secs(3600),
+        });
+        seen.len() - 1
+    };
     let count = {
         let mut c = st.counters.lock().unwrap();
         let n = c.entry(path.clone()).or_insert(0);
@@ -162,17 +179,7 @@ async fn handle(
         }
         _ => axum::Json(ok).into_response(),
     };
-    st.seen.lock().unwrap().push(Seen {
-        method: method.to_string(),
-        path,
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect(),
-        body: String::from_utf8_lossy(&body).to_string(),
-        start,
-        end: Instant::now(),
-    });
+    st.seen.lock().unwrap()[slot].end = Instant::now();
     resp
 }
 

@@ -753,8 +753,8 @@ impl App {
                     println!("{}", serde_json::to_string_pretty(&list)?);
                 } else {
                     println!(
-                        "{:<26}  {:<10}  {:<24}  {:<32}  {}",
-                        "RUN", "STATUS", "CREATED", "RUNBOOK", "TRIGGER"
+                        "{:<26}  {:<10}  {:<24}  {:<32}  TRIGGER",
+                        "RUN", "STATUS", "CREATED", "RUNBOOK"
                     );
                     for r in runs {
                         println!(

@@ -84,7 +84,7 @@ pub async fn decide(
         .get_run(run_id)
         .await?
         .ok_or_else(|| ExecError::NotFound(run_id.to_string()))?;
-    let rb = super::runner::stored_runbook(engine, &run)?;
+    let rb = super::runner::stored_runbook(&run)?;
     let def = rb.step(step_id).ok_or_else(|| DecideError::NoSuchStep {
         run: run_id.to_string(),
         step: step_id.to_string(),

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use crate::config::{Config, Guards};
 use crate::evidence::LocalEvidence;
 use crate::expr::Templates;
-use crate::runbook::validate::{validate, ValidatedRunbook, ValidationContext};
+use crate::runbook::validate::{ValidatedRunbook, ValidationContext};
 use crate::store::{AuditDraft, Created, RunRecord, RunStatus, Store, StoreError};
 
 /// How long a lease lasts without a heartbeat.
@@ -159,23 +159,6 @@ impl Engine {
         ValidationContext {
             instances: Some(self.inner.registry.instance_types()),
         }
-    }
-
-    /// Parse and validate stored runbook text (resume, retry, undo use the stored copy).
-    pub fn stored_runbook(&self, run: &RunRecord) -> Result<ValidatedRunbook, ExecError> {
-        validate(
-            &run.runbook_text,
-            &format!("{} (stored with run {})", run.runbook, run.id),
-            &self.validation_context(),
-        )
-        .map_err(|diags| ExecError::StoredRunbook {
-            run: run.id.clone(),
-            message: diags
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        })
     }
 
     /// Check inputs, render the concurrency key, and store the run (or join an active one).

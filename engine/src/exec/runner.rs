@@ -47,7 +47,7 @@ pub async fn drive(
         store.release_lease(&lease).await?;
         return Ok(run);
     }
-    let rb = Arc::new(stored_runbook(&engine, &run)?);
+    let rb = Arc::new(stored_runbook(&run)?);
     let lost = Arc::new(AtomicBool::new(false));
     let cancel = CancellationToken::new();
     let heartbeat = {
@@ -80,10 +80,7 @@ pub async fn drive(
 
 /// The stored runbook, validated without the current configuration's instances (which may
 /// have changed since the run started; connector resolution reports that per step).
-pub(crate) fn stored_runbook(
-    engine: &Engine,
-    run: &RunRecord,
-) -> Result<ValidatedRunbook, ExecError> {
+pub(crate) fn stored_runbook(run: &RunRecord) -> Result<ValidatedRunbook, ExecError> {
     crate::runbook::validate::validate(
         &run.runbook_text,
         &format!("{} (stored with run {})", run.runbook, run.id),
@@ -96,10 +93,6 @@ pub(crate) fn stored_runbook(
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join("; "),
-    })
-    .map(|v| {
-        let _ = engine;
-        v
     })
 }
 
@@ -1504,7 +1497,7 @@ pub async fn prepare_retry(
             run.status.as_str()
         )));
     }
-    let rb = stored_runbook(engine, &run)?;
+    let rb = stored_runbook(&run)?;
     let steps = store.steps(&run.id).await?;
     let items = store.items(&run.id).await?;
     let reset: BTreeSet<String> = match from {

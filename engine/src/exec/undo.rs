@@ -53,7 +53,7 @@ pub async fn create_undo_run(
             "run {origin_id} was a dry run: it changed nothing, there is nothing to undo"
         )));
     }
-    let rb = super::runner::stored_runbook(engine, &origin)?;
+    let rb = super::runner::stored_runbook(&origin)?;
     let steps = store.steps(origin_id).await?;
     let mut items = store.items(origin_id).await?;
     items.retain(|i| i.status == StepStatus::Succeeded);
