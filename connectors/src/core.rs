@@ -97,6 +97,7 @@ mod tests {
             attempt: 1,
             evidence: &NoEvidence,
             requests: log,
+            resume: &crate::ResumeSlot::default(),
         }
     }
 

@@ -48,6 +48,35 @@ pub struct ActionCall<'a> {
     /// Every HTTP request the call makes is noted here (method, path, status: never a
     /// header, query string or body), for the audit trail.
     pub requests: &'a RequestLog,
+    /// Progress kept across attempts of this call within one process: a paged snapshot
+    /// interrupted by a transient error stashes its open evidence writer and next-page
+    /// cursor here, and the next attempt resumes from the page that failed.
+    pub resume: &'a ResumeSlot,
+}
+
+/// See [`ActionCall::resume`]. Empty at the first attempt; the engine keeps the same slot
+/// for every attempt of one item (a new process starts with an empty one).
+#[derive(Default)]
+pub struct ResumeSlot(std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>);
+
+impl ResumeSlot {
+    /// Take what an earlier attempt left, if it is a `T`.
+    pub fn take<T: 'static>(&self) -> Option<T> {
+        let boxed = self.0.lock().ok()?.take()?;
+        boxed.downcast::<T>().ok().map(|b| *b)
+    }
+    /// Leave progress for the next attempt.
+    pub fn put<T: Send + 'static>(&self, value: T) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(Box::new(value));
+        }
+    }
+}
+
+impl std::fmt::Debug for ResumeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeSlot")
+    }
 }
 
 /// One HTTP request an action made, as the audit trail records it.

@@ -123,6 +123,7 @@ impl Harness {
             attempt: 1,
             evidence: &self.sink,
             requests: &self.log,
+            resume: &cordon_connectors::ResumeSlot::default(),
         })
         .await
     }
@@ -319,6 +320,7 @@ async fn connection_refused_is_transient() {
             attempt: 1,
             evidence: &MemSink::default(),
             requests: &log,
+            resume: &cordon_connectors::ResumeSlot::default(),
         })
         .await
         .unwrap_err();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cordon_connectors::{
     ActionCall, ActionDecl, Connector, ConnectorError, Effect, EvidenceRecord, RequestLog,
-    RequestSummary,
+    RequestSummary, ResumeSlot,
 };
 use rand::Rng;
 use serde_json::{Map, Value};
@@ -97,8 +97,9 @@ impl ItemJob {
             .evidence
             .sink(&self.record.run_id, &self.record.step_id);
         let requests = RequestLog::default();
+        let resume = ResumeSlot::default();
         let key = self.idempotency_key();
-        let outcome = self.attempts(&sink, &requests, &key).await;
+        let outcome = self.attempts(&sink, &requests, &resume, &key).await;
         let mut lease_lost = false;
         let now = crate::time::now();
         let redactor = &self.engine.inner.redactor;
@@ -135,6 +136,7 @@ impl ItemJob {
         &mut self,
         sink: &crate::evidence::CallEvidence,
         requests: &RequestLog,
+        resume: &ResumeSlot,
         key: &str,
     ) -> Result<Value, Outcome> {
         let store = self.engine.inner.store.clone();
@@ -144,7 +146,7 @@ impl ItemJob {
                 self.wait_while_paused().await?;
             }
             if mutating && self.record.prior_state.is_none() {
-                let call = self.call(sink, requests, key);
+                let call = self.call(sink, requests, resume, key);
                 match tokio::time::timeout(self.timeout, self.connector.prior_state(call)).await {
                     Ok(Ok(Some(state))) => {
                         self.record.prior_state =
@@ -159,7 +161,7 @@ impl ItemJob {
                     Err(_) => tracing::warn!("prior-state read timed out"),
                 }
             }
-            let call = self.call(sink, requests, key);
+            let call = self.call(sink, requests, resume, key);
             let result = tokio::select! {
                 _ = self.cancel.cancelled() => return Err(Outcome::Cancelled),
                 r = tokio::time::timeout(self.timeout, self.connector.call(call)) => r,
@@ -213,6 +215,7 @@ impl ItemJob {
         &'a self,
         sink: &'a crate::evidence::CallEvidence,
         requests: &'a RequestLog,
+        resume: &'a ResumeSlot,
         key: &'a str,
     ) -> ActionCall<'a> {
         ActionCall {
@@ -224,6 +227,7 @@ impl ItemJob {
             attempt: self.record.attempts,
             evidence: sink,
             requests,
+            resume,
         }
     }
 
