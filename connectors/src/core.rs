@@ -87,7 +87,12 @@ mod tests {
         }
     }
 
-    fn call<'a>(action: &'a str, input: &'a Value, log: &'a RequestLog) -> ActionCall<'a> {
+    fn call<'a>(
+        action: &'a str,
+        input: &'a Value,
+        log: &'a RequestLog,
+        resume: &'a crate::ResumeSlot,
+    ) -> ActionCall<'a> {
         ActionCall {
             action,
             input,
@@ -97,7 +102,7 @@ mod tests {
             attempt: 1,
             evidence: &NoEvidence,
             requests: log,
-            resume: &crate::ResumeSlot::default(),
+            resume,
         }
     }
 
@@ -105,9 +110,13 @@ mod tests {
     async fn noop_returns_its_input() {
         let c = CoreConnector::new("core");
         let log = RequestLog::default();
+        let slot = crate::ResumeSlot::default();
         let input = json!({"a": 1, "b": ["x", {"c": null}]});
-        assert_eq!(c.call(call("noop", &input, &log)).await.unwrap(), input);
+        assert_eq!(
+            c.call(call("noop", &input, &log, &slot)).await.unwrap(),
+            input
+        );
         assert!(log.take().is_empty());
-        assert!(c.call(call("explode", &input, &log)).await.is_err());
+        assert!(c.call(call("explode", &input, &log, &slot)).await.is_err());
     }
 }
