@@ -957,3 +957,69 @@ fn snapshots_are_evidence_with_hashes_and_verify_catches_tampering() {
     let bad = env.run(&["evidence", "verify", &run]);
     assert_eq!(bad.code, 1, "{bad:?}");
 }
+
+#[test]
+fn quorum_needs_distinct_approvers_and_timeouts_decide() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    let u = srv.url();
+    env.write_runbook(
+        "quorum",
+        &rb(
+            "quorum",
+            &format!(
+                r#"steps:
+  - id: approve-two
+    approval: {{ approvers: [role:legal], min_approvals: 2 }}
+  - id: act
+    needs: [approve-two]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/act" }}
+"#
+            ),
+        ),
+    );
+    let r = env.run(&["run", "quorum", "--as", "ana"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let run = r.run_id();
+    // The starter may be one of a quorum...
+    let one = env.run(&["approve", &run, "approve-two", "--by", "ana"]);
+    assert_eq!(one.code, 3, "{one:?}");
+    // ...but not twice.
+    let twice = env.run(&["approve", &run, "approve-two", "--by", "ana"]);
+    assert_eq!(twice.code, 1, "{twice:?}");
+    assert!(srv.hits("/ok/act").is_empty());
+    let two = env.run(&["approve", &run, "approve-two", "--by", "bob", "--json"]);
+    assert_eq!(two.code, 0, "{two:?}");
+    assert_eq!(
+        step(&two.json(), "approve-two")["output"]["approvers"],
+        serde_json::json!(["cli:ana", "cli:bob"])
+    );
+    assert_eq!(srv.hits("/ok/act").len(), 1);
+
+    env.write_runbook(
+        "expires",
+        &rb(
+            "expires",
+            &format!(
+                r#"steps:
+  - id: approve-fast
+    approval: {{ approvers: [role:legal], timeout: 1s, on_timeout: approve }}
+  - id: act
+    needs: [approve-fast]
+    uses: http.request
+    with: {{ method: POST, url: "{u}/ok/after-timeout" }}
+"#
+            ),
+        ),
+    );
+    let r = env.run(&["run", "expires"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let run = r.run_id();
+    std::thread::sleep(Duration::from_millis(1300));
+    // The next process that looks at the run decides the overdue approval.
+    let doc = env.show(&run);
+    assert_eq!(doc["status"], "succeeded", "{doc:#}");
+    assert_eq!(step(&doc, "approve-fast")["output"]["by_timeout"], true);
+    assert_eq!(srv.hits("/ok/after-timeout").len(), 1);
+}

@@ -53,6 +53,15 @@ impl RunContext {
         json!({"inputs": self.inputs, "run": self.run, "steps": self.steps})
     }
 
+    /// Like [`Self::value`], with only the named steps.
+    pub fn value_with(&self, ids: &BTreeSet<String>) -> Value {
+        let steps: Map<String, Value> = ids
+            .iter()
+            .filter_map(|id| self.steps.get(id).map(|v| (id.clone(), v.clone())))
+            .collect();
+        json!({"inputs": self.inputs, "run": self.run, "steps": steps})
+    }
+
     /// With the loop variable (and `index`) bound.
     pub fn with_var(&self, name: &str, item: &Value, idx: usize) -> Value {
         let mut v = self.value();
@@ -62,6 +71,16 @@ impl RunContext {
         }
         v
     }
+}
+
+/// `ctx` with the loop variable (and `index`) bound.
+pub fn bind(ctx: &Value, name: &str, item: &Value, idx: usize) -> Value {
+    let mut v = ctx.clone();
+    if let Value::Object(m) = &mut v {
+        m.insert(name.to_string(), item.clone());
+        m.entry("index").or_insert(json!(idx));
+    }
+    v
 }
 
 /// In a dry run, mustaches that read the output of a step that was not called render a

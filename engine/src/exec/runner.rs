@@ -123,6 +123,10 @@ struct Runner {
     /// Distinct targets of mutating items so far (guard `max_targets_per_run`).
     targets: BTreeSet<String>,
     cel: HashMap<String, crate::expr::CelProgram>,
+    /// Step definitions by id (main and on_failure).
+    defs: HashMap<String, Step>,
+    /// Per step: the step ids its templates and expressions read (None: all of them).
+    refs: HashMap<String, Option<BTreeSet<String>>>,
 }
 
 impl Runner {
@@ -245,6 +249,13 @@ impl Runner {
             run.started_at = Some(now);
         }
         let cancelling = run.cancel_requested;
+        let defs = rb
+            .runbook
+            .steps
+            .iter()
+            .chain(rb.runbook.on_failure.iter())
+            .map(|s| (s.id.clone(), s.clone()))
+            .collect();
         Ok(Runner {
             store,
             engine,
@@ -269,6 +280,8 @@ impl Runner {
             uncalled,
             targets,
             cel: HashMap::new(),
+            defs,
+            refs: HashMap::new(),
         })
     }
 
@@ -346,12 +359,7 @@ impl Runner {
     }
 
     fn def(&self, id: &str) -> Option<&Step> {
-        self.rb
-            .runbook
-            .steps
-            .iter()
-            .chain(self.rb.runbook.on_failure.iter())
-            .find(|s| s.id == id)
+        self.defs.get(id)
     }
 
     fn in_phase(&self, on_failure: bool) -> bool {
@@ -445,7 +453,7 @@ impl Runner {
         let Some(def) = self.def(id).cloned() else {
             return;
         };
-        let ctx = self.ctx.value();
+        let ctx = self.step_ctx(&def);
         if let Some(cond) = &def.condition {
             match self.eval_bool(cond, &ctx) {
                 Ok(true) => {}
@@ -540,7 +548,7 @@ impl Runner {
         let mut rendered = Vec::with_capacity(elements.len());
         for (idx, el) in elements.iter().enumerate() {
             let c = if def.for_each.is_some() {
-                self.ctx.with_var(def.loop_var(), el, idx)
+                super::context::bind(ctx, def.loop_var(), el, idx)
             } else {
                 ctx.clone()
             };
@@ -1315,6 +1323,24 @@ impl Runner {
         t.render_value(v, ctx)
     }
 
+    /// The context one step renders against: inputs, run, and only the steps it reads
+    /// (validation guarantees those are among its ancestors). Keeps rendering cheap in
+    /// long runbooks and wide fan-outs.
+    fn step_ctx(&mut self, def: &Step) -> Value {
+        let refs = match self.refs.get(&def.id) {
+            Some(r) => r.clone(),
+            None => {
+                let r = step_refs(def);
+                self.refs.insert(def.id.clone(), r.clone());
+                r
+            }
+        };
+        match refs {
+            None => self.ctx.value(),
+            Some(ids) => self.ctx.value_with(&ids),
+        }
+    }
+
     fn program(&mut self, expr: &str) -> Result<crate::expr::CelProgram, crate::expr::ExprError> {
         if let Some(p) = self.cel.get(expr) {
             return Ok(p.clone());
@@ -1337,43 +1363,7 @@ impl Runner {
 
     /// `protected_users`/`protected_devices`, then `max_targets_per_run`.
     fn check_guards(&mut self, rendered: &[Value]) -> Result<(), String> {
-        let guards = self.engine.guards().clone();
-        for inputs in rendered {
-            if let Some(u) = inputs.get("user").and_then(Value::as_str) {
-                if guards
-                    .protected_users
-                    .iter()
-                    .any(|p| p.eq_ignore_ascii_case(u))
-                {
-                    return Err(format!(
-                        "guard `protected_users`: user `{u}` is protected; no call was made"
-                    ));
-                }
-            }
-            if let Some(d) = inputs.get("device").and_then(Value::as_str) {
-                if guards
-                    .protected_devices
-                    .iter()
-                    .any(|p| p.eq_ignore_ascii_case(d))
-                {
-                    return Err(format!(
-                        "guard `protected_devices`: device `{d}` is protected; no call was made"
-                    ));
-                }
-            }
-        }
-        let mut next = self.targets.clone();
-        for inputs in rendered {
-            next.extend(item_targets(inputs));
-        }
-        if next.len() > guards.max_targets_per_run {
-            return Err(format!(
-                "guard `max_targets_per_run`: this run would touch {} distinct targets (limit {}); no call was made",
-                next.len(),
-                guards.max_targets_per_run
-            ));
-        }
-        self.targets = next;
+        self.targets = check_guards(self.engine.guards(), &self.targets, rendered)?;
         Ok(())
     }
 
@@ -1422,6 +1412,94 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The guards a mutating step must pass before any call: no protected user or device among
+/// its targets, and no more distinct targets in the run than `max_targets_per_run`.
+/// Returns the run's target set with this step's added.
+pub(crate) fn check_guards(
+    guards: &crate::config::Guards,
+    so_far: &BTreeSet<String>,
+    rendered: &[Value],
+) -> Result<BTreeSet<String>, String> {
+    for inputs in rendered {
+        if let Some(u) = inputs.get("user").and_then(Value::as_str) {
+            if guards
+                .protected_users
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(u))
+            {
+                return Err(format!(
+                    "guard `protected_users`: user `{u}` is protected; no call was made"
+                ));
+            }
+        }
+        if let Some(d) = inputs.get("device").and_then(Value::as_str) {
+            if guards
+                .protected_devices
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(d))
+            {
+                return Err(format!(
+                    "guard `protected_devices`: device `{d}` is protected; no call was made"
+                ));
+            }
+        }
+    }
+    let mut next = so_far.clone();
+    for inputs in rendered {
+        next.extend(item_targets(inputs));
+    }
+    if next.len() > guards.max_targets_per_run {
+        return Err(format!(
+            "guard `max_targets_per_run`: this run would touch {} distinct targets (limit {}); no call was made",
+            next.len(),
+            guards.max_targets_per_run
+        ));
+    }
+    Ok(next)
+}
+
+/// The step ids a step's templates and CEL expressions read; None when that cannot be told
+/// (then the whole context is used).
+fn step_refs(def: &Step) -> Option<BTreeSet<String>> {
+    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut paths: Vec<String> = Vec::new();
+    let with = def.with.clone().map(Value::Object).unwrap_or(Value::Null);
+    let mut texts = Vec::new();
+    strings(&with, &mut texts);
+    if let Some(a) = &def.approval {
+        texts.extend(a.message.as_deref());
+    }
+    if let Some(t) = &def.task {
+        texts.push(&t.message);
+    }
+    for t in texts {
+        if t.contains("{{") {
+            paths.extend(crate::expr::template_refs(t).ok()?);
+        }
+    }
+    for e in [&def.condition, &def.for_each].into_iter().flatten() {
+        paths.extend(Cel::compile(e).ok()?.references());
+    }
+    let mut ids = BTreeSet::new();
+    for p in paths {
+        if p == "steps" {
+            return None;
+        }
+        if let Some(rest) = p.strip_prefix("steps.") {
+            let id = rest.split('.').next().unwrap_or(rest);
+            ids.insert(id.to_string());
+        }
+    }
+    Some(ids)
 }
 
 fn strip_step_prefix<'a>(id: &str, error: &'a str) -> &'a str {
@@ -1566,4 +1644,56 @@ pub async fn prepare_retry(
     }];
     store.commit(lease, changes, audit).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Guards;
+    use serde_json::json;
+
+    fn guards() -> Guards {
+        Guards {
+            protected_users: vec!["BreakGlass@acme.com".into()],
+            protected_devices: vec!["C02BREAKGLASS".into()],
+            max_targets_per_run: 3,
+        }
+    }
+
+    #[test]
+    fn protected_targets_are_refused_case_insensitively() {
+        let e = check_guards(
+            &guards(),
+            &BTreeSet::new(),
+            &[json!({"user": "breakglass@ACME.com"})],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("protected_users") && e.contains("no call was made"),
+            "{e}"
+        );
+        let e = check_guards(
+            &guards(),
+            &BTreeSet::new(),
+            &[json!({"device": "c02breakglass"})],
+        )
+        .unwrap_err();
+        assert!(e.contains("protected_devices"), "{e}");
+    }
+
+    #[test]
+    fn distinct_targets_are_counted_across_steps() {
+        let g = guards();
+        let a = check_guards(
+            &g,
+            &BTreeSet::new(),
+            &[json!({"user": "a@x.com"}), json!({"user": "A@x.com"})],
+        )
+        .unwrap();
+        assert_eq!(a.len(), 1, "the same user twice is one target");
+        let b = check_guards(&g, &a, &[json!({"device": "d1"}), json!({"device": "d2"})]).unwrap();
+        assert_eq!(b.len(), 3);
+        let e = check_guards(&g, &b, &[json!({"device": "d3"})]).unwrap_err();
+        assert!(e.contains("4 distinct targets (limit 3)"), "{e}");
+    }
 }
