@@ -22,6 +22,7 @@ pub mod http;
 pub mod http_client;
 pub mod registry;
 pub mod sandbox;
+pub mod scim;
 pub mod secret;
 
 use async_trait::async_trait;

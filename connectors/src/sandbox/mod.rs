@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod scim;
+
 /// One imitated user account.
 #[derive(Debug, Clone)]
 struct User {
@@ -49,6 +51,7 @@ struct World {
 #[derive(Clone, Default)]
 pub struct Sandbox {
     world: Arc<Mutex<World>>,
+    pub scim: scim::ScimState,
 }
 
 /// A running sandbox server.
@@ -143,6 +146,7 @@ impl Sandbox {
             .route("/demo/devices/{serial}/contain", post(contain))
             .route("/demo/devices/{serial}/release", post(release))
             .with_state(self.clone())
+            .nest("/scim", scim::router(self.scim.clone()))
     }
 
     fn record(&self, line: String) {
