@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod entra;
+
 /// One imitated user account.
 #[derive(Debug, Clone)]
 struct User {
@@ -143,6 +145,7 @@ impl Sandbox {
             .route("/demo/devices/{serial}/contain", post(contain))
             .route("/demo/devices/{serial}/release", post(release))
             .with_state(self.clone())
+            .nest("/entra", entra::router(entra::EntraSandbox::seeded()))
     }
 
     fn record(&self, line: String) {
