@@ -532,15 +532,7 @@ fn build(
             let settings = Settings::new(name, map, HttpConnector::SETTINGS, base_dir, redactor);
             Ok(Arc::new(HttpConnector::from_settings(settings)?))
         }
-        "entra" => Ok(Arc::new(crate::entra::EntraConnector::from_settings(
-            Settings::new(
-                name,
-                map,
-                crate::entra::EntraConnector::SETTINGS,
-                base_dir,
-                redactor,
-            ),
-        )?)),
+        "entra" => crate::entra::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),
