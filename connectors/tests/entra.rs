@@ -1114,3 +1114,80 @@ async fn drives_the_sandbox_end_to_end() {
     assert!(e.to_string().contains("invalid_client"), "{e}");
     assert!(!shown(&e).contains("wrong-secret"));
 }
+
+#[tokio::test]
+async fn the_token_is_refreshed_shortly_before_expiry() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token_type": "Bearer", "expires_in": "1", "access_token": TOKEN
+        })))
+        .expect(2)
+        .mount(&server)
+        .await;
+    mount_user(&server, "j.smith@example.com", true).await;
+    let h = Harness::from_config(&server);
+    let input = json!({"user": "j.smith@example.com"});
+    h.call("get_user", input.clone()).await.unwrap();
+    h.call("get_user", input.clone()).await.unwrap();
+    // A 1 s token is refreshed after half its life.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    h.call("get_user", input).await.unwrap();
+}
+
+#[tokio::test]
+async fn sandbox_throttles_reports_and_checks_the_bearer() {
+    use cordon_connectors::sandbox::entra::{
+        SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT_ID,
+    };
+    let server = cordon_connectors::sandbox::Sandbox::seeded()
+        .serve()
+        .await
+        .unwrap();
+    let base = format!("{}/entra", server.base_url());
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!(
+            "{base}/login/{SANDBOX_TENANT_ID}/oauth2/v2.0/token"
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", SANDBOX_CLIENT_ID),
+            ("client_secret", SANDBOX_CLIENT_SECRET),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_string();
+    let url = format!("{base}/v1.0/auditLogs/signIns");
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+    for _ in 0..5 {
+        let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&wait), "{wait}");
+    let resp = http
+        .get(format!(
+            "{base}/v1.0/auditLogs/directoryAudits?$filter=category eq 'x'"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429, "the limit spans both report endpoints");
+}
