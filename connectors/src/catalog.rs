@@ -93,7 +93,12 @@ impl TypeDecl {
 
 /// Every connector type this build knows.
 pub fn catalog() -> &'static [TypeDecl] {
-    &[crate::core::TYPE, crate::http::TYPE, crate::scim::TYPE]
+    &[
+        crate::core::TYPE,
+        crate::http::TYPE,
+        crate::entra::TYPE,
+        crate::scim::TYPE,
+    ]
 }
 
 /// Look up a type by name.

@@ -11,15 +11,18 @@
 //! - [`http_client`]: the shared HTTP client (timeouts, status mapping, `Retry-After`).
 //! - [`evidence`]: the sink that snapshot actions stream artifacts into.
 //! - [`registry`]: builds live instances from configuration.
-//! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op).
+//! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`entra`] (Microsoft Entra ID).
+//! - [`oauth`]: the shared OAuth 2.0 client-credentials token source.
 //! - [`sandbox`]: a local imitation of vendor APIs for `cordon demo` and tests.
 
 pub mod catalog;
 pub mod core;
+pub mod entra;
 pub mod error;
 pub mod evidence;
 pub mod http;
 pub mod http_client;
+pub mod oauth;
 pub mod registry;
 pub mod sandbox;
 pub mod scim;

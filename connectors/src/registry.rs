@@ -533,6 +533,7 @@ fn build(
             Ok(Arc::new(HttpConnector::from_settings(settings)?))
         }
         "scim" => crate::scim::build(name, map, base_dir, redactor),
+        "entra" => crate::entra::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),

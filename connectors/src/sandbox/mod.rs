@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod entra;
 pub mod scim;
 
 /// One imitated user account.
@@ -147,6 +148,7 @@ impl Sandbox {
             .route("/demo/devices/{serial}/release", post(release))
             .with_state(self.clone())
             .nest("/scim", scim::router(self.scim.clone()))
+            .nest("/entra", entra::router(entra::EntraSandbox::seeded()))
     }
 
     fn record(&self, line: String) {
