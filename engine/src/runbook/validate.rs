@@ -1633,16 +1633,11 @@ impl<'e> StepsCheck<'e> {
         let Some(ty) = catalog::find_type(ty_name) else {
             let hint = did_you_mean(uses, all.iter().map(String::as_str))
                 .or_else(|| did_you_mean(ty_name, catalog::catalog().iter().map(|t| t.name)));
-            let known = catalog::catalog()
-                .iter()
-                .map(|t| format!("`{}`", t.name))
-                .collect::<Vec<_>>()
-                .join(", ");
             ck.at_value(
                 ptr,
                 type_code,
                 format!(
-                    "unknown connector type `{ty_name}` in `uses: {uses}` (known types: {known})"
+                    "unknown connector type `{ty_name}` in `uses: {uses}` (`cordon connectors list` shows them all)"
                 ),
                 sid,
             )
