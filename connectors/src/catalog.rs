@@ -98,6 +98,8 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::http::TYPE,
         crate::entra::TYPE,
         crate::scim::TYPE,
+        crate::roles::IDENTITY,
+        crate::roles::DEVICE_ROLE,
     ]
 }
 

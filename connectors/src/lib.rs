@@ -24,6 +24,7 @@ pub mod http;
 pub mod http_client;
 pub mod oauth;
 pub mod registry;
+pub mod roles;
 pub mod sandbox;
 pub mod scim;
 pub mod secret;
