@@ -11,7 +11,7 @@
 //! - [`http_client`]: the shared HTTP client (timeouts, status mapping, `Retry-After`).
 //! - [`evidence`]: the sink that snapshot actions stream artifacts into.
 //! - [`registry`]: builds live instances from configuration.
-//! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op).
+//! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`okta`].
 //! - [`sandbox`]: a local imitation of vendor APIs for `cordon demo` and tests.
 
 pub mod catalog;
@@ -20,6 +20,7 @@ pub mod error;
 pub mod evidence;
 pub mod http;
 pub mod http_client;
+pub mod okta;
 pub mod registry;
 pub mod sandbox;
 pub mod secret;
