@@ -613,6 +613,10 @@ mod tests {
         assert!(e.contains("nope") && e.contains("api-a"), "{e}");
         assert!(matches!(
             r.resolve("okta", None),
+            Err(ResolveError::NotConfigured { .. })
+        ));
+        assert!(matches!(
+            r.resolve("nosuchtype", None),
             Err(ResolveError::UnknownType(_))
         ));
     }
