@@ -631,8 +631,9 @@ async fn inputs_are_checked_naming_the_field() {
     );
     assert_eq!(
         field(h.call("get_user", json!({"usr": LOGIN})).await),
-        "usr"
+        "user"
     );
+    assert_eq!(field(h.call("get_user", json!("j.smith")).await), "with");
     assert_eq!(
         field(h.call("snapshot_system_log", json!({"user": LOGIN})).await),
         "since"
