@@ -96,6 +96,7 @@ pub fn catalog() -> &'static [TypeDecl] {
     &[
         crate::core::TYPE,
         crate::http::TYPE,
+        crate::okta::TYPE,
         crate::entra::TYPE,
         crate::scim::TYPE,
         crate::roles::IDENTITY,

@@ -13,6 +13,7 @@
 //! - [`registry`]: builds live instances from configuration.
 //! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`entra`] (Microsoft Entra ID).
 //! - [`oauth`]: the shared OAuth 2.0 client-credentials token source.
+//! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`okta`].
 //! - [`sandbox`]: a local imitation of vendor APIs for `cordon demo` and tests.
 
 pub mod catalog;
@@ -23,6 +24,7 @@ pub mod evidence;
 pub mod http;
 pub mod http_client;
 pub mod oauth;
+pub mod okta;
 pub mod registry;
 pub mod roles;
 pub mod sandbox;

@@ -534,6 +534,7 @@ fn build(
         }
         "scim" => crate::scim::build(name, map, base_dir, redactor),
         "entra" => crate::entra::build(name, map, base_dir, redactor),
+        "okta" => crate::okta::OktaConnector::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),
@@ -614,6 +615,10 @@ mod tests {
         assert!(e.contains("nope") && e.contains("api-a"), "{e}");
         assert!(matches!(
             r.resolve("okta", None),
+            Err(ResolveError::NotConfigured { .. })
+        ));
+        assert!(matches!(
+            r.resolve("nosuchtype", None),
             Err(ResolveError::UnknownType(_))
         ));
     }

@@ -34,7 +34,12 @@ pub struct RoleDecl {
 pub const ROLES: &[RoleDecl] = &[
     RoleDecl {
         name: "identity.find_user",
-        members: &[("okta", "get_user"), ("entra", "get_user"), ("google", "get_user"), ("scim", "get_user")],
+        members: &[
+            ("okta", "get_user"),
+            ("entra", "get_user"),
+            ("google", "get_user"),
+            ("scim", "get_user"),
+        ],
     },
     RoleDecl {
         name: "identity.suspend_user",
@@ -56,7 +61,11 @@ pub const ROLES: &[RoleDecl] = &[
     },
     RoleDecl {
         name: "identity.revoke_sessions",
-        members: &[("okta", "clear_sessions"), ("entra", "revoke_sessions"), ("google", "sign_out")],
+        members: &[
+            ("okta", "clear_sessions"),
+            ("entra", "revoke_sessions"),
+            ("google", "sign_out"),
+        ],
     },
     RoleDecl {
         name: "identity.snapshot_logs",
@@ -80,7 +89,10 @@ pub const ROLES: &[RoleDecl] = &[
     },
     RoleDecl {
         name: "device.contain",
-        members: &[("crowdstrike", "contain_host"), ("defender", "isolate_machine")],
+        members: &[
+            ("crowdstrike", "contain_host"),
+            ("defender", "isolate_machine"),
+        ],
     },
     RoleDecl {
         name: "device.lock",
@@ -124,21 +136,66 @@ pub fn role_accepts(uses: &str, instance_type: &str) -> bool {
     find_role(uses).is_some_and(|r| r.members.iter().any(|(t, _)| *t == instance_type))
 }
 
-const fn f(name: &'static str, ty: &'static str, required: bool, description: &'static str) -> FieldDecl {
-    FieldDecl { name, ty, required, description }
+const fn f(
+    name: &'static str,
+    ty: &'static str,
+    required: bool,
+    description: &'static str,
+) -> FieldDecl {
+    FieldDecl {
+        name,
+        ty,
+        required,
+        description,
+    }
 }
 
 const USER: FieldDecl = f("user", "string", true, "email/login, or the vendor's id");
-const DEVICE: FieldDecl = f("device", "string", true, "serial number, or the vendor's id (Defender: machine id or DNS name)");
+const DEVICE: FieldDecl = f(
+    "device",
+    "string",
+    true,
+    "serial number, or the vendor's id (Defender: machine id or DNS name)",
+);
 const SINCE: FieldDecl = f("since", "string", true, "RFC 3339 start of the window");
-const UNTIL: FieldDecl = f("until", "string", false, "RFC 3339 end of the window (default: now)");
-const ALLOW: FieldDecl = f("allow_not_found", "boolean", false, "succeed even when no instance knows the target");
+const UNTIL: FieldDecl = f(
+    "until",
+    "string",
+    false,
+    "RFC 3339 end of the window (default: now)",
+);
+const ALLOW: FieldDecl = f(
+    "allow_not_found",
+    "boolean",
+    false,
+    "succeed even when no instance knows the target",
+);
 const ROLE_OUT: &[FieldDecl] = &[
-    f("results", "array", true, "per instance: {connector, type, action, status, output, error}"),
+    f(
+        "results",
+        "array",
+        true,
+        "per instance: {connector, type, action, status, output, error}",
+    ),
     f("succeeded", "integer", true, "instances that acted"),
-    f("already", "integer", true, "instances where the target was already in that state"),
-    f("not_found", "integer", true, "instances that do not know the target"),
-    f("failed", "integer", true, "instances that failed after their retries"),
+    f(
+        "already",
+        "integer",
+        true,
+        "instances where the target was already in that state",
+    ),
+    f(
+        "not_found",
+        "integer",
+        true,
+        "instances that do not know the target",
+    ),
+    f(
+        "failed",
+        "integer",
+        true,
+        "instances that failed after their retries",
+    ),
 ];
 
 const fn role(
@@ -148,20 +205,59 @@ const fn role(
     effect: Effect,
     undo: Option<&'static str>,
 ) -> ActionDecl {
-    ActionDecl { name, description, inputs, outputs: ROLE_OUT, effect, undo, secret_outputs: &[] }
+    ActionDecl {
+        name,
+        description,
+        inputs,
+        outputs: ROLE_OUT,
+        effect,
+        undo,
+        secret_outputs: &[],
+    }
 }
 
 /// `identity.*` role actions.
 pub const IDENTITY: TypeDecl = TypeDecl {
     name: "identity",
-    description: "Role actions over every configured identity provider (Okta, Entra ID, Google, SCIM)",
+    description:
+        "Role actions over every configured identity provider (Okta, Entra ID, Google, SCIM)",
     needs_instance: false,
     actions: &[
-        role("find_user", "Look the user up in every identity provider", &[USER, ALLOW], Effect::Lookup, None),
-        role("suspend_user", "Suspend the user everywhere", &[USER, ALLOW], Effect::Mutation, Some("unsuspend_user")),
-        role("unsuspend_user", "Reactivate the user everywhere", &[USER, ALLOW], Effect::Mutation, Some("suspend_user")),
-        role("revoke_sessions", "End the user's sessions and tokens everywhere", &[USER, ALLOW], Effect::Mutation, None),
-        role("snapshot_logs", "Snapshot the user's sign-in and audit logs as evidence", &[USER, SINCE, UNTIL, ALLOW], Effect::Snapshot, None),
+        role(
+            "find_user",
+            "Look the user up in every identity provider",
+            &[USER, ALLOW],
+            Effect::Lookup,
+            None,
+        ),
+        role(
+            "suspend_user",
+            "Suspend the user everywhere",
+            &[USER, ALLOW],
+            Effect::Mutation,
+            Some("unsuspend_user"),
+        ),
+        role(
+            "unsuspend_user",
+            "Reactivate the user everywhere",
+            &[USER, ALLOW],
+            Effect::Mutation,
+            Some("suspend_user"),
+        ),
+        role(
+            "revoke_sessions",
+            "End the user's sessions and tokens everywhere",
+            &[USER, ALLOW],
+            Effect::Mutation,
+            None,
+        ),
+        role(
+            "snapshot_logs",
+            "Snapshot the user's sign-in and audit logs as evidence",
+            &[USER, SINCE, UNTIL, ALLOW],
+            Effect::Snapshot,
+            None,
+        ),
     ],
 };
 
@@ -204,7 +300,10 @@ impl RoleConnector {
             for (ty, action) in role.members {
                 if c.type_name() == *ty {
                     if let Some((_, decl)) = find_action(&format!("{ty}.{action}")) {
-                        members.push(Member { connector: c.clone(), action: decl });
+                        members.push(Member {
+                            connector: c.clone(),
+                            action: decl,
+                        });
                     }
                 }
             }
@@ -352,7 +451,10 @@ impl Connector for RoleConnector {
         if let Some(retry_after) = transient {
             let message = failures.join("; ");
             call.resume.put(progress);
-            return Err(ConnectorError::Transient { retry_after, message });
+            return Err(ConnectorError::Transient {
+                retry_after,
+                message,
+            });
         }
         let results: Vec<Value> = self
             .members
@@ -360,8 +462,12 @@ impl Connector for RoleConnector {
             .filter_map(|m| progress.done.get(&self.key(m)).cloned())
             .collect();
         let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
-        let (succeeded, already, not_found, failed) =
-            (count("succeeded"), count("already"), count("not_found"), count("failed"));
+        let (succeeded, already, not_found, failed) = (
+            count("succeeded"),
+            count("already"),
+            count("not_found"),
+            count("failed"),
+        );
         let output = json!({
             "results": results, "succeeded": succeeded, "already": already,
             "not_found": not_found, "failed": failed,
@@ -382,7 +488,11 @@ impl Connector for RoleConnector {
                 .or_else(|| call.input.get("device"))
                 .and_then(Value::as_str)
                 .unwrap_or("the target");
-            let names: Vec<&str> = self.members.iter().map(|m| m.connector.instance()).collect();
+            let names: Vec<&str> = self
+                .members
+                .iter()
+                .map(|m| m.connector.instance())
+                .collect();
             return Err(ConnectorError::Rejected {
                 status: 404,
                 message: format!(

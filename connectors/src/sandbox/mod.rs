@@ -5,6 +5,8 @@
 //! demonstration runbook drives through the `http` connector; the vendor imitations
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
+pub mod okta;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -149,6 +151,7 @@ impl Sandbox {
             .with_state(self.clone())
             .nest("/scim", scim::router(self.scim.clone()))
             .nest("/entra", entra::router(entra::EntraSandbox::seeded()))
+            .nest("/okta", okta::router(okta::OktaSandbox::seeded()))
     }
 
     fn record(&self, line: String) {
