@@ -93,7 +93,7 @@ impl TypeDecl {
 
 /// Every connector type this build knows.
 pub fn catalog() -> &'static [TypeDecl] {
-    &[crate::core::TYPE, crate::http::TYPE]
+    &[crate::core::TYPE, crate::http::TYPE, crate::google::TYPE]
 }
 
 /// Look up a type by name.

@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod core;
 pub mod error;
 pub mod evidence;
+pub mod google;
 pub mod http;
 pub mod http_client;
 pub mod registry;

@@ -5,6 +5,8 @@
 //! demonstration runbook drives through the `http` connector; the vendor imitations
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
+pub mod google;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -143,6 +145,7 @@ impl Sandbox {
             .route("/demo/devices/{serial}/contain", post(contain))
             .route("/demo/devices/{serial}/release", post(release))
             .with_state(self.clone())
+            .nest("/google", google::router(google::GoogleSandbox::seeded()))
     }
 
     fn record(&self, line: String) {
