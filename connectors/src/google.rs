@@ -866,9 +866,11 @@ impl GoogleConnector {
             return Ok(not_found());
         };
         let path = format!("{DIRECTORY_USERS}/{}/signOut", encode_segment(&u.id));
-        // An explicit empty body: Google's front end answers 411 to a body-less POST
-        // without `Content-Length`.
-        let spec = RequestSpec::post(&path).text(String::new());
+        // An explicit `Content-Length: 0`: Google's front end answers 411 to a body-less
+        // POST without one, and the HTTP stack omits it for an empty body.
+        let spec = RequestSpec::post(&path)
+            .header("content-length", "0")
+            .text(String::new());
         let resp = self.send_api(SCOPES_SIGN_OUT, spec, call.requests).await?;
         match resp.status.as_u16() {
             200..=299 => {}

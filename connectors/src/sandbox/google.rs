@@ -422,7 +422,7 @@ async fn token(
     };
     let claims = match s.verify_assertion(assertion) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let Ok(mut w) = s.world.lock() else {
         return internal();
@@ -467,8 +467,8 @@ async fn token(
 
 impl GoogleSandbox {
     /// Check an assertion's form, signature and claims; the claims, or the OAuth error.
-    fn verify_assertion(&self, assertion: &str) -> Result<Value, Response> {
-        let bad = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", d);
+    fn verify_assertion(&self, assertion: &str) -> Result<Value, Box<Response>> {
+        let bad = |d: &str| Box::new(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", d));
         let parts: Vec<&str> = assertion.split('.').collect();
         let [h, c, sig] = parts.as_slice() else {
             return Err(bad(
@@ -515,24 +515,25 @@ impl GoogleSandbox {
         Ok(claims)
     }
 
-    /// The caller's token must be one we issued, with one of `scopes`; throttling next.
-    fn authorise(&self, headers: &HeaderMap, scopes: &[&str]) -> Result<(), Response> {
+    /// Why the call is refused, if it is: the caller's token must be one we issued, with
+    /// one of `scopes`; throttling comes next.
+    fn refusal(&self, headers: &HeaderMap, scopes: &[&str]) -> Option<Response> {
         let Ok(mut w) = self.world.lock() else {
-            return Err(internal());
+            return Some(internal());
         };
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(granted) = token.and_then(|t| w.tokens.get(t)) else {
-            return Err(google_error(
+            return Some(google_error(
                 StatusCode::UNAUTHORIZED,
                 "authError",
                 "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
             ));
         };
         if !granted.iter().any(|g| scopes.contains(&g.as_str())) {
-            return Err(google_error(
+            return Some(google_error(
                 StatusCode::FORBIDDEN,
                 "insufficientPermissions",
                 "Request had insufficient authentication scopes.",
@@ -540,13 +541,13 @@ impl GoogleSandbox {
         }
         if w.throttle > 0 {
             w.throttle -= 1;
-            return Err(google_error(
+            return Some(google_error(
                 StatusCode::FORBIDDEN,
                 "userRateLimitExceeded",
                 "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute per user' of service 'admin.googleapis.com'.",
             ));
         }
-        Ok(())
+        None
     }
 }
 
@@ -564,7 +565,7 @@ async fn get_user(
     headers: HeaderMap,
 ) -> Response {
     s.record(format!("GET /admin/directory/v1/users/{user_key}"));
-    if let Err(r) = s.authorise(&headers, &[SCOPE_USER]) {
+    if let Some(r) = s.refusal(&headers, &[SCOPE_USER]) {
         return r;
     }
     let Ok(w) = s.world.lock() else {
@@ -583,7 +584,7 @@ async fn update_user(
     body: axum::body::Bytes,
 ) -> Response {
     s.record(format!("PUT /admin/directory/v1/users/{user_key}"));
-    if let Err(r) = s.authorise(&headers, &[SCOPE_USER]) {
+    if let Some(r) = s.refusal(&headers, &[SCOPE_USER]) {
         return r;
     }
     let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
@@ -626,7 +627,7 @@ async fn sign_out(
             "POST requests require a Content-length header.",
         );
     }
-    if let Err(r) = s.authorise(&headers, &[SCOPE_USER_SECURITY]) {
+    if let Some(r) = s.refusal(&headers, &[SCOPE_USER_SECURITY]) {
         return r;
     }
     let Ok(w) = s.world.lock() else {
@@ -647,7 +648,7 @@ async fn activities(
     s.record(format!(
         "GET /admin/reports/v1/activity/users/{user_key}/applications/{app}"
     ));
-    if let Err(r) = s.authorise(&headers, &[SCOPE_REPORTS]) {
+    if let Some(r) = s.refusal(&headers, &[SCOPE_REPORTS]) {
         return r;
     }
     if app != "login" {
@@ -655,17 +656,24 @@ async fn activities(
         return Json(json!({"kind": "admin#reports#activities", "etag": "\"sandbox\""}))
             .into_response();
     }
-    let time = |name: &str| -> Result<Option<DateTime<Utc>>, Response> {
+    // The bad value, if any, is named in the error as Google does.
+    let time = |name: &str| -> Result<Option<DateTime<Utc>>, String> {
         match q.get(name) {
             None => Ok(None),
             Some(v) => DateTime::parse_from_rfc3339(v)
                 .map(|t| Some(t.with_timezone(&Utc)))
-                .map_err(|_| google_error(StatusCode::BAD_REQUEST, "invalid", &format!("Invalid value '{v}'. Values must match the following regular expression: '(\\d\\d\\d\\d)-(\\d\\d)-(\\d\\d)T(\\d\\d):(\\d\\d):(\\d\\d)(?:\\.(\\d+))?(?:(Z)|([-+])(\\d\\d):(\\d\\d))'"))),
+                .map_err(|_| v.clone()),
         }
     };
     let (start, end) = match (time("startTime"), time("endTime")) {
         (Ok(s), Ok(e)) => (s, e),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(v), _) | (_, Err(v)) => {
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &format!("Invalid value '{v}'. Values must be RFC 3339 times"),
+            )
+        }
     };
     if let (Some(a), Some(b)) = (start, end) {
         if a > b {
@@ -731,7 +739,7 @@ async fn activities(
         .filter(|(t, _)| start.is_none_or(|s| *t >= s) && end.is_none_or(|e| *t <= e))
         .collect();
     // Newest first, as the Reports API lists.
-    matching.sort_by(|a, b| b.0.cmp(&a.0));
+    matching.sort_by_key(|m| std::cmp::Reverse(m.0));
     let page: Vec<Value> = matching
         .iter()
         .skip(offset)
