@@ -29,6 +29,9 @@
 //! | `sign_out` | the same `GET`, then `POST …/users/{id}/signOut` (empty body) | `admin.directory.user`, `admin.directory.user.security` |
 //! | `snapshot_login_activity` | `GET /admin/reports/v1/activity/users/{user}/applications/login?startTime&endTime&maxResults=1000&pageToken` for every page | `admin.reports.audit.readonly` |
 //!
+//! A snapshot whose first page answers 404 (a user the Reports API does not know) returns
+//! `{"found": false, "target": null}` and writes no artifact.
+//!
 //! `users.get` takes the primary email, an alias or the immutable numeric id, so one read
 //! resolves any form of `user`; the mutations then address the resolved id. A 404 is "not
 //! found" (`found: false`), never an error. Google's throttling answers (403
@@ -269,6 +272,12 @@ pub const TYPE: TypeDecl = TypeDecl {
                     description: "login activity records (one JSON line each)",
                 },
                 FieldDecl {
+                    name: "found",
+                    ty: "boolean",
+                    required: false,
+                    description: "false when the Reports API does not know the user (no artifact)",
+                },
+                FieldDecl {
                     name: "pages",
                     ty: "integer",
                     required: true,
@@ -281,6 +290,19 @@ pub const TYPE: TypeDecl = TypeDecl {
         },
     ],
 };
+
+/// The registry's constructor: one `google` instance from its settings map.
+pub fn build(
+    name: &str,
+    map: &serde_json::Map<String, Value>,
+    base_dir: &std::path::Path,
+    redactor: &Redactor,
+) -> Result<std::sync::Arc<dyn Connector>, Vec<ConfigError>> {
+    let settings = Settings::new(name, map, GoogleConnector::SETTINGS, base_dir, redactor);
+    Ok(std::sync::Arc::new(GoogleConnector::from_settings(
+        settings,
+    )?))
+}
 
 /// Why a service account key could not be used. Never quotes the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1152,7 +1174,11 @@ fn user_input(input: &Value) -> Result<String, ConnectorError> {
 fn parse_user(input: &Value) -> Result<String, ConnectorError> {
     let user = match input.get("user") {
         Some(Value::String(s)) => s.trim().to_string(),
-        Some(Value::Number(n)) => n.to_string(),
+        // Google ids have 21 digits: more than a JSON number holds exactly.
+        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+        Some(Value::Number(_)) => {
+            return Err(invalid("user", "write a Google user id as a string"))
+        }
         Some(_) => {
             return Err(invalid(
                 "user",
@@ -1340,6 +1366,11 @@ mod tests {
         assert_eq!(
             user_input(&json!({"user": " a@x.com "})).unwrap(),
             "a@x.com"
+        );
+        assert_eq!(user_input(&json!({"user": 42})).unwrap(), "42");
+        assert_eq!(
+            field(user_input(&json!({"user": 114211980000000000001.0}))),
+            "user"
         );
         let snap = |v: Value| snapshot_input(&v).map(|_| ());
         assert_eq!(field(snap(json!({"user": "a@x.com"}))), "since");

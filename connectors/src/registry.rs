@@ -532,15 +532,7 @@ fn build(
             let settings = Settings::new(name, map, HttpConnector::SETTINGS, base_dir, redactor);
             Ok(Arc::new(HttpConnector::from_settings(settings)?))
         }
-        "google" => Ok(Arc::new(crate::google::GoogleConnector::from_settings(
-            Settings::new(
-                name,
-                map,
-                crate::google::GoogleConnector::SETTINGS,
-                base_dir,
-                redactor,
-            ),
-        )?)),
+        "google" => crate::google::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),
