@@ -1081,7 +1081,7 @@ async fn drives_the_sandbox_end_to_end() {
         .await
         .unwrap();
     assert_eq!(snap["records"], 30);
-    let data = &h.sink.finished.lock().unwrap()[0].1;
+    let data = h.sink.finished.lock().unwrap()[0].1.clone();
     let lines: Vec<Value> = data
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
