@@ -98,6 +98,7 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::http::TYPE,
         crate::okta::TYPE,
         crate::entra::TYPE,
+        crate::google::TYPE,
         crate::scim::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,

@@ -397,7 +397,7 @@ impl Registry {
             }
         }
         for t in catalog::catalog() {
-            if t.needs_instance || registry.has_type(t.name) {
+            if t.needs_instance || crate::roles::is_role_type(t.name) || registry.has_type(t.name) {
                 continue;
             }
             if instances.contains_key(t.name) {
@@ -471,6 +471,57 @@ impl Registry {
         }
     }
 
+    /// A role action (`identity.suspend_user`) bound to every configured instance that
+    /// serves it, or to the named ones (`connector:` in the step).
+    pub fn role(
+        &self,
+        uses: &str,
+        only: Option<&[String]>,
+    ) -> Result<Arc<dyn Connector>, ResolveError> {
+        let role = crate::roles::find_role(uses)
+            .ok_or_else(|| ResolveError::UnknownType(uses.to_string()))?;
+        let mut chosen = Vec::new();
+        match only {
+            Some(names) => {
+                for n in names {
+                    match self.instances.get(n) {
+                        Some(c) if crate::roles::role_accepts(uses, c.type_name()) => {
+                            chosen.push(c.clone())
+                        }
+                        Some(c) => {
+                            return Err(ResolveError::WrongType {
+                                instance: n.clone(),
+                                expected: role
+                                    .members
+                                    .iter()
+                                    .map(|(t, _)| *t)
+                                    .collect::<Vec<_>>()
+                                    .join(" or "),
+                                actual: c.type_name().to_string(),
+                            })
+                        }
+                        None => {
+                            return Err(ResolveError::UnknownInstance {
+                                instance: n.clone(),
+                                configured: self.instances.keys().cloned().collect(),
+                            })
+                        }
+                    }
+                }
+            }
+            None => {
+                for c in self.instances.values() {
+                    if crate::roles::role_accepts(uses, c.type_name()) {
+                        chosen.push(c.clone());
+                    }
+                }
+            }
+        }
+        let rc = crate::roles::RoleConnector::new(uses, chosen)
+            .ok_or_else(|| ResolveError::UnknownType(uses.to_string()))?;
+        Ok(Arc::new(rc))
+    }
+
     /// The instance with this name, whatever its type.
     pub fn get(&self, instance: &str) -> Option<Arc<dyn Connector>> {
         self.instances.get(instance).cloned()
@@ -535,6 +586,7 @@ fn build(
         "scim" => crate::scim::build(name, map, base_dir, redactor),
         "entra" => crate::entra::build(name, map, base_dir, redactor),
         "okta" => crate::okta::OktaConnector::build(name, map, base_dir, redactor),
+        "google" => crate::google::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),

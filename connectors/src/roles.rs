@@ -136,6 +136,15 @@ pub fn role_accepts(uses: &str, instance_type: &str) -> bool {
     find_role(uses).is_some_and(|r| r.members.iter().any(|(t, _)| *t == instance_type))
 }
 
+/// Whether an instance of `instance_type` serves any action of role type `role_type`
+/// (`identity`, `device`).
+pub fn role_type_accepts(role_type: &str, instance_type: &str) -> bool {
+    ROLES.iter().any(|r| {
+        r.name.split('.').next() == Some(role_type)
+            && r.members.iter().any(|(t, _)| *t == instance_type)
+    })
+}
+
 const fn f(
     name: &'static str,
     ty: &'static str,

@@ -5,6 +5,7 @@
 //! demonstration runbook drives through the `http` connector; the vendor imitations
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
+pub mod google;
 pub mod okta;
 
 use std::collections::BTreeMap;
@@ -152,6 +153,7 @@ impl Sandbox {
             .nest("/scim", scim::router(self.scim.clone()))
             .nest("/entra", entra::router(entra::EntraSandbox::seeded()))
             .nest("/okta", okta::router(okta::OktaSandbox::seeded()))
+            .nest("/google", google::router(google::GoogleSandbox::seeded()))
     }
 
     fn record(&self, line: String) {

@@ -494,7 +494,7 @@ impl Runner {
     fn start_action(&mut self, def: &Step, ctx: &Value) {
         let id = def.id.as_str();
         let uses = def.uses.clone().unwrap_or_default();
-        let Some((ty, decl)) = find_action(&uses) else {
+        let Some((_, decl)) = find_action(&uses) else {
             self.step_failed(id, format!("step `{id}`: unknown action `{uses}`"));
             return;
         };
@@ -502,15 +502,10 @@ impl Runner {
             .connector
             .as_ref()
             .and_then(|c| c.names().first().map(|s| s.to_string()));
-        let connector = match self
-            .engine
-            .inner
-            .registry
-            .resolve(ty.name, instance.as_deref())
-        {
+        let connector = match resolve_connector(&self.engine, def, instance.as_deref()) {
             Ok(c) => c,
             Err(e) => {
-                if def.optional && !self.engine.inner.registry.has_type(ty.name) {
+                if def.optional && !configured(&self.engine, &uses) {
                     self.set_finished(
                         id,
                         StepStatus::Skipped,
@@ -793,24 +788,18 @@ impl Runner {
                     touched = true;
                     continue;
                 }
-                let connector = match self.engine.inner.registry.resolve(
-                    def.uses
-                        .as_deref()
-                        .and_then(|u| u.split_once('.'))
-                        .map(|(t, _)| t)
-                        .unwrap_or(""),
-                    Some(item.connector.as_str()),
-                ) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        item.status = StepStatus::Failed;
-                        item.error = Some(e.to_string());
-                        item.finished_at = Some(crate::time::now());
-                        self.changes.push(Change::Item(item.clone()));
-                        touched = true;
-                        continue;
-                    }
-                };
+                let connector =
+                    match resolve_connector(&self.engine, &def, Some(item.connector.as_str())) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            item.status = StepStatus::Failed;
+                            item.error = Some(e.to_string());
+                            item.finished_at = Some(crate::time::now());
+                            self.changes.push(Change::Item(item.clone()));
+                            touched = true;
+                            continue;
+                        }
+                    };
                 item.status = StepStatus::Running;
                 item.attempts += 1;
                 item.started_at.get_or_insert_with(crate::time::now);
@@ -1500,6 +1489,36 @@ fn step_refs(def: &Step) -> Option<BTreeSet<String>> {
         }
     }
     Some(ids)
+}
+
+/// The connector that runs a step: a role action bound to its instances, or one instance.
+fn resolve_connector(
+    engine: &Engine,
+    def: &Step,
+    instance: Option<&str>,
+) -> Result<Arc<dyn cordon_connectors::Connector>, String> {
+    let uses = def.uses.as_deref().unwrap_or("");
+    let registry = &engine.inner.registry;
+    if cordon_connectors::roles::find_role(uses).is_some() {
+        let names: Option<Vec<String>> = def
+            .connector
+            .as_ref()
+            .map(|c| c.names().iter().map(|s| s.to_string()).collect());
+        return registry
+            .role(uses, names.as_deref())
+            .map_err(|e| e.to_string());
+    }
+    let ty = uses.split_once('.').map(|(t, _)| t).unwrap_or(uses);
+    registry.resolve(ty, instance).map_err(|e| e.to_string())
+}
+
+/// Whether anything is configured to run `uses` (for `optional: true` steps).
+fn configured(engine: &Engine, uses: &str) -> bool {
+    let registry = &engine.inner.registry;
+    match cordon_connectors::roles::find_role(uses) {
+        Some(role) => role.members.iter().any(|(t, _)| registry.has_type(t)),
+        None => registry.has_type(uses.split_once('.').map(|(t, _)| t).unwrap_or(uses)),
+    }
 }
 
 fn strip_step_prefix<'a>(id: &str, error: &'a str) -> &'a str {

@@ -1766,7 +1766,8 @@ impl<'e> StepsCheck<'e> {
         match conn {
             Some(c) => {
                 let names = c.names();
-                if names.len() > 1 {
+                let role = cordon_connectors::roles::is_role_type(ty.name);
+                if names.len() > 1 && !role {
                     ck.at_value(
                         &cp,
                         E_MANY_INSTANCES,
@@ -1810,7 +1811,11 @@ impl<'e> StepsCheck<'e> {
                             )
                             .hint = hint;
                         }
-                        Some(t) if t != ty.name => {
+                        Some(t)
+                            if t != ty.name
+                                && !(role
+                                    && cordon_connectors::roles::role_type_accepts(ty.name, t)) =>
+                        {
                             ck.at_value(
                                 &vp,
                                 E_INSTANCE_TYPE,
