@@ -127,6 +127,18 @@ struct Runner {
     defs: HashMap<String, Step>,
     /// Per step: the step ids its templates and expressions read (None: all of them).
     refs: HashMap<String, Option<BTreeSet<String>>>,
+    /// Steps worth looking at in the next `schedule` (their needs may have finished).
+    candidates: std::collections::VecDeque<String>,
+    /// Steps that need each step.
+    dependents: HashMap<String, Vec<String>>,
+    on_failure_ids: BTreeSet<String>,
+    on_failure_seeded: bool,
+    /// Position of each step in `order`.
+    pos: HashMap<String, usize>,
+    /// Action steps now running, by position in the file.
+    active: BTreeMap<usize, String>,
+    /// Per running step: index of the first item that may still be pending.
+    cursor: HashMap<String, usize>,
 }
 
 impl Runner {
@@ -249,12 +261,45 @@ impl Runner {
             run.started_at = Some(now);
         }
         let cancelling = run.cancel_requested;
-        let defs = rb
+        let defs: HashMap<String, Step> = rb
             .runbook
             .steps
             .iter()
             .chain(rb.runbook.on_failure.iter())
             .map(|s| (s.id.clone(), s.clone()))
+            .collect();
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for (id, _) in &order {
+            if let Some(d) = defs.get(id) {
+                for n in &d.needs {
+                    dependents.entry(n.clone()).or_default().push(id.clone());
+                }
+            }
+        }
+        let active: BTreeMap<usize, String> = order
+            .iter()
+            .enumerate()
+            .filter(|(_, (id, _))| {
+                steps
+                    .get(id)
+                    .is_some_and(|s| s.status == StepStatus::Running)
+            })
+            .map(|(i, (id, _))| (i, id.clone()))
+            .collect();
+        let candidates = order
+            .iter()
+            .filter(|(_, f)| !*f)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let on_failure_ids = order
+            .iter()
+            .filter(|(_, f)| *f)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let pos = order
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), i))
             .collect();
         Ok(Runner {
             store,
@@ -280,6 +325,13 @@ impl Runner {
             uncalled,
             targets,
             cel: HashMap::new(),
+            candidates,
+            dependents,
+            on_failure_ids,
+            pos,
+            on_failure_seeded: false,
+            active,
+            cursor: HashMap::new(),
             defs,
             refs: HashMap::new(),
         })
@@ -419,33 +471,39 @@ impl Runner {
     }
 
     fn schedule(&mut self) {
-        loop {
-            let mut progressed = false;
-            let order = self.order.clone();
-            for (id, on_failure) in &order {
-                if !self.in_phase(*on_failure) || self.status(id) != StepStatus::Pending {
-                    continue;
-                }
-                if self.blocked_forever(id) {
-                    self.set_finished(
-                        id,
-                        StepStatus::Cancelled,
-                        None,
-                        Some("a step it needs did not succeed".into()),
-                        None,
-                    );
-                    progressed = true;
-                    continue;
-                }
-                let Some(all_skipped) = self.deps_state(id) else {
-                    continue;
-                };
-                self.start_step(id, all_skipped);
-                progressed = true;
+        if self.failing.is_some()
+            && !self.on_failure_seeded
+            && !self.cancelling
+            && self.main_quiet()
+        {
+            self.on_failure_seeded = true;
+            let ids: Vec<String> = self
+                .order
+                .iter()
+                .filter(|(_, f)| *f)
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.candidates.extend(ids);
+        }
+        while let Some(id) = self.candidates.pop_front() {
+            let on_failure = self.on_failure_ids.contains(&id);
+            if self.status(&id) != StepStatus::Pending || !self.in_phase(on_failure) {
+                continue;
             }
-            if !progressed {
-                break;
+            if self.blocked_forever(&id) {
+                self.set_finished(
+                    &id,
+                    StepStatus::Cancelled,
+                    None,
+                    Some("a step it needs did not succeed".into()),
+                    None,
+                );
+                continue;
             }
+            let Some(all_skipped) = self.deps_state(&id) else {
+                continue;
+            };
+            self.start_step(&id, all_skipped);
         }
     }
 
@@ -617,6 +675,9 @@ impl Runner {
             self.changes.push(Change::Item(it.clone()));
         }
         self.items.insert(id.to_string(), merged);
+        if let Some(p) = self.pos.get(id) {
+            self.active.insert(*p, id.to_string());
+        }
         if let Some(s) = self.steps.get_mut(id) {
             s.status = StepStatus::Running;
             s.items = n;
@@ -730,10 +791,10 @@ impl Runner {
             return jobs;
         }
         let ids: Vec<String> = self
-            .order
-            .iter()
-            .filter(|(id, _)| self.status(id) == StepStatus::Running)
-            .map(|(id, _)| id.clone())
+            .active
+            .values()
+            .filter(|id| self.status(id) == StepStatus::Running)
+            .cloned()
             .collect();
         for id in ids {
             let Some(def) = self.def(&id).cloned() else {
@@ -754,17 +815,25 @@ impl Runner {
                 .as_deref()
                 .and_then(|t| crate::duration::parse(t).ok())
                 .unwrap_or(DEFAULT_TIMEOUT);
+            // Items are launched in order; the cursor skips those already past.
+            let from = self.cursor.get(&id).copied().unwrap_or(0);
+            let room = limit.saturating_sub(busy) as usize;
             let pending: Vec<usize> = self
                 .items
                 .get(&id)
                 .map(|l| {
                     l.iter()
                         .enumerate()
+                        .skip(from)
                         .filter(|(_, i)| i.status == StepStatus::Pending)
                         .map(|(n, _)| n)
+                        .take(room.max(1) + 64)
                         .collect()
                 })
                 .unwrap_or_default();
+            if let Some(first) = pending.first() {
+                self.cursor.insert(id.clone(), *first);
+            }
             let mut touched = false;
             for pos in pending {
                 if busy >= limit {
@@ -999,6 +1068,13 @@ impl Runner {
         s.finished_at = Some(now);
         self.changes.push(Change::Step(s.clone()));
         self.ctx.set_step(id, status.as_str(), s.output.as_ref());
+        if let Some(p) = self.pos.get(id) {
+            self.active.remove(p);
+        }
+        self.cursor.remove(id);
+        if let Some(deps) = self.dependents.get(id) {
+            self.candidates.extend(deps.iter().cloned());
+        }
         if matches!(status, StepStatus::Skipped | StepStatus::Cancelled) {
             self.audit.push(AuditDraft {
                 run_id: Some(self.run.id.clone()),
@@ -1209,7 +1285,7 @@ impl Runner {
         if self.changes.is_empty() && self.audit.is_empty() {
             return Ok(());
         }
-        let changes = std::mem::take(&mut self.changes);
+        let changes = coalesce(std::mem::take(&mut self.changes));
         let audit = std::mem::take(&mut self.audit);
         self.store.commit(&self.lease, changes, audit).await?;
         Ok(())
@@ -1519,6 +1595,34 @@ fn configured(engine: &Engine, uses: &str) -> bool {
         Some(role) => role.members.iter().any(|(t, _)| registry.has_type(t)),
         None => registry.has_type(uses.split_once('.').map(|(t, _)| t).unwrap_or(uses)),
     }
+}
+
+/// Keep only the last write of each step and item row in a batch (a step started and
+/// launched in one turn is written once): fewer statements in the commit.
+fn coalesce(changes: Vec<Change>) -> Vec<Change> {
+    let mut last_step: HashMap<String, usize> = HashMap::new();
+    let mut last_item: HashMap<(String, u32), usize> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        match c {
+            Change::Step(s) => {
+                last_step.insert(s.step_id.clone(), i);
+            }
+            Change::Item(it) => {
+                last_item.insert((it.step_id.clone(), it.idx), i);
+            }
+            _ => {}
+        }
+    }
+    changes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, c)| match c {
+            Change::Step(s) => last_step.get(&s.step_id) == Some(i),
+            Change::Item(it) => last_item.get(&(it.step_id.clone(), it.idx)) == Some(i),
+            _ => true,
+        })
+        .map(|(_, c)| c)
+        .collect()
 }
 
 fn strip_step_prefix<'a>(id: &str, error: &'a str) -> &'a str {
