@@ -1122,13 +1122,22 @@ impl Connector for EntraConnector {
         let user = user_input(call.input)?;
         Ok(Some(match self.find_user(call.requests, &user).await? {
             None => json!({"found": false}),
-            Some(u) => json!({
-                "found": true,
-                "id": u.id,
-                "user_principal_name": u.user_principal_name,
-                "account_enabled": u.account_enabled,
-                "sign_in_sessions_valid_from": u.sign_in_sessions_valid_from_date_time,
-            }),
+            Some(u) => {
+                let mut state = json!({
+                    "found": true,
+                    "id": u.id,
+                    "user_principal_name": u.user_principal_name,
+                    "account_enabled": u.account_enabled,
+                    "sign_in_sessions_valid_from": u.sign_in_sessions_valid_from_date_time,
+                });
+                // Was the account already where this action takes it, before the run?
+                match (call.action, u.account_enabled) {
+                    ("disable_user", Some(enabled)) => state["already"] = json!(!enabled),
+                    ("enable_user", Some(enabled)) => state["already"] = json!(enabled),
+                    _ => {}
+                }
+                state
+            }
         }))
     }
 }

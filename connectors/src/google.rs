@@ -1073,13 +1073,22 @@ impl Connector for GoogleConnector {
         let user = user_input(call.input)?;
         Ok(Some(
             match self.read_user(&user, scopes, call.requests).await? {
-                Some(u) => json!({
-                    "found": true,
-                    "id": u.id,
-                    "email": u.primary_email,
-                    "suspended": u.suspended,
-                    "status": u.status(),
-                }),
+                Some(u) => {
+                    let mut state = json!({
+                        "found": true,
+                        "id": u.id,
+                        "email": u.primary_email,
+                        "suspended": u.suspended,
+                        "status": u.status(),
+                    });
+                    // Was the user already where this action takes them, before the run?
+                    match call.action {
+                        "suspend_user" => state["already"] = json!(u.suspended),
+                        "unsuspend_user" => state["already"] = json!(!u.suspended),
+                        _ => {}
+                    }
+                    state
+                }
                 None => json!({"found": false}),
             },
         ))

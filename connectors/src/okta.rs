@@ -1073,7 +1073,17 @@ impl Connector for OktaConnector {
             "suspend_user" | "unsuspend_user" | "clear_sessions" => {
                 let user = string_input(call.input, "user")?;
                 Ok(Some(match self.resolve(&user, &call).await? {
-                    Some(u) => u.state(),
+                    Some(u) => {
+                        let mut state = u.state();
+                        let status = state["status"].as_str().unwrap_or("").to_string();
+                        // Was the user already where this action takes them, before the run?
+                        match call.action {
+                            "suspend_user" => state["already"] = json!(status == "SUSPENDED"),
+                            "unsuspend_user" => state["already"] = json!(status == "ACTIVE"),
+                            _ => {}
+                        }
+                        state
+                    }
                     None => json!({"found": false}),
                 }))
             }

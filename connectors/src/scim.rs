@@ -738,9 +738,18 @@ impl Connector for ScimConnector {
             "deactivate_user" | "activate_user" => {
                 let user = user_input(call.input)?;
                 Ok(Some(match self.resolve(&user, call.requests).await? {
-                    Some(u) => json!({
-                        "id": u.id, "login": u.login, "active": u.active, "status": u.status(),
-                    }),
+                    Some(u) => {
+                        let mut state = json!({
+                            "id": u.id, "login": u.login, "active": u.active, "status": u.status(),
+                        });
+                        // Was the user already where this action takes them, before the run?
+                        match (call.action, u.active) {
+                            ("deactivate_user", Some(active)) => state["already"] = json!(!active),
+                            ("activate_user", Some(active)) => state["already"] = json!(active),
+                            _ => {}
+                        }
+                        state
+                    }
                     None => json!({"found": false}),
                 }))
             }

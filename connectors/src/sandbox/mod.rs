@@ -51,11 +51,26 @@ struct World {
     calls: Vec<String>,
 }
 
-/// Shared sandbox state.
-#[derive(Clone, Default)]
+/// Shared sandbox state: the generic demo API and every imitated vendor.
+#[derive(Clone)]
 pub struct Sandbox {
     world: Arc<Mutex<World>>,
+    pub okta: okta::OktaSandbox,
+    pub entra: entra::EntraSandbox,
+    pub google: google::GoogleSandbox,
     pub scim: scim::ScimState,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            world: Arc::default(),
+            okta: okta::OktaSandbox::seeded(),
+            entra: entra::EntraSandbox::seeded(),
+            google: google::GoogleSandbox::seeded(),
+            scim: scim::ScimState::default(),
+        }
+    }
 }
 
 /// A running sandbox server.
@@ -151,9 +166,53 @@ impl Sandbox {
             .route("/demo/devices/{serial}/release", post(release))
             .with_state(self.clone())
             .nest("/scim", scim::router(self.scim.clone()))
-            .nest("/entra", entra::router(entra::EntraSandbox::seeded()))
-            .nest("/okta", okta::router(okta::OktaSandbox::seeded()))
-            .nest("/google", google::router(google::GoogleSandbox::seeded()))
+            .nest("/entra", entra::router(self.entra.clone()))
+            .nest("/okta", okta::router(self.okta.clone()))
+            .nest("/google", google::router(self.google.clone()))
+    }
+
+    /// Connector instances configured against this sandbox at `base_url`, with their
+    /// secrets written as files under `secrets_dir` (so the configuration holds only
+    /// `{file: …}` references, as a real one would).
+    pub fn connector_config(
+        base_url: &str,
+        secrets_dir: &std::path::Path,
+    ) -> std::io::Result<BTreeMap<String, Value>> {
+        std::fs::create_dir_all(secrets_dir)?;
+        let write = |name: &str, value: &str| -> std::io::Result<String> {
+            let p = secrets_dir.join(name);
+            std::fs::write(&p, value)?;
+            Ok(p.display().to_string())
+        };
+        let okta_token = write("okta-token", okta::SANDBOX_TOKEN)?;
+        let entra_secret = write("entra-secret", entra::SANDBOX_CLIENT_SECRET)?;
+        let google_key = write(
+            "google-key.json",
+            &google::sandbox_service_account_key(&format!("{base_url}/google/token")),
+        )?;
+        let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
+        let mut m = BTreeMap::new();
+        m.insert(
+            "okta-sandbox".to_string(),
+            json!({"type": "okta", "base_url": format!("{base_url}/okta"), "token": {"file": okta_token}}),
+        );
+        m.insert(
+            "entra-sandbox".to_string(),
+            json!({"type": "entra", "tenant_id": entra::SANDBOX_TENANT_ID, "client_id": entra::SANDBOX_CLIENT_ID,
+                   "client_secret": {"file": entra_secret}, "base_url": format!("{base_url}/entra"),
+                   "token_url": format!("{base_url}/entra/login/{{tenant_id}}/oauth2/v2.0/token")}),
+        );
+        m.insert(
+            "google-sandbox".to_string(),
+            json!({"type": "google", "service_account_key": {"file": google_key},
+                   "subject": google::SANDBOX_SUBJECT, "base_url": format!("{base_url}/google"),
+                   "token_url": format!("{base_url}/google/token")}),
+        );
+        m.insert(
+            "scim-sandbox".to_string(),
+            json!({"type": "scim", "base_url": format!("{base_url}/scim"), "token": {"file": scim_token}}),
+        );
+        Ok(m)
     }
 
     fn record(&self, line: String) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cordon_connectors::sandbox::Sandbox;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
 use super::{progress, App};
 use crate::exec::decide::{decide, Decider, Verdict};
@@ -14,33 +14,42 @@ use crate::exec::StartRequest;
 use crate::runbook::validate::validate;
 use crate::store::{Created, RunStatus};
 
-/// The demonstration runbook, embedded so the demo works from any directory.
-const DEMO_RUNBOOK: &str = include_str!("../../../runbooks/demo-containment.yaml");
+/// The default response runbook, embedded so the demo works from any directory.
+const DEFAULT_RUNBOOK: &str = include_str!("../../../runbooks/dprk-it-worker-containment.yaml");
 
 pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
-    let app = App::open(config_path).await?;
-    let engine = &app.engine;
+    let mut config = crate::config::Config::load(config_path)?;
     let server = Sandbox::seeded()
         .serve()
         .await
         .context("cannot start the local sandbox")?;
-    eprintln!("sandbox listening on {}", server.base_url());
+    let secrets = tempfile::tempdir().context("cannot create a folder for sandbox secrets")?;
+    // The sandbox's instances join whatever the configuration already has.
+    for (name, settings) in Sandbox::connector_config(&server.base_url(), secrets.path())? {
+        config.connectors.entry(name).or_insert(settings);
+    }
+    let app = App::from_config(config).await?;
+    let engine = &app.engine;
+    eprintln!(
+        "vendor sandbox on {} (Okta, Entra ID, Google Workspace, SCIM)",
+        server.base_url()
+    );
 
     let from_folder = engine
         .inner
         .config
         .runbooks_dir
-        .join("demo-containment.yaml");
+        .join("dprk-it-worker-containment.yaml");
     let (text, file) = match std::fs::read_to_string(&from_folder) {
         Ok(t) => (t, from_folder.display().to_string()),
         Err(_) => (
-            DEMO_RUNBOOK.to_string(),
-            "demo-containment.yaml (embedded)".to_string(),
+            DEFAULT_RUNBOOK.to_string(),
+            "dprk-it-worker-containment.yaml (embedded)".to_string(),
         ),
     };
     let rb = validate(&text, &file, &engine.validation_context()).map_err(|d| {
         anyhow::anyhow!(
-            "the demo runbook is not valid:\n{}",
+            "the default runbook is not valid:\n{}",
             d.iter()
                 .map(|x| x.to_string())
                 .collect::<Vec<_>>()
@@ -49,12 +58,11 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     })?;
     let alert_id = format!("DEMO-{}", ulid::Ulid::new());
     let mut inputs = Map::new();
-    inputs.insert("sandbox_url".into(), json!(server.base_url()));
     inputs.insert("alert_id".into(), json!(alert_id));
     inputs.insert("subject_email".into(), json!("j.smith@example.com"));
     inputs.insert(
         "device_serials".into(),
-        json!(["C02DEMO0001", "C02DEMO0002", "C02UNKNOWN9"]),
+        json!(["C02DEMO0001", "C02DEMO0002"]),
     );
     inputs.insert("confidence".into(), json!(0.92));
     let created = engine
@@ -77,11 +85,12 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     let run = engine.execute(&run.id, display.clone()).await?;
     if run.status != RunStatus::Waiting {
         anyhow::bail!(
-            "expected the run to wait for counsel's approval, it is {}",
-            run.status.as_str()
+            "expected the run to wait for counsel's approval, it is {}: {}",
+            run.status.as_str(),
+            run.error.unwrap_or_default()
         );
     }
-    eprintln!("⚖ counsel (demo-counsel, group legal) reviews the evidence and approves");
+    eprintln!("⚖ counsel (demo-counsel, group legal) reviews the preserved evidence and approves");
     let counsel = Decider {
         name: "demo-counsel".into(),
         via: "cli".into(),
@@ -103,22 +112,33 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     let events = engine.store().audit_events(None).await?;
     let head = engine.store().audit_head().await?;
     let audit = crate::audit::verify(&events, head.as_ref());
-    let calls = server.sandbox.calls();
+    let doc = crate::exec::document::run_document(engine.store(), &run, false).await?;
     if json_out {
-        let doc = crate::exec::document::run_document(engine.store(), &run, false).await?;
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "run": doc, "sandbox_calls": calls, "evidence_ok": ev_report.ok(),
+                "run": doc, "evidence_ok": ev_report.ok(),
                 "audit_ok": audit.ok, "audit_events": audit.events,
             }))?
         );
     } else {
         eprintln!();
         eprintln!("run {} {}", run.id, run.status.as_str());
-        eprintln!("vendor calls that changed something:");
-        for c in &calls {
-            eprintln!("  {c}");
+        for step in ["suspend-identity", "revoke-sessions"] {
+            let results = doc["steps"]
+                .as_array()
+                .and_then(|s| s.iter().find(|x| x["id"] == step))
+                .and_then(|s| s["output"]["results"].as_array())
+                .cloned()
+                .unwrap_or_default();
+            for r in results {
+                eprintln!(
+                    "  {step:<18} {:<16} {:<8} {}",
+                    r["connector"].as_str().unwrap_or(""),
+                    r["status"].as_str().unwrap_or(""),
+                    r["output"]["target"].as_str().unwrap_or("")
+                );
+            }
         }
         eprintln!(
             "evidence: {} artifact(s), {}",
@@ -129,6 +149,12 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
                 "VERIFICATION FAILED"
             }
         );
+        for e in &evidence {
+            eprintln!(
+                "  {} {:>6} records  sha256 {}",
+                e.meta.connector_type, e.records, e.sha256
+            );
+        }
         eprintln!(
             "audit chain: {} events, {}",
             audit.events,
@@ -140,12 +166,8 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
             "      cordon audit export --run {} --format html -o audit.html",
             run.id
         );
-        eprintln!(
-            "      cordon undo {}   (a false positive: reverse it, newest first)",
-            run.id
-        );
+        eprintln!("      cordon evidence verify {}", run.id);
     }
     let ok = run.status == RunStatus::Succeeded && ev_report.ok() && audit.ok;
-    let _ = Value::Null;
     Ok(if ok { 0 } else { 1 })
 }

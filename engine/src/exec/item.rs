@@ -105,6 +105,10 @@ impl ItemJob {
         let redactor = &self.engine.inner.redactor;
         match outcome {
             Ok(output) => {
+                let output = match &self.record.prior_state {
+                    Some(prior) => already_from_prior(output, prior),
+                    None => output,
+                };
                 let (public, secret) = split_secrets(self.decl, redactor.redact_value(&output));
                 self.record.status = StepStatus::Succeeded;
                 self.record.output = Some(public);
@@ -281,6 +285,45 @@ pub fn idempotency_key(run_id: &str, step_id: &str, idx: u32) -> String {
     format!("{run_id}/{step_id}/{idx}")
 }
 
+/// `already` reports the state recorded before the run's first call, so that a repeat
+/// after a crash (which finds the target in the state the run itself put it in) never
+/// hides the run's own change from undo. Role outputs are corrected per instance.
+pub fn already_from_prior(mut output: Value, prior: &Value) -> Value {
+    if let Some(already) = prior.get("already").and_then(Value::as_bool) {
+        if output.get("already").is_some() {
+            output["already"] = Value::Bool(already);
+        }
+        return output;
+    }
+    let Some(results) = output.get_mut("results").and_then(Value::as_array_mut) else {
+        return output;
+    };
+    for r in results.iter_mut() {
+        let connector = r["connector"].as_str().unwrap_or("").to_string();
+        let action = r["action"].as_str().unwrap_or("").to_string();
+        let state = prior
+            .get(format!("{connector}/{action}").as_str())
+            .or_else(|| prior.get(connector.as_str()));
+        let Some(already) = state
+            .and_then(|s| s.get("already"))
+            .and_then(Value::as_bool)
+        else {
+            continue;
+        };
+        if matches!(r["status"].as_str(), Some("succeeded" | "already")) {
+            r["status"] = Value::from(if already { "already" } else { "succeeded" });
+            if r["output"].get("already").is_some() {
+                r["output"]["already"] = Value::Bool(already);
+            }
+        }
+    }
+    let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
+    let (succeeded, already) = (count("succeeded"), count("already"));
+    output["succeeded"] = Value::from(succeeded);
+    output["already"] = Value::from(already);
+    output
+}
+
 /// Move the action's declared secret output fields out of the public output.
 fn split_secrets(decl: &ActionDecl, output: Value) -> (Value, Option<Value>) {
     if decl.secret_outputs.is_empty() {
@@ -335,6 +378,32 @@ mod tests {
             Duration::from_secs(90)
         );
         assert_eq!(p.delay(2, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn already_comes_from_the_state_before_the_run() {
+        use serde_json::json;
+        // A repeat after a crash finds the user suspended by this very run.
+        let out = json!({"target": "00u1", "already": true, "found": true});
+        let fixed = already_from_prior(out, &json!({"status": "ACTIVE", "already": false}));
+        assert_eq!(fixed["already"], false);
+        let role = json!({
+            "results": [
+                {"connector": "okta-prod", "action": "suspend_user", "status": "already", "output": {"already": true}},
+                {"connector": "graph", "action": "disable_user", "status": "already", "output": {"already": true}},
+                {"connector": "scim", "action": "deactivate_user", "status": "not_found", "output": {"found": false}},
+            ],
+            "succeeded": 0, "already": 2, "not_found": 1, "failed": 0,
+        });
+        let prior = json!({"okta-prod": {"already": false}, "graph": {"already": true}});
+        let fixed = already_from_prior(role, &prior);
+        assert_eq!(fixed["results"][0]["status"], "succeeded");
+        assert_eq!(fixed["results"][1]["status"], "already");
+        assert_eq!(fixed["results"][2]["status"], "not_found");
+        assert_eq!(
+            (fixed["succeeded"].as_u64(), fixed["already"].as_u64()),
+            (Some(1), Some(1))
+        );
     }
 
     #[test]

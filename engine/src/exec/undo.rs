@@ -111,6 +111,56 @@ pub async fn create_undo_run(
             plan.push(entry);
             continue;
         }
+        // A role action without its own `undo:` is undone per instance.
+        if def.undo.is_none() {
+            if let Some(results) = out.get("results").and_then(Value::as_array) {
+                let base_id = if def.for_each.is_some() {
+                    format!("undo-{}-{}", it.step_id, it.idx)
+                } else {
+                    format!("undo-{}", it.step_id)
+                };
+                let mut inputs = it.inputs.clone();
+                if let Value::Object(m) = &mut inputs {
+                    m.remove("allow_not_found");
+                }
+                for r in results {
+                    let instance = r["connector"].as_str().unwrap_or("").to_string();
+                    let vtype = r["type"].as_str().unwrap_or("").to_string();
+                    let vaction = r["action"].as_str().unwrap_or("").to_string();
+                    let mut e = PlanEntry {
+                        step: it.step_id.clone(),
+                        index: it.idx,
+                        connector: instance.clone(),
+                        action: format!("{vtype}.{vaction}"),
+                        disposition: r["status"].as_str().unwrap_or("").to_string(),
+                        undo_step: None,
+                    };
+                    let undo = find_action(&e.action).and_then(|(_, d)| d.undo);
+                    match (e.disposition.as_str(), undo) {
+                        ("succeeded", Some(u)) => {
+                            let id = format!("{base_id}-{}", sanitize(&instance));
+                            let needs = gen_steps
+                                .last()
+                                .map(|s| vec![s.id.clone()])
+                                .unwrap_or_default();
+                            gen_steps.push(generated_step(
+                                &id,
+                                &format!("{vtype}.{u}"),
+                                &instance,
+                                escape(&inputs),
+                                needs,
+                            ));
+                            e.disposition = "undo".into();
+                            e.undo_step = Some(id);
+                        }
+                        ("succeeded", None) => e.disposition = "not_undoable".into(),
+                        _ => {}
+                    }
+                    plan.push(e);
+                }
+                continue;
+            }
+        }
         let (undo_uses, undo_connector, undo_with) = if let Some(u) = &def.undo {
             let mut c = base.clone();
             if let Some(expr) = &def.for_each {
@@ -276,6 +326,20 @@ fn prune(v: &Value) -> Value {
         Value::Array(a) => Value::Array(a.iter().map(prune).collect()),
         other => other.clone(),
     }
+}
+
+/// An instance name as part of a step id (`[a-z0-9-]+`).
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Literal values must survive templating: `{{` becomes `\{{`.
