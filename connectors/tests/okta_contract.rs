@@ -407,6 +407,10 @@ fn operation(e: &Exchange) -> String {
 #[tokio::test]
 async fn every_request_matches_okta_openapi_description() {
     let Some(bin) = std::env::var_os("CORDON_PRISM").filter(|v| !v.is_empty()) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the Okta contract test: set CORDON_PRISM (see .ci/run)"
+        );
         // Written to stderr directly, not with `eprintln!`, which the test harness captures.
         use std::io::Write;
         let _ = writeln!(

@@ -127,6 +127,10 @@ fn start_once(command: &[String], port: u16) -> Start {
 /// Start the server, or None (with a loud message) when `CORDON_SCIM2_SERVER` is unset.
 fn start() -> Option<Server> {
     let Ok(line) = std::env::var(ENV) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the real SCIM server test: set {ENV} (see .ci/run)"
+        );
         eprintln!(
             "\n**************************************************************\n\
              SKIPPED: scim_real needs {ENV} (the command that starts\n\
