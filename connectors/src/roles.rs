@@ -544,3 +544,218 @@ impl Connector for RoleConnector {
         Ok((!out.is_empty()).then_some(Value::Object(out)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::{EvidenceError, EvidenceMeta, EvidenceSink, EvidenceWriter};
+    use crate::RequestLog;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    struct NoEvidence;
+    #[async_trait]
+    impl EvidenceSink for NoEvidence {
+        async fn create(&self, _m: EvidenceMeta) -> Result<Box<dyn EvidenceWriter>, EvidenceError> {
+            Err(EvidenceError("none".into()))
+        }
+    }
+
+    /// A connector that answers from a script and records the keys it was called with.
+    struct Fake {
+        ty: &'static str,
+        name: String,
+        script: Mutex<VecDeque<Result<Value, ConnectorError>>>,
+        keys: Mutex<Vec<String>>,
+    }
+
+    fn fake(ty: &'static str, name: &str, script: Vec<Result<Value, ConnectorError>>) -> Arc<Fake> {
+        Arc::new(Fake {
+            ty,
+            name: name.into(),
+            script: Mutex::new(script.into()),
+            keys: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[async_trait]
+    impl Connector for Fake {
+        fn type_name(&self) -> &'static str {
+            self.ty
+        }
+        fn instance(&self) -> &str {
+            &self.name
+        }
+        async fn call(&self, call: ActionCall<'_>) -> Result<Value, ConnectorError> {
+            self.keys
+                .lock()
+                .unwrap()
+                .push(call.idempotency_key.to_string());
+            self.script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Err(ConnectorError::Other("script exhausted".into())))
+        }
+    }
+
+    async fn call(
+        rc: &RoleConnector,
+        input: Value,
+        slot: &ResumeSlot,
+    ) -> Result<Value, ConnectorError> {
+        let log = RequestLog::default();
+        rc.call(ActionCall {
+            action: "suspend_user",
+            input: &input,
+            idempotency_key: "R/suspend/0",
+            run_id: "R",
+            step_id: "suspend",
+            attempt: 1,
+            evidence: &NoEvidence,
+            requests: &log,
+            resume: slot,
+        })
+        .await
+    }
+
+    fn as_dyn(v: &[Arc<Fake>]) -> Vec<Arc<dyn Connector>> {
+        v.iter().map(|f| f.clone() as Arc<dyn Connector>).collect()
+    }
+
+    #[tokio::test]
+    async fn each_instance_is_classified_and_keyed() {
+        let okta = fake(
+            "okta",
+            "okta-prod",
+            vec![Ok(
+                json!({"found": true, "target": "00u1", "already": false}),
+            )],
+        );
+        let entra = fake(
+            "entra",
+            "graph",
+            vec![Ok(json!({"found": true, "target": "g1", "already": true}))],
+        );
+        let scim = fake(
+            "scim",
+            "hr-scim",
+            vec![Ok(
+                json!({"found": false, "target": null, "already": false}),
+            )],
+        );
+        let jamf = fake("jamf", "jamf", vec![]);
+        let rc = RoleConnector::new(
+            "identity.suspend_user",
+            as_dyn(&[okta.clone(), entra, scim, jamf.clone()]),
+        )
+        .unwrap();
+        assert_eq!(rc.members().len(), 3, "jamf does not serve identity roles");
+        let out = call(&rc, json!({"user": "x@acme.com"}), &ResumeSlot::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                out["succeeded"].as_u64(),
+                out["already"].as_u64(),
+                out["not_found"].as_u64(),
+                out["failed"].as_u64()
+            ),
+            (Some(1), Some(1), Some(1), Some(0))
+        );
+        assert_eq!(
+            okta.keys.lock().unwrap().as_slice(),
+            ["R/suspend/0/okta-prod"]
+        );
+        assert!(jamf.keys.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn not_found_anywhere_fails_unless_allowed() {
+        let a = fake(
+            "okta",
+            "a",
+            vec![Ok(json!({"found": false})), Ok(json!({"found": false}))],
+        );
+        let rc = RoleConnector::new("identity.suspend_user", as_dyn(&[a])).unwrap();
+        let e = call(
+            &rc,
+            json!({"user": "ghost@acme.com"}),
+            &ResumeSlot::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("ghost@acme.com") && !e.is_transient(),
+            "{e}"
+        );
+        let ok = call(
+            &rc,
+            json!({"user": "ghost@acme.com", "allow_not_found": true}),
+            &ResumeSlot::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok["not_found"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_retries_only_that_instance() {
+        let a = fake(
+            "okta",
+            "a",
+            vec![Ok(json!({"found": true, "already": false}))],
+        );
+        let b = fake(
+            "entra",
+            "b",
+            vec![
+                Err(ConnectorError::RateLimited {
+                    retry_after: Some(Duration::from_secs(3)),
+                    message: "429".into(),
+                }),
+                Ok(json!({"found": true, "already": false})),
+            ],
+        );
+        let rc =
+            RoleConnector::new("identity.suspend_user", as_dyn(&[a.clone(), b.clone()])).unwrap();
+        let slot = ResumeSlot::default();
+        let e = call(&rc, json!({"user": "x@acme.com"}), &slot)
+            .await
+            .unwrap_err();
+        assert!(e.is_transient());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        let out = call(&rc, json!({"user": "x@acme.com"}), &slot)
+            .await
+            .unwrap();
+        assert_eq!(out["succeeded"], 2);
+        assert_eq!(
+            a.keys.lock().unwrap().len(),
+            1,
+            "the instance that succeeded is not called again"
+        );
+        assert_eq!(b.keys.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_hard_failure_fails_the_step_and_no_instances_is_a_configuration_error() {
+        let a = fake(
+            "okta",
+            "a",
+            vec![Err(ConnectorError::Auth {
+                status: 403,
+                message: "E0000006".into(),
+            })],
+        );
+        let rc = RoleConnector::new("identity.suspend_user", as_dyn(&[a])).unwrap();
+        let e = call(&rc, json!({"user": "x@acme.com"}), &ResumeSlot::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("failed on 1 of 1"), "{e}");
+        let none = RoleConnector::new("identity.suspend_user", vec![]).unwrap();
+        let e = call(&none, json!({"user": "x@acme.com"}), &ResumeSlot::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ConnectorError::Config(_)), "{e}");
+    }
+}

@@ -1023,3 +1023,100 @@ fn quorum_needs_distinct_approvers_and_timeouts_decide() {
     assert_eq!(step(&doc, "approve-fast")["output"]["by_timeout"], true);
     assert_eq!(srv.hits("/ok/after-timeout").len(), 1);
 }
+
+/// The shipped default runbook against the vendor sandbox: evidence first, counsel's
+/// approval, the identity suspended in every identity provider at once (an account that
+/// was already suspended is reported `already`), and `cordon undo` restoring exactly what
+/// the run changed.
+#[test]
+fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() {
+    use cordon_connectors::sandbox::{entra, Sandbox};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(Sandbox::seeded().serve()).unwrap();
+    let sb = server.sandbox.clone();
+    let env = Env::new("");
+    let conns = Sandbox::connector_config(&server.base_url(), &env.path().join("secrets")).unwrap();
+    std::fs::write(
+        env.path().join("config.yaml"),
+        format!(
+            "database: sqlite://cordon.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\nconnectors: {}\n",
+            serde_json::to_string(&conns).unwrap()
+        ),
+    )
+    .unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../runbooks/dprk-it-worker-containment.yaml");
+    std::fs::copy(
+        &shipped,
+        env.path().join("runbooks/dprk-it-worker-containment.yaml"),
+    )
+    .unwrap();
+    let subject = "j.smith@example.com";
+
+    // Someone suspended the user in Okta before this incident.
+    env.write_runbook(
+        "pre",
+        &rb("pre", "steps:\n  - id: s\n    uses: okta.suspend_user\n    connector: okta-sandbox\n    with: { user: j.smith@example.com }\n"),
+    );
+    assert_eq!(env.run(&["run", "pre"]).code, 0);
+    assert_eq!(sb.okta.status_of(subject).as_deref(), Some("SUSPENDED"));
+
+    let r = env.run(&[
+        "run",
+        "dprk-it-worker-containment",
+        "--input",
+        &format!("subject_email={subject}"),
+        "--input",
+        "alert_id=A-1",
+        "--as",
+        "analyst",
+    ]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let run = r.run_id();
+    let doc = env.show(&run);
+    // Evidence was taken before anything was revoked.
+    let snap = step(&doc, "snapshot-identity-logs");
+    assert_eq!(snap["status"], "succeeded");
+    assert!(
+        snap["output"]["succeeded"].as_u64().unwrap() >= 3,
+        "{snap:#}"
+    );
+    assert_eq!(step(&doc, "suspend-identity")["status"], "pending");
+    assert_eq!(sb.entra.account_enabled(entra::SUSPECT_ID), Some(true));
+
+    let ok = env.run(&[
+        "approve",
+        &run,
+        "approve-containment",
+        "--by",
+        "counsel",
+        "--json",
+    ]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let doc = ok.json();
+    let out = &step(&doc, "suspend-identity")["output"];
+    assert_eq!(out["succeeded"], 3, "{out:#}");
+    assert_eq!(out["already"], 1, "{out:#}");
+    assert_eq!(sb.entra.account_enabled(entra::SUSPECT_ID), Some(false));
+    assert_eq!(sb.google.is_suspended(subject), Some(true));
+    assert_eq!(sb.scim.active(subject), Some(false));
+    // Every call of the role step carried the step's key plus the instance.
+    let audit = env.run(&["audit", "export", "--run", &run, "--format", "jsonl"]);
+    assert!(audit.stdout.contains("\"evidence.collected\""));
+    assert_eq!(env.run(&["evidence", "verify", &run]).code, 0);
+
+    let u = env.run(&["undo", &run, "--json"]);
+    assert_eq!(u.code, 0, "{u:?}");
+    let plan = u.json()["inputs"]["plan"].as_array().unwrap().clone();
+    let okta = plan
+        .iter()
+        .find(|p| p["connector"] == "okta-sandbox" && p["step"] == "suspend-identity")
+        .unwrap();
+    assert_eq!(okta["disposition"], "already", "{plan:?}");
+    assert_eq!(sb.entra.account_enabled(entra::SUSPECT_ID), Some(true));
+    assert_eq!(sb.google.is_suspended(subject), Some(false));
+    assert_eq!(sb.scim.active(subject), Some(true));
+    // The account suspended before the incident stays suspended.
+    assert_eq!(sb.okta.status_of(subject).as_deref(), Some("SUSPENDED"));
+    assert_eq!(env.run(&["audit", "verify"]).code, 0);
+}
