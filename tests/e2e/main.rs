@@ -1119,4 +1119,27 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
     // The account suspended before the incident stays suspended.
     assert_eq!(sb.okta.status_of(subject).as_deref(), Some("SUSPENDED"));
     assert_eq!(env.run(&["audit", "verify"]).code, 0);
+
+    // No vendor credential reached the database or the audit trail.
+    let mut stored = Vec::new();
+    for f in ["cordon.db", "cordon.db-wal"] {
+        if let Ok(b) = std::fs::read(env.path().join(f)) {
+            stored.extend(b);
+        }
+    }
+    stored.extend(
+        env.run(&["audit", "export", "--run", &run, "--format", "jsonl"])
+            .stdout
+            .into_bytes(),
+    );
+    for secret in [
+        cordon_connectors::sandbox::okta::SANDBOX_TOKEN,
+        cordon_connectors::sandbox::scim::SANDBOX_TOKEN,
+        entra::SANDBOX_CLIENT_SECRET,
+    ] {
+        assert!(
+            !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a credential was stored"
+        );
+    }
 }
