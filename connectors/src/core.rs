@@ -103,6 +103,7 @@ mod tests {
             evidence: &NoEvidence,
             requests: log,
             resume,
+            prior: None,
         }
     }
 

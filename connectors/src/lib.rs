@@ -60,6 +60,12 @@ pub struct ActionCall<'a> {
     /// interrupted by a transient error stashes its open evidence writer and next-page
     /// cursor here, and the next attempt resumes from the page that failed.
     pub resume: &'a ResumeSlot,
+    /// The target's state as [`Connector::prior_state`] returned it before the first
+    /// attempt, stored durably (None on a first attempt that had none). A `secret` object
+    /// in it (a generated lock PIN) is kept in the secret column, shown to admins only, and
+    /// handed back here on every attempt and after a crash, so a repeated call reuses it.
+    /// Role actions hand each instance its own part.
+    pub prior: Option<&'a serde_json::Value>,
 }
 
 /// See [`ActionCall::resume`]. Empty at the first attempt; the engine keeps the same slot

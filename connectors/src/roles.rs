@@ -417,6 +417,7 @@ impl Connector for RoleConnector {
                     evidence: call.evidence,
                     requests: call.requests,
                     resume: &slot,
+                    prior: call.prior.and_then(|p| p.get(k.as_str())),
                 };
                 (k.clone(), m.clone(), m.connector.call(sub).await)
             }
@@ -530,6 +531,7 @@ impl Connector for RoleConnector {
                 evidence: call.evidence,
                 requests: call.requests,
                 resume: &slot,
+                prior: call.prior.and_then(|p| p.get(k.as_str())),
             };
             match m.connector.prior_state(sub).await {
                 Ok(Some(v)) => {
@@ -615,6 +617,7 @@ mod tests {
             evidence: &NoEvidence,
             requests: &log,
             resume: slot,
+            prior: None,
         })
         .await
     }

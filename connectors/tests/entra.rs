@@ -153,6 +153,7 @@ impl Harness {
             evidence: &self.sink,
             requests: &self.log,
             resume: &self.resume,
+            prior: None,
         }
     }
 
@@ -366,7 +367,8 @@ async fn disable_patches_account_enabled_and_reports_prior_state() {
     assert_eq!(
         prior,
         json!({"found": true, "id": USER_ID, "user_principal_name": "j.smith@example.com",
-               "account_enabled": true, "sign_in_sessions_valid_from": "2025-01-06T09:00:00Z"})
+               "account_enabled": true, "sign_in_sessions_valid_from": "2025-01-06T09:00:00Z",
+               "already": false})
     );
     let out = h
         .call("disable_user", json!({"user": "j.smith@example.com"}))

@@ -273,6 +273,7 @@ impl Harness {
             evidence: &self.sink,
             requests: &self.log,
             resume: &self.resume,
+            prior: None,
         }
     }
 
@@ -759,6 +760,7 @@ async fn a_slow_answer_is_a_timeout() {
             evidence: &sink,
             requests: &log,
             resume: &resume,
+            prior: None,
         })
         .await
         .unwrap_err();

@@ -124,6 +124,7 @@ impl Harness {
             evidence: &self.sink,
             requests: &self.log,
             resume: &cordon_connectors::ResumeSlot::default(),
+            prior: None,
         })
         .await
     }
@@ -321,6 +322,7 @@ async fn connection_refused_is_transient() {
             evidence: &MemSink::default(),
             requests: &log,
             resume: &cordon_connectors::ResumeSlot::default(),
+            prior: None,
         })
         .await
         .unwrap_err();

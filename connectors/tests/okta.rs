@@ -148,6 +148,7 @@ impl Harness {
                 evidence: &self.sink,
                 requests: &self.log,
                 resume,
+                prior: None,
             })
             .await
     }
@@ -168,6 +169,7 @@ impl Harness {
                 evidence: &self.sink,
                 requests: &self.log,
                 resume: &ResumeSlot::default(),
+                prior: None,
             })
             .await
     }

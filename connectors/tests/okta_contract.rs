@@ -335,6 +335,7 @@ async fn call(c: &Arc<dyn Connector>, action: &str, input: Value) -> Result<Valu
         evidence: &NullSink,
         requests: &log,
         resume: &ResumeSlot::default(),
+        prior: None,
     })
     .await
 }
@@ -351,6 +352,7 @@ async fn prior(c: &Arc<dyn Connector>, action: &str, input: Value) -> Option<Val
         evidence: &NullSink,
         requests: &log,
         resume: &ResumeSlot::default(),
+        prior: None,
     })
     .await
     .expect("prior_state")

@@ -75,6 +75,7 @@ impl Harness {
             evidence: &NoEvidence,
             requests: &self.log,
             resume: &self.resume,
+            prior: None,
         }
     }
 
@@ -573,6 +574,7 @@ async fn a_slow_provider_times_out() {
             evidence: &NoEvidence,
             requests: &log,
             resume: &ResumeSlot::default(),
+            prior: None,
         })
         .await
         .unwrap_err();

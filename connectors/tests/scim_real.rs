@@ -187,6 +187,7 @@ impl Harness {
             evidence: &NoEvidence,
             requests: &self.log,
             resume: &self.resume,
+            prior: None,
         }
     }
 

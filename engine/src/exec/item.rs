@@ -74,6 +74,8 @@ pub struct ItemJob {
     pub dry_run: bool,
     pub cancel: CancellationToken,
     pub observer: Arc<dyn Observer>,
+    /// The stored prior state with its secrets, as calls see it (`ActionCall::prior`).
+    pub prior_view: Option<Value>,
 }
 
 /// What came of it.
@@ -145,6 +147,7 @@ impl ItemJob {
     ) -> Result<Value, Outcome> {
         let store = self.engine.inner.store.clone();
         let mutating = self.effect == Effect::Mutation;
+        self.prior_view = prior_view(&self.record);
         loop {
             if mutating {
                 self.wait_while_paused().await?;
@@ -153,8 +156,18 @@ impl ItemJob {
                 let call = self.call(sink, requests, resume, key);
                 match tokio::time::timeout(self.timeout, self.connector.prior_state(call)).await {
                     Ok(Ok(Some(state))) => {
+                        let (public, secrets) = split_prior_secrets(state);
+                        if let Some(secrets) = secrets {
+                            let mut so = self.record.secret_output.take().unwrap_or_default();
+                            if !so.is_object() {
+                                so = Value::Object(Map::new());
+                            }
+                            so["prior_secret"] = secrets;
+                            self.record.secret_output = Some(so);
+                        }
                         self.record.prior_state =
-                            Some(self.engine.inner.redactor.redact_value(&state));
+                            Some(self.engine.inner.redactor.redact_value(&public));
+                        self.prior_view = prior_view(&self.record);
                         self.commit_item(None).await?;
                     }
                     Ok(Ok(None)) => {}
@@ -232,6 +245,7 @@ impl ItemJob {
             evidence: sink,
             requests,
             resume,
+            prior: self.prior_view.as_ref(),
         }
     }
 
@@ -283,6 +297,44 @@ enum Outcome {
 /// `<run id>/<step id>/<for_each index>`; a plain step has index 0.
 pub fn idempotency_key(run_id: &str, step_id: &str, idx: u32) -> String {
     format!("{run_id}/{step_id}/{idx}")
+}
+
+/// Separate the `secret` objects of a prior state (top level, or per role instance) from
+/// what may be shown and audited.
+fn split_prior_secrets(mut state: Value) -> (Value, Option<Value>) {
+    let mut secrets = Map::new();
+    if let Value::Object(m) = &mut state {
+        if let Some(s) = m.remove("secret") {
+            secrets.insert("secret".into(), s);
+        }
+        for (k, v) in m.iter_mut() {
+            if let Some(s) = v.as_object_mut().and_then(|o| o.remove("secret")) {
+                secrets.insert(k.clone(), serde_json::json!({ "secret": s }));
+            }
+        }
+    }
+    let secrets = (!secrets.is_empty()).then_some(Value::Object(secrets));
+    (state, secrets)
+}
+
+/// The prior state with its secrets merged back, as `ActionCall::prior` hands it over.
+fn prior_view(record: &ItemRecord) -> Option<Value> {
+    let mut view = record.prior_state.clone()?;
+    let secrets = record
+        .secret_output
+        .as_ref()
+        .and_then(|s| s.get("prior_secret"));
+    if let (Value::Object(v), Some(Value::Object(sec))) = (&mut view, secrets) {
+        for (k, s) in sec {
+            if k == "secret" {
+                v.insert(k.clone(), s.clone());
+            } else if let (Some(Value::Object(inner)), Some(val)) = (v.get_mut(k), s.get("secret"))
+            {
+                inner.insert("secret".into(), val.clone());
+            }
+        }
+    }
+    Some(view)
 }
 
 /// `already` reports the state recorded before the run's first call, so that a repeat

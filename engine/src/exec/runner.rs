@@ -897,6 +897,7 @@ impl Runner {
                     dry_run: self.run.dry_run,
                     cancel: self.cancel.child_token(),
                     observer: self.observer.clone(),
+                    prior_view: None,
                 });
             }
             if touched {
