@@ -402,7 +402,7 @@ async fn suspend_puts_suspended_true_on_the_resolved_id() {
     assert_eq!(
         prior,
         json!({"found": true, "id": SUSPECT_ID, "email": "j.smith@example.com",
-               "suspended": false, "status": "ACTIVE"})
+               "suspended": false, "status": "ACTIVE", "already": false})
     );
     let out = h.call("suspend_user", input).await.unwrap();
     assert_eq!(out["found"], true);
