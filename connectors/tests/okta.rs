@@ -350,7 +350,9 @@ async fn suspend_sends_the_documented_request_once() {
         .unwrap();
     assert_eq!(
         prior,
-        Some(json!({"found": true, "id": ID, "login": LOGIN, "status": "ACTIVE"}))
+        Some(
+            json!({"found": true, "id": ID, "login": LOGIN, "status": "ACTIVE", "already": false})
+        )
     );
     let out = h
         .call("suspend_user", json!({"user": LOGIN}))

@@ -242,7 +242,9 @@ async fn already_inactive_sends_no_patch() {
     let prior = h.prior("deactivate_user", EMAIL).await.unwrap();
     assert_eq!(
         prior,
-        Some(json!({"id": ID, "login": EMAIL, "active": false, "status": "INACTIVE"}))
+        Some(
+            json!({"id": ID, "login": EMAIL, "active": false, "status": "INACTIVE", "already": true})
+        )
     );
 }
 

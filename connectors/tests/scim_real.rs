@@ -301,7 +301,7 @@ async fn real_scim_server_get_deactivate_activate() {
     assert_eq!(
         h.prior("deactivate_user", "j.smith@example.com").await,
         Some(
-            json!({"id": suspect, "login": "j.smith@example.com", "active": true, "status": "ACTIVE"})
+            json!({"id": suspect, "login": "j.smith@example.com", "active": true, "status": "ACTIVE", "already": false})
         )
     );
     let out = h
