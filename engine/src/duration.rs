@@ -2,35 +2,10 @@
 
 use std::time::Duration;
 
-/// Parse a runbook duration. The error says what was expected.
+/// Parse a runbook duration. The error says what was expected. (One grammar for runbooks
+/// and connector settings: the connectors crate owns it.)
 pub fn parse(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` has no unit: write e.g. 500ms, 30s, 5m, 72h or 7d"))?;
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "`{s}` does not start with a number: write e.g. 30s"
-        ));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: the number is too large"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => {
-            return Err(format!(
-                "`{s}` has an unknown unit `{unit}`: use ms, s, m, h or d"
-            ))
-        }
-    }
-    .ok_or_else(|| format!("`{s}` is too large"))?;
-    Ok(Duration::from_millis(ms))
+    cordon_connectors::http_client::parse_duration(s)
 }
 
 #[cfg(test)]
