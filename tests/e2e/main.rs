@@ -1053,6 +1053,35 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
     .unwrap();
     let subject = "j.smith@example.com";
 
+    // A dry run finds the identity for real and reports what it would change, changing nothing.
+    let dry = env.run(&[
+        "run",
+        "dprk-it-worker-containment",
+        "--dry-run",
+        "--json",
+        "--input",
+        &format!("subject_email={subject}"),
+        "--input",
+        "alert_id=A-0",
+    ]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let plan = dry.json();
+    assert_eq!(
+        step(&plan, "find-identities")["output"]["succeeded"],
+        4,
+        "{plan:#}"
+    );
+    let would = step(&plan, "suspend-identity")["output"]["would"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        would.contains("okta-sandbox") && would.contains("scim-sandbox"),
+        "{would}"
+    );
+    assert_eq!(sb.entra.account_enabled(entra::SUSPECT_ID), Some(true));
+    assert_eq!(sb.okta.status_of(subject).as_deref(), Some("ACTIVE"));
+
     // Someone suspended the user in Okta before this incident.
     env.write_runbook(
         "pre",

@@ -848,7 +848,7 @@ impl Runner {
                     item.status = StepStatus::Succeeded;
                     item.output = Some(json!({
                         "dry_run": true,
-                        "would": format!("would call {uses} on {}", item.connector),
+                        "would": format!("would call {uses} on {}", instances_for(&self.engine, &uses, &item.connector)),
                         "inputs": self.engine.inner.redactor.redact_value(&item.inputs),
                     }));
                     item.finished_at = Some(crate::time::now());
@@ -1624,6 +1624,27 @@ fn coalesce(changes: Vec<Change>) -> Vec<Change> {
         })
         .map(|(_, c)| c)
         .collect()
+}
+
+/// The instances a call would run on, for dry-run reports: a role action's every serving
+/// instance, or the one instance.
+fn instances_for(engine: &Engine, uses: &str, connector: &str) -> String {
+    if cordon_connectors::roles::find_role(uses).is_none() {
+        return connector.to_string();
+    }
+    let names: Vec<String> = engine
+        .inner
+        .registry
+        .instance_types()
+        .into_iter()
+        .filter(|(_, t)| cordon_connectors::roles::role_accepts(uses, t))
+        .map(|(n, _)| n)
+        .collect();
+    if names.is_empty() {
+        "no configured instance".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn strip_step_prefix<'a>(id: &str, error: &'a str) -> &'a str {
