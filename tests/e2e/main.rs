@@ -1089,6 +1089,8 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
     );
     assert_eq!(env.run(&["run", "pre"]).code, 0);
     assert_eq!(sb.okta.status_of(subject).as_deref(), Some("SUSPENDED"));
+    // 2,500 Google login events for the subject: several pages, all of them preserved.
+    sb.google.add_login_events(subject, 2_470);
 
     let r = env.run(&[
         "run",
@@ -1133,6 +1135,42 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
     let audit = env.run(&["audit", "export", "--run", &run, "--format", "jsonl"]);
     assert!(audit.stdout.contains("\"evidence.collected\""));
     assert_eq!(env.run(&["evidence", "verify", &run]).code, 0);
+    let snap = step(&doc, "snapshot-identity-logs")["output"]["results"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let google = snap
+        .iter()
+        .find(|r| r["connector"] == "google-sandbox")
+        .unwrap();
+    assert_eq!(google["output"]["records"], 2_500, "{google:#}");
+    assert!(
+        google["output"]["pages"].as_u64().unwrap() >= 3,
+        "{google:#}"
+    );
+    let manifest = std::fs::read_to_string(
+        env.path()
+            .join("evidence")
+            .join(&run)
+            .join("manifest.jsonl"),
+    )
+    .unwrap();
+    let entry: Value = manifest
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["evidence_id"] == google["output"]["evidence_id"])
+        .expect("the artifact is in the manifest");
+    assert_eq!(entry["records"], 2_500);
+    assert_eq!(entry["sha256"], google["output"]["sha256"]);
+    let bytes = std::fs::read(
+        env.path()
+            .join("evidence")
+            .join(entry["path"].as_str().unwrap()),
+    )
+    .unwrap();
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+    assert_eq!(entry["sha256"].as_str().unwrap(), hex::encode(digest));
+    assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 2_500);
 
     let u = env.run(&["undo", &run, "--json"]);
     assert_eq!(u.code, 0, "{u:?}");
