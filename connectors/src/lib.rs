@@ -21,6 +21,7 @@ pub mod core;
 pub mod entra;
 pub mod error;
 pub mod evidence;
+pub mod fleet;
 pub mod google;
 pub mod http;
 pub mod http_client;
