@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub mod entra;
+pub mod fleet;
 pub mod scim;
 
 /// One imitated user account.
@@ -59,6 +60,7 @@ pub struct Sandbox {
     pub entra: entra::EntraSandbox,
     pub google: google::GoogleSandbox,
     pub scim: scim::ScimState,
+    pub fleet: fleet::FleetSandbox,
 }
 
 impl Default for Sandbox {
@@ -69,6 +71,7 @@ impl Default for Sandbox {
             entra: entra::EntraSandbox::seeded(),
             google: google::GoogleSandbox::seeded(),
             scim: scim::ScimState::default(),
+            fleet: fleet::FleetSandbox::seeded(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Sandbox {
             .nest("/entra", entra::router(self.entra.clone()))
             .nest("/okta", okta::router(self.okta.clone()))
             .nest("/google", google::router(self.google.clone()))
+            .nest("/fleet", fleet::router(self.fleet.clone()))
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -191,6 +195,7 @@ impl Sandbox {
             &google::sandbox_service_account_key(&format!("{base_url}/google/token")),
         )?;
         let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
+        let fleet_token = write("fleet-token", fleet::SANDBOX_TOKEN)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -211,6 +216,10 @@ impl Sandbox {
         m.insert(
             "scim-sandbox".to_string(),
             json!({"type": "scim", "base_url": format!("{base_url}/scim"), "token": {"file": scim_token}}),
+        );
+        m.insert(
+            "fleet-sandbox".to_string(),
+            json!({"type": "fleet", "base_url": format!("{base_url}/fleet"), "token": {"file": fleet_token}}),
         );
         Ok(m)
     }
