@@ -101,6 +101,7 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::google::TYPE,
         crate::scim::TYPE,
         crate::fleet::TYPE,
+        crate::crowdstrike::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

@@ -18,6 +18,7 @@
 
 pub mod catalog;
 pub mod core;
+pub mod crowdstrike;
 pub mod entra;
 pub mod error;
 pub mod evidence;
