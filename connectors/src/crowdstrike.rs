@@ -208,6 +208,7 @@ impl Device {
 
 /// Falcon's reply envelope (`msa.ReplyAffectedEntities`, `msa.QueryResponse`, …).
 #[derive(Debug, Default, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
 struct Reply<T> {
     #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
     resources: Vec<T>,
