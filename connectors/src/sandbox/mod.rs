@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod crowdstrike;
 pub mod entra;
 pub mod fleet;
 pub mod scim;
@@ -61,6 +62,7 @@ pub struct Sandbox {
     pub google: google::GoogleSandbox,
     pub scim: scim::ScimState,
     pub fleet: fleet::FleetSandbox,
+    pub crowdstrike: crowdstrike::CrowdStrikeSandbox,
 }
 
 impl Default for Sandbox {
@@ -72,6 +74,7 @@ impl Default for Sandbox {
             google: google::GoogleSandbox::seeded(),
             scim: scim::ScimState::default(),
             fleet: fleet::FleetSandbox::seeded(),
+            crowdstrike: crowdstrike::CrowdStrikeSandbox::seeded(),
         }
     }
 }
@@ -173,6 +176,10 @@ impl Sandbox {
             .nest("/okta", okta::router(self.okta.clone()))
             .nest("/google", google::router(self.google.clone()))
             .nest("/fleet", fleet::router(self.fleet.clone()))
+            .nest(
+                "/crowdstrike",
+                crowdstrike::router(self.crowdstrike.clone()),
+            )
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -196,6 +203,7 @@ impl Sandbox {
         )?;
         let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
         let fleet_token = write("fleet-token", fleet::SANDBOX_TOKEN)?;
+        let cs_secret = write("crowdstrike-secret", crowdstrike::SANDBOX_CLIENT_SECRET)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -220,6 +228,11 @@ impl Sandbox {
         m.insert(
             "fleet-sandbox".to_string(),
             json!({"type": "fleet", "base_url": format!("{base_url}/fleet"), "token": {"file": fleet_token}}),
+        );
+        m.insert(
+            "crowdstrike-sandbox".to_string(),
+            json!({"type": "crowdstrike", "base_url": format!("{base_url}/crowdstrike"),
+                   "client_id": crowdstrike::SANDBOX_CLIENT_ID, "client_secret": {"file": cs_secret}}),
         );
         Ok(m)
     }
