@@ -774,10 +774,9 @@ impl FleetConnector {
                     .map(str::to_string),
                 Move::Lock => None,
             };
-            if let Some(p) = &pin {
-                // Scrub the PIN from anything printed later.
-                self.client.redactor().secret(p);
-            }
+            // The PIN is a declared secret output: the engine keeps it in the admins-only
+            // column. It is not registered with the redactor, which would scrub every
+            // six-digit run (ids, timestamps) from the audit trail.
             return Ok(output(false, pending.as_deref(), pin));
         }
         let status = resp.status.as_u16();
