@@ -100,6 +100,8 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::entra::TYPE,
         crate::google::TYPE,
         crate::scim::TYPE,
+        crate::fleet::TYPE,
+        crate::crowdstrike::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

@@ -18,9 +18,11 @@
 
 pub mod catalog;
 pub mod core;
+pub mod crowdstrike;
 pub mod entra;
 pub mod error;
 pub mod evidence;
+pub mod fleet;
 pub mod google;
 pub mod http;
 pub mod http_client;

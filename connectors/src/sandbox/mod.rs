@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod crowdstrike;
 pub mod entra;
+pub mod fleet;
 pub mod scim;
 
 /// One imitated user account.
@@ -59,6 +61,8 @@ pub struct Sandbox {
     pub entra: entra::EntraSandbox,
     pub google: google::GoogleSandbox,
     pub scim: scim::ScimState,
+    pub fleet: fleet::FleetSandbox,
+    pub crowdstrike: crowdstrike::CrowdStrikeSandbox,
 }
 
 impl Default for Sandbox {
@@ -69,6 +73,8 @@ impl Default for Sandbox {
             entra: entra::EntraSandbox::seeded(),
             google: google::GoogleSandbox::seeded(),
             scim: scim::ScimState::default(),
+            fleet: fleet::FleetSandbox::seeded(),
+            crowdstrike: crowdstrike::CrowdStrikeSandbox::seeded(),
         }
     }
 }
@@ -169,6 +175,11 @@ impl Sandbox {
             .nest("/entra", entra::router(self.entra.clone()))
             .nest("/okta", okta::router(self.okta.clone()))
             .nest("/google", google::router(self.google.clone()))
+            .nest("/fleet", fleet::router(self.fleet.clone()))
+            .nest(
+                "/crowdstrike",
+                crowdstrike::router(self.crowdstrike.clone()),
+            )
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -191,6 +202,8 @@ impl Sandbox {
             &google::sandbox_service_account_key(&format!("{base_url}/google/token")),
         )?;
         let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
+        let fleet_token = write("fleet-token", fleet::SANDBOX_TOKEN)?;
+        let cs_secret = write("crowdstrike-secret", crowdstrike::SANDBOX_CLIENT_SECRET)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -211,6 +224,15 @@ impl Sandbox {
         m.insert(
             "scim-sandbox".to_string(),
             json!({"type": "scim", "base_url": format!("{base_url}/scim"), "token": {"file": scim_token}}),
+        );
+        m.insert(
+            "fleet-sandbox".to_string(),
+            json!({"type": "fleet", "base_url": format!("{base_url}/fleet"), "token": {"file": fleet_token}}),
+        );
+        m.insert(
+            "crowdstrike-sandbox".to_string(),
+            json!({"type": "crowdstrike", "base_url": format!("{base_url}/crowdstrike"),
+                   "client_id": crowdstrike::SANDBOX_CLIENT_ID, "client_secret": {"file": cs_secret}}),
         );
         Ok(m)
     }
