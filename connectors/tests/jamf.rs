@@ -707,3 +707,89 @@ async fn settings_are_checked_and_debug_hides_the_secret() {
     let text = format!("{c:?}");
     assert!(!text.contains(SECRET), "{text}");
 }
+
+#[tokio::test]
+async fn drives_the_sandbox_end_to_end() {
+    use cordon_connectors::sandbox::Sandbox;
+    let sandbox = Sandbox::seeded();
+    let server = sandbox.clone().serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Sandbox::connector_config(&server.base_url(), dir.path()).unwrap();
+    let registry = Registry::from_config(&config, dir.path(), &Redactor::new()).unwrap();
+    let h = Harness {
+        connector: registry.resolve("jamf", Some("jamf-sandbox")).unwrap(),
+        sink: MemSink::default(),
+        log: RequestLog::default(),
+        resume: ResumeSlot::default(),
+        _dir: dir,
+    };
+    let out = h
+        .call("find_computer", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap();
+    assert_eq!(out["found"], true);
+    assert_eq!(out["owner"], "j.smith@example.com");
+    assert_eq!(out["os"], "macOS 14.5");
+    let id = out["id"].as_str().unwrap().to_string();
+    let by_id = h
+        .call("find_computer", json!({"device": id}))
+        .await
+        .unwrap();
+    assert_eq!(by_id["serial"], "C02DEMO0001");
+    assert_eq!(
+        h.call("find_computer", json!({"device": "C02NOPE"}))
+            .await
+            .unwrap(),
+        json!({"found": false})
+    );
+
+    // Lock: prior state generates the PIN; the call sends it; a repeat is `already`.
+    let input = json!({"device": "C02DEMO0001"});
+    let prior = h
+        .connector
+        .prior_state(h.call_with("lock_computer", &input, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(prior["already"], false);
+    let pin = prior["secret"]["pin"].as_str().unwrap().to_string();
+    let out = h
+        .connector
+        .call(h.call_with("lock_computer", &input, Some(&prior)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out["already"].as_bool(), out["pin"].as_str()),
+        (Some(false), Some(pin.as_str()))
+    );
+    let again = h
+        .connector
+        .call(h.call_with("lock_computer", &input, Some(&prior)))
+        .await
+        .unwrap();
+    assert_eq!(again["already"], true);
+    assert_eq!(again["pin"], pin.as_str(), "the lock pending is ours");
+    let commands = sandbox.jamf.commands_for("C02DEMO0001");
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0].pin.as_deref(), Some(pin.as_str()));
+    assert!(sandbox.jamf.commands_for("C02BREAKGLASS").is_empty());
+
+    // Throttling is RateLimited; the snapshot then completes.
+    sandbox.jamf.throttle(1);
+    let e = h
+        .call("snapshot_inventory", json!({"device": "C02DEMO0002"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConnectorError::RateLimited { .. }), "{e:?}");
+    let snap = h
+        .call("snapshot_inventory", json!({"device": "C02DEMO0002"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (snap["records"].as_u64(), snap["pages"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let finished = h.sink.finished.lock().unwrap();
+    let line: Value = serde_json::from_slice(finished[0].1.trim_ascii_end()).unwrap();
+    assert_eq!(line["hardware"]["serialNumber"], "C02DEMO0002");
+}

@@ -6,6 +6,7 @@
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
 pub mod google;
+pub mod jamf;
 pub mod okta;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ pub struct Sandbox {
     pub entra: entra::EntraSandbox,
     pub google: google::GoogleSandbox,
     pub scim: scim::ScimState,
+    pub jamf: jamf::JamfSandbox,
 }
 
 impl Default for Sandbox {
@@ -69,6 +71,7 @@ impl Default for Sandbox {
             entra: entra::EntraSandbox::seeded(),
             google: google::GoogleSandbox::seeded(),
             scim: scim::ScimState::default(),
+            jamf: jamf::JamfSandbox::seeded(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Sandbox {
             .nest("/entra", entra::router(self.entra.clone()))
             .nest("/okta", okta::router(self.okta.clone()))
             .nest("/google", google::router(self.google.clone()))
+            .nest("/jamf", jamf::router(self.jamf.clone()))
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -191,6 +195,7 @@ impl Sandbox {
             &google::sandbox_service_account_key(&format!("{base_url}/google/token")),
         )?;
         let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
+        let jamf_secret = write("jamf-client-secret", jamf::SANDBOX_CLIENT_SECRET)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -211,6 +216,11 @@ impl Sandbox {
         m.insert(
             "scim-sandbox".to_string(),
             json!({"type": "scim", "base_url": format!("{base_url}/scim"), "token": {"file": scim_token}}),
+        );
+        m.insert(
+            "jamf-sandbox".to_string(),
+            json!({"type": "jamf", "base_url": format!("{base_url}/jamf"), "client_id": jamf::SANDBOX_CLIENT_ID,
+                   "client_secret": {"file": jamf_secret}}),
         );
         Ok(m)
     }
