@@ -25,6 +25,7 @@ pub mod google;
 pub mod http;
 pub mod http_client;
 pub mod jamf;
+pub mod kandji;
 pub mod oauth;
 pub mod okta;
 pub mod registry;
