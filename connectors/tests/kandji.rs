@@ -408,3 +408,74 @@ async fn bad_inputs_name_the_field() {
         }
     }
 }
+
+#[tokio::test]
+async fn drives_the_sandbox_end_to_end() {
+    use cordon_connectors::sandbox::kandji::LockState;
+    use cordon_connectors::sandbox::Sandbox;
+    let sandbox = Sandbox::seeded();
+    let server = sandbox.clone().serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Sandbox::connector_config(&server.base_url(), dir.path()).unwrap();
+    let registry = Registry::from_config(&config, dir.path(), &Redactor::new()).unwrap();
+    let h = Harness {
+        connector: registry.resolve("kandji", Some("kandji-sandbox")).unwrap(),
+        log: RequestLog::default(),
+        resume: ResumeSlot::default(),
+        _dir: dir,
+    };
+    // The sandbox matches serials partially: C02DEMO000 alone matches two devices.
+    assert_eq!(
+        h.call("find_device", json!({"device": "C02DEMO000"}))
+            .await
+            .unwrap(),
+        json!({"found": false})
+    );
+    let found = h
+        .call("find_device", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap();
+    assert_eq!(found["owner"], "j.smith@example.com");
+    let id = found["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        h.call("find_device", json!({"device": id})).await.unwrap()["serial"],
+        "C02DEMO0001"
+    );
+
+    let first = h
+        .call("lock_device", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap();
+    assert_eq!(first["already"], false);
+    let pin = first["pin"].as_str().unwrap().to_string();
+    assert_eq!(
+        sandbox.kandji.lock_state("C02DEMO0001"),
+        Some((LockState::Pending, Some(pin.clone())))
+    );
+    // Pending, then locked: both `already`, and the PIN is read again.
+    let again = h
+        .call("lock_device", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["already"].as_bool(), again["pin"].as_str()),
+        (Some(true), Some(pin.as_str()))
+    );
+    sandbox.kandji.acknowledge_all();
+    let locked = h
+        .call("lock_device", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap();
+    assert_eq!(locked["already"], true);
+    assert_eq!(
+        sandbox.kandji.lock_state("C02BREAKGLASS").map(|s| s.0),
+        Some(LockState::Unlocked)
+    );
+
+    sandbox.kandji.throttle(1);
+    let e = h
+        .call("find_device", json!({"device": "C02DEMO0002"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConnectorError::RateLimited { .. }), "{e:?}");
+}

@@ -7,6 +7,7 @@
 
 pub mod google;
 pub mod jamf;
+pub mod kandji;
 pub mod okta;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,7 @@ pub struct Sandbox {
     pub google: google::GoogleSandbox,
     pub scim: scim::ScimState,
     pub jamf: jamf::JamfSandbox,
+    pub kandji: kandji::KandjiSandbox,
 }
 
 impl Default for Sandbox {
@@ -72,6 +74,7 @@ impl Default for Sandbox {
             google: google::GoogleSandbox::seeded(),
             scim: scim::ScimState::default(),
             jamf: jamf::JamfSandbox::seeded(),
+            kandji: kandji::KandjiSandbox::seeded(),
         }
     }
 }
@@ -173,6 +176,7 @@ impl Sandbox {
             .nest("/okta", okta::router(self.okta.clone()))
             .nest("/google", google::router(self.google.clone()))
             .nest("/jamf", jamf::router(self.jamf.clone()))
+            .nest("/kandji", kandji::router(self.kandji.clone()))
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -196,6 +200,7 @@ impl Sandbox {
         )?;
         let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
         let jamf_secret = write("jamf-client-secret", jamf::SANDBOX_CLIENT_SECRET)?;
+        let kandji_token = write("kandji-token", kandji::SANDBOX_TOKEN)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -221,6 +226,10 @@ impl Sandbox {
             "jamf-sandbox".to_string(),
             json!({"type": "jamf", "base_url": format!("{base_url}/jamf"), "client_id": jamf::SANDBOX_CLIENT_ID,
                    "client_secret": {"file": jamf_secret}}),
+        );
+        m.insert(
+            "kandji-sandbox".to_string(),
+            json!({"type": "kandji", "base_url": format!("{base_url}/kandji"), "token": {"file": kandji_token}}),
         );
         Ok(m)
     }
