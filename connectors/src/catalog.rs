@@ -102,6 +102,8 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::scim::TYPE,
         crate::fleet::TYPE,
         crate::crowdstrike::TYPE,
+        crate::jamf::TYPE,
+        crate::kandji::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

@@ -13,6 +13,7 @@
 //! - [`registry`]: builds live instances from configuration.
 //! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`entra`] (Microsoft Entra ID).
 //! - [`oauth`]: the shared OAuth 2.0 client-credentials token source.
+//! - Devices: [`jamf`] (Jamf Pro), [`kandji`].
 //! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`okta`].
 //! - [`sandbox`]: a local imitation of vendor APIs for `cordon demo` and tests.
 
@@ -26,6 +27,8 @@ pub mod fleet;
 pub mod google;
 pub mod http;
 pub mod http_client;
+pub mod jamf;
+pub mod kandji;
 pub mod oauth;
 pub mod okta;
 pub mod registry;

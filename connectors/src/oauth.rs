@@ -175,23 +175,27 @@ impl ClientCredentials {
         log: &RequestLog,
     ) -> Result<(SecretValue, Duration), ConnectorError> {
         let c = &self.config;
+        let mut form = vec![
+            (
+                "grant_type".to_string(),
+                MaybeSecret::from("client_credentials"),
+            ),
+            (
+                "client_id".to_string(),
+                MaybeSecret::from(c.client_id.as_str()),
+            ),
+            (
+                "client_secret".to_string(),
+                MaybeSecret::Secret(c.client_secret.clone()),
+            ),
+        ];
+        // Some token endpoints (Jamf Pro) document no `scope`: an empty one is not sent.
+        if !c.scope.is_empty() {
+            form.push(("scope".to_string(), MaybeSecret::from(c.scope.as_str())));
+        }
         let spec = RequestSpec::post(c.token_url.as_str())
             .header("accept", "application/json")
-            .form(vec![
-                (
-                    "grant_type".to_string(),
-                    MaybeSecret::from("client_credentials"),
-                ),
-                (
-                    "client_id".to_string(),
-                    MaybeSecret::from(c.client_id.as_str()),
-                ),
-                (
-                    "client_secret".to_string(),
-                    MaybeSecret::Secret(c.client_secret.clone()),
-                ),
-                ("scope".to_string(), MaybeSecret::from(c.scope.as_str())),
-            ]);
+            .form(form);
         let resp = client.send_raw(spec, log).await?;
         if !resp.status.is_success() {
             return Err(self.token_error(client, &resp));

@@ -589,6 +589,8 @@ fn build(
         "google" => crate::google::build(name, map, base_dir, redactor),
         "fleet" => crate::fleet::build(name, map, base_dir, redactor),
         "crowdstrike" => crate::crowdstrike::build(name, map, base_dir, redactor),
+        "jamf" => crate::jamf::build(name, map, base_dir, redactor),
+        "kandji" => crate::kandji::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),

@@ -6,6 +6,8 @@
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
 pub mod google;
+pub mod jamf;
+pub mod kandji;
 pub mod okta;
 
 use std::collections::BTreeMap;
@@ -63,6 +65,8 @@ pub struct Sandbox {
     pub scim: scim::ScimState,
     pub fleet: fleet::FleetSandbox,
     pub crowdstrike: crowdstrike::CrowdStrikeSandbox,
+    pub jamf: jamf::JamfSandbox,
+    pub kandji: kandji::KandjiSandbox,
 }
 
 impl Default for Sandbox {
@@ -75,6 +79,8 @@ impl Default for Sandbox {
             scim: scim::ScimState::default(),
             fleet: fleet::FleetSandbox::seeded(),
             crowdstrike: crowdstrike::CrowdStrikeSandbox::seeded(),
+            jamf: jamf::JamfSandbox::seeded(),
+            kandji: kandji::KandjiSandbox::seeded(),
         }
     }
 }
@@ -180,6 +186,8 @@ impl Sandbox {
                 "/crowdstrike",
                 crowdstrike::router(self.crowdstrike.clone()),
             )
+            .nest("/jamf", jamf::router(self.jamf.clone()))
+            .nest("/kandji", kandji::router(self.kandji.clone()))
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -204,6 +212,8 @@ impl Sandbox {
         let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
         let fleet_token = write("fleet-token", fleet::SANDBOX_TOKEN)?;
         let cs_secret = write("crowdstrike-secret", crowdstrike::SANDBOX_CLIENT_SECRET)?;
+        let jamf_secret = write("jamf-client-secret", jamf::SANDBOX_CLIENT_SECRET)?;
+        let kandji_token = write("kandji-token", kandji::SANDBOX_TOKEN)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -233,6 +243,15 @@ impl Sandbox {
             "crowdstrike-sandbox".to_string(),
             json!({"type": "crowdstrike", "base_url": format!("{base_url}/crowdstrike"),
                    "client_id": crowdstrike::SANDBOX_CLIENT_ID, "client_secret": {"file": cs_secret}}),
+        );
+        m.insert(
+            "jamf-sandbox".to_string(),
+            json!({"type": "jamf", "base_url": format!("{base_url}/jamf"), "client_id": jamf::SANDBOX_CLIENT_ID,
+                   "client_secret": {"file": jamf_secret}}),
+        );
+        m.insert(
+            "kandji-sandbox".to_string(),
+            json!({"type": "kandji", "base_url": format!("{base_url}/kandji"), "token": {"file": kandji_token}}),
         );
         Ok(m)
     }
