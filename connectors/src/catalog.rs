@@ -100,6 +100,7 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::entra::TYPE,
         crate::google::TYPE,
         crate::scim::TYPE,
+        crate::intune::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

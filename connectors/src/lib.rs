@@ -24,6 +24,7 @@ pub mod evidence;
 pub mod google;
 pub mod http;
 pub mod http_client;
+pub mod intune;
 pub mod oauth;
 pub mod okta;
 pub mod registry;
