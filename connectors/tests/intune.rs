@@ -722,3 +722,75 @@ fn settings_errors_name_the_setting_and_never_the_secret() {
     let c = IntuneConnector::new(cfg, Redactor::new()).unwrap();
     assert_no_secrets(&format!("{c:?}"));
 }
+
+#[tokio::test]
+async fn drives_the_sandbox_end_to_end() {
+    use cordon_connectors::sandbox::intune::DEMO1_ID;
+    use cordon_connectors::sandbox::Sandbox;
+    let server = Sandbox::seeded().serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        Sandbox::connector_config(&server.base_url(), &dir.path().join("secrets")).unwrap();
+    let registry = Registry::from_config(&config, dir.path(), &Redactor::new()).unwrap();
+    let h = Harness {
+        connector: registry.resolve("intune", Some("intune-sandbox")).unwrap(),
+        sink: MemSink::default(),
+        log: RequestLog::default(),
+        resume: ResumeSlot::default(),
+        _dir: dir,
+    };
+    let found = h
+        .call("find_device", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap();
+    assert_eq!(found["id"], DEMO1_ID);
+    assert_eq!(found["owner"], "j.smith@example.com");
+    assert_eq!(
+        h.call("find_device", json!({"device": "C02NOPE"}))
+            .await
+            .unwrap(),
+        json!({"found": false})
+    );
+    let prior = h
+        .prior("remote_lock", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(prior["already"], false);
+    let out = h
+        .call("remote_lock", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        json!({"found": true, "target": DEMO1_ID, "already": false})
+    );
+    let again = h
+        .call("remote_lock", json!({"device": DEMO1_ID}))
+        .await
+        .unwrap();
+    assert_eq!(again["already"], true, "the pending lock is not sent twice");
+    let calls = server.sandbox.intune.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let snap = h
+        .call("snapshot_device", json!({"device": "C02DEMO0002"}))
+        .await
+        .unwrap();
+    assert_eq!(snap["records"], 1);
+    server.sandbox.intune.throttle(1);
+    let e = h
+        .call("find_device", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConnectorError::RateLimited { .. }), "{e:?}");
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+    let retired = h
+        .call("retire", json!({"device": "C02DEMO0002"}))
+        .await
+        .unwrap();
+    assert_eq!(retired["already"], false);
+    assert_eq!(
+        server.sandbox.intune.device("C02DEMO0002").unwrap()["managementState"],
+        "retirePending"
+    );
+}

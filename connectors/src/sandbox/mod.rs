@@ -6,6 +6,7 @@
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
 pub mod google;
+pub mod intune;
 pub mod okta;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ pub struct Sandbox {
     pub entra: entra::EntraSandbox,
     pub google: google::GoogleSandbox,
     pub scim: scim::ScimState,
+    pub intune: intune::IntuneSandbox,
 }
 
 impl Default for Sandbox {
@@ -69,6 +71,7 @@ impl Default for Sandbox {
             entra: entra::EntraSandbox::seeded(),
             google: google::GoogleSandbox::seeded(),
             scim: scim::ScimState::default(),
+            intune: intune::IntuneSandbox::seeded(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Sandbox {
             .nest("/entra", entra::router(self.entra.clone()))
             .nest("/okta", okta::router(self.okta.clone()))
             .nest("/google", google::router(self.google.clone()))
+            .nest("/intune", intune::router(self.intune.clone()))
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -191,6 +195,7 @@ impl Sandbox {
             &google::sandbox_service_account_key(&format!("{base_url}/google/token")),
         )?;
         let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
+        let intune_secret = write("intune-secret", intune::SANDBOX_CLIENT_SECRET)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -211,6 +216,12 @@ impl Sandbox {
         m.insert(
             "scim-sandbox".to_string(),
             json!({"type": "scim", "base_url": format!("{base_url}/scim"), "token": {"file": scim_token}}),
+        );
+        m.insert(
+            "intune-sandbox".to_string(),
+            json!({"type": "intune", "tenant_id": intune::SANDBOX_TENANT_ID, "client_id": intune::SANDBOX_CLIENT_ID,
+                   "client_secret": {"file": intune_secret}, "base_url": format!("{base_url}/intune"),
+                   "token_url": format!("{base_url}/intune/login/{{tenant_id}}/oauth2/v2.0/token")}),
         );
         Ok(m)
     }
