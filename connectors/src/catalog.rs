@@ -101,6 +101,7 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::google::TYPE,
         crate::scim::TYPE,
         crate::intune::TYPE,
+        crate::defender::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

@@ -384,6 +384,14 @@ struct MsInnerError {
     request_id: Option<String>,
 }
 
+/// The vendor's error code and message from a Microsoft error body, if any.
+pub(crate) fn ms_error_parts(resp: &HttpResponse) -> (Option<String>, Option<String>) {
+    match serde_json::from_slice::<MsErrorBody>(&resp.body) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => (None, None),
+    }
+}
+
 /// A Microsoft (Graph or Defender) error answer as a typed error naming the vendor's code,
 /// message and request/correlation id; redacted of every registered secret.
 pub(crate) fn ms_error(

@@ -18,6 +18,7 @@
 
 pub mod catalog;
 pub mod core;
+pub mod defender;
 pub mod entra;
 pub mod error;
 pub mod evidence;

@@ -588,6 +588,7 @@ fn build(
         "okta" => crate::okta::OktaConnector::build(name, map, base_dir, redactor),
         "google" => crate::google::build(name, map, base_dir, redactor),
         "intune" => crate::intune::build(name, map, base_dir, redactor),
+        "defender" => crate::defender::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),
