@@ -785,3 +785,106 @@ fn settings_errors_name_the_setting_and_debug_holds_no_secret() {
     let c = DefenderConnector::new(cfg, Redactor::new()).unwrap();
     assert_no_secrets(&format!("{c:?}"));
 }
+
+#[tokio::test]
+async fn drives_the_sandbox_end_to_end() {
+    use cordon_connectors::sandbox::defender::DEMO1_MACHINE_ID;
+    use cordon_connectors::sandbox::Sandbox;
+    let server = Sandbox::seeded().serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        Sandbox::connector_config(&server.base_url(), &dir.path().join("secrets")).unwrap();
+    let redactor = Redactor::new();
+    let registry = Registry::from_config(&config, dir.path(), &redactor).unwrap();
+    let h = Harness {
+        connector: registry
+            .resolve("defender", Some("defender-sandbox"))
+            .unwrap(),
+        sink: MemSink::default(),
+        log: RequestLog::default(),
+        resume: ResumeSlot::default(),
+        redactor,
+        _dir: dir,
+    };
+    let found = h
+        .call("find_machine", json!({"device": "C02DEMO0001"}))
+        .await
+        .unwrap();
+    assert_eq!(found["id"], DEMO1_MACHINE_ID);
+    assert_eq!(found["isolated"], false);
+    assert_eq!(
+        h.call("find_machine", json!({"device": "nope.example.com"}))
+            .await
+            .unwrap(),
+        json!({"found": false})
+    );
+    let out = h
+        .call("isolate_machine", json!({"device": "c02demo0001"}))
+        .await
+        .unwrap();
+    assert_eq!(out["already"], false);
+    assert_eq!(out["status"], "Pending");
+    let again = h
+        .call("isolate_machine", json!({"device": DEMO1_MACHINE_ID}))
+        .await
+        .unwrap();
+    assert_eq!(again["already"], true, "{again}");
+    let released = h
+        .call("release_machine", json!({"device": DEMO1_MACHINE_ID}))
+        .await
+        .unwrap();
+    assert_eq!(released["already"], false);
+    let calls = server.sandbox.defender.calls();
+    assert_eq!(
+        calls,
+        vec![
+            format!("POST /api/machines/{DEMO1_MACHINE_ID}/isolate"),
+            format!("POST /api/machines/{DEMO1_MACHINE_ID}/unisolate"),
+        ]
+    );
+    // The first call starts the collection; the next finds it still pending (the sandbox
+    // reports a new action as pending once); the third finds it done and records the
+    // package link's metadata. Only one collection is ever requested.
+    let first = h
+        .call(
+            "collect_investigation_package",
+            json!({"device": "c02demo0002"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first["package_ready"], false);
+    let second = h
+        .call(
+            "collect_investigation_package",
+            json!({"device": "c02demo0002"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second["already"], true);
+    assert_eq!(second["package_ready"], false, "{second}");
+    let third = h
+        .call(
+            "collect_investigation_package",
+            json!({"device": "c02demo0002"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(third["package_ready"], true, "{third}");
+    let artifacts = h.sink.finished.lock().unwrap().clone();
+    let text = String::from_utf8_lossy(&artifacts[2].1).into_owned();
+    assert!(
+        text.contains("userrequests-us.securitycenter.windows.com"),
+        "{text}"
+    );
+    assert!(!text.contains("sig="), "{text}");
+    assert_eq!(
+        server
+            .sandbox
+            .defender
+            .actions()
+            .iter()
+            .filter(|a| a["type"] == "CollectInvestigationPackage")
+            .count(),
+        1
+    );
+}

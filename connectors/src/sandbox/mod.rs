@@ -5,6 +5,7 @@
 //! demonstration runbook drives through the `http` connector; the vendor imitations
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
+pub mod defender;
 pub mod google;
 pub mod intune;
 pub mod okta;
@@ -61,6 +62,7 @@ pub struct Sandbox {
     pub google: google::GoogleSandbox,
     pub scim: scim::ScimState,
     pub intune: intune::IntuneSandbox,
+    pub defender: defender::DefenderSandbox,
 }
 
 impl Default for Sandbox {
@@ -72,6 +74,7 @@ impl Default for Sandbox {
             google: google::GoogleSandbox::seeded(),
             scim: scim::ScimState::default(),
             intune: intune::IntuneSandbox::seeded(),
+            defender: defender::DefenderSandbox::seeded(),
         }
     }
 }
@@ -173,6 +176,7 @@ impl Sandbox {
             .nest("/okta", okta::router(self.okta.clone()))
             .nest("/google", google::router(self.google.clone()))
             .nest("/intune", intune::router(self.intune.clone()))
+            .nest("/defender", defender::router(self.defender.clone()))
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -196,6 +200,7 @@ impl Sandbox {
         )?;
         let scim_token = write("scim-token", scim::SANDBOX_TOKEN)?;
         let intune_secret = write("intune-secret", intune::SANDBOX_CLIENT_SECRET)?;
+        let defender_secret = write("defender-secret", defender::SANDBOX_CLIENT_SECRET)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -222,6 +227,12 @@ impl Sandbox {
             json!({"type": "intune", "tenant_id": intune::SANDBOX_TENANT_ID, "client_id": intune::SANDBOX_CLIENT_ID,
                    "client_secret": {"file": intune_secret}, "base_url": format!("{base_url}/intune"),
                    "token_url": format!("{base_url}/intune/login/{{tenant_id}}/oauth2/v2.0/token")}),
+        );
+        m.insert(
+            "defender-sandbox".to_string(),
+            json!({"type": "defender", "tenant_id": defender::SANDBOX_TENANT_ID, "client_id": defender::SANDBOX_CLIENT_ID,
+                   "client_secret": {"file": defender_secret}, "base_url": format!("{base_url}/defender"),
+                   "token_url": format!("{base_url}/defender/login/{{tenant_id}}/oauth2/v2.0/token")}),
         );
         Ok(m)
     }
