@@ -497,7 +497,14 @@ impl DefenderConnector {
                 Some(link) if page_no + 1 < MAX_PAGES => {
                     url = check_next_link("Defender", &self.base_url, &link)?;
                 }
-                _ => break,
+                // Deciding on a truncated list could send a second isolate: refuse instead.
+                Some(_) => {
+                    return Err(ConnectorError::Other(format!(
+                        "Defender {} still had more pages after {MAX_PAGES}; refusing to decide on a partial list",
+                        url.path()
+                    )))
+                }
+                None => break,
             }
         }
         Ok(matches
@@ -528,7 +535,14 @@ impl DefenderConnector {
                 Some(link) if page_no + 1 < MAX_PAGES => {
                     url = check_next_link("Defender", &self.base_url, &link)?;
                 }
-                _ => break,
+                // Deciding on a truncated list could send a second isolate: refuse instead.
+                Some(_) => {
+                    return Err(ConnectorError::Other(format!(
+                        "Defender {} still had more pages after {MAX_PAGES}; refusing to decide on a partial list",
+                        url.path()
+                    )))
+                }
+                None => break,
             }
         }
         Ok(actions)
