@@ -888,3 +888,62 @@ async fn drives_the_sandbox_end_to_end() {
         1
     );
 }
+
+#[tokio::test]
+async fn machine_actions_are_read_across_pages_before_deciding() {
+    let server = MockServer::start().await;
+    mount_token(&server).await;
+    mount_machine(&server).await;
+    Mock::given(method("GET"))
+        .and(path("/api/machineactions"))
+        .and(query_param("$skip", "1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": [
+            action("a2", "Isolate", "Pending", "2026-11-25T00:00:00Z", "x")]})))
+        .mount(&server)
+        .await;
+    mount_actions_page1(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let h = Harness::from_config(&server);
+    let out = h
+        .call("isolate_machine", json!({"device": HOST}))
+        .await
+        .unwrap();
+    assert_eq!(out["already"], true, "{out}");
+    assert_eq!(out["action_id"], "a2");
+
+    // A next link to another host is never followed with the token.
+    let server2 = MockServer::start().await;
+    mount_token(&server2).await;
+    mount_machine(&server2).await;
+    Mock::given(method("GET"))
+        .and(path("/api/machineactions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": [],
+            "@odata.nextLink": "https://evil.example.com/api/machineactions?$skip=1"})))
+        .mount(&server2)
+        .await;
+    let h = Harness::from_config(&server2);
+    let e = h
+        .call("isolate_machine", json!({"device": HOST}))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("refusing to send the token"), "{e}");
+}
+
+async fn mount_actions_page1(server: &MockServer) {
+    let next = format!(
+        "{}/api/machineactions?$filter=machineId%20eq%20'{MACHINE}'&$skip=1",
+        server.uri()
+    );
+    Mock::given(method("GET"))
+        .and(path("/api/machineactions"))
+        .and(query_param("$filter", format!("machineId eq '{MACHINE}'")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": [
+            action("a1", "Unisolate", "Succeeded", "2026-11-01T00:00:00Z", "x")],
+            "@odata.nextLink": next})))
+        .mount(server)
+        .await;
+}
