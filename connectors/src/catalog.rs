@@ -104,6 +104,8 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::crowdstrike::TYPE,
         crate::jamf::TYPE,
         crate::kandji::TYPE,
+        crate::intune::TYPE,
+        crate::defender::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

@@ -20,6 +20,7 @@
 pub mod catalog;
 pub mod core;
 pub mod crowdstrike;
+pub mod defender;
 pub mod entra;
 pub mod error;
 pub mod evidence;
@@ -27,6 +28,7 @@ pub mod fleet;
 pub mod google;
 pub mod http;
 pub mod http_client;
+pub mod intune;
 pub mod jamf;
 pub mod kandji;
 pub mod oauth;

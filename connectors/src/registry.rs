@@ -591,6 +591,8 @@ fn build(
         "crowdstrike" => crate::crowdstrike::build(name, map, base_dir, redactor),
         "jamf" => crate::jamf::build(name, map, base_dir, redactor),
         "kandji" => crate::kandji::build(name, map, base_dir, redactor),
+        "intune" => crate::intune::build(name, map, base_dir, redactor),
+        "defender" => crate::defender::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),

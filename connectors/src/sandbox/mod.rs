@@ -5,7 +5,9 @@
 //! demonstration runbook drives through the `http` connector; the vendor imitations
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
+pub mod defender;
 pub mod google;
+pub mod intune;
 pub mod jamf;
 pub mod kandji;
 pub mod okta;
@@ -67,6 +69,8 @@ pub struct Sandbox {
     pub crowdstrike: crowdstrike::CrowdStrikeSandbox,
     pub jamf: jamf::JamfSandbox,
     pub kandji: kandji::KandjiSandbox,
+    pub intune: intune::IntuneSandbox,
+    pub defender: defender::DefenderSandbox,
 }
 
 impl Default for Sandbox {
@@ -81,6 +85,8 @@ impl Default for Sandbox {
             crowdstrike: crowdstrike::CrowdStrikeSandbox::seeded(),
             jamf: jamf::JamfSandbox::seeded(),
             kandji: kandji::KandjiSandbox::seeded(),
+            intune: intune::IntuneSandbox::seeded(),
+            defender: defender::DefenderSandbox::seeded(),
         }
     }
 }
@@ -188,6 +194,8 @@ impl Sandbox {
             )
             .nest("/jamf", jamf::router(self.jamf.clone()))
             .nest("/kandji", kandji::router(self.kandji.clone()))
+            .nest("/intune", intune::router(self.intune.clone()))
+            .nest("/defender", defender::router(self.defender.clone()))
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -214,6 +222,8 @@ impl Sandbox {
         let cs_secret = write("crowdstrike-secret", crowdstrike::SANDBOX_CLIENT_SECRET)?;
         let jamf_secret = write("jamf-client-secret", jamf::SANDBOX_CLIENT_SECRET)?;
         let kandji_token = write("kandji-token", kandji::SANDBOX_TOKEN)?;
+        let intune_secret = write("intune-secret", intune::SANDBOX_CLIENT_SECRET)?;
+        let defender_secret = write("defender-secret", defender::SANDBOX_CLIENT_SECRET)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -252,6 +262,18 @@ impl Sandbox {
         m.insert(
             "kandji-sandbox".to_string(),
             json!({"type": "kandji", "base_url": format!("{base_url}/kandji"), "token": {"file": kandji_token}}),
+        );
+        m.insert(
+            "intune-sandbox".to_string(),
+            json!({"type": "intune", "tenant_id": intune::SANDBOX_TENANT_ID, "client_id": intune::SANDBOX_CLIENT_ID,
+                   "client_secret": {"file": intune_secret}, "base_url": format!("{base_url}/intune"),
+                   "token_url": format!("{base_url}/intune/login/{{tenant_id}}/oauth2/v2.0/token")}),
+        );
+        m.insert(
+            "defender-sandbox".to_string(),
+            json!({"type": "defender", "tenant_id": defender::SANDBOX_TENANT_ID, "client_id": defender::SANDBOX_CLIENT_ID,
+                   "client_secret": {"file": defender_secret}, "base_url": format!("{base_url}/defender"),
+                   "token_url": format!("{base_url}/defender/login/{{tenant_id}}/oauth2/v2.0/token")}),
         );
         Ok(m)
     }
