@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cordon_connectors::sandbox::Sandbox;
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use super::{progress, App};
 use crate::exec::decide::{decide, Decider, Verdict};
@@ -31,7 +31,7 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     let app = App::from_config(config).await?;
     let engine = &app.engine;
     eprintln!(
-        "vendor sandbox on {} (Okta, Entra ID, Google Workspace, SCIM)",
+        "vendor sandbox on {} (Okta, Entra ID, Google Workspace, SCIM, Jamf, Intune, Kandji, Fleet, CrowdStrike, Defender)",
         server.base_url()
     );
 
@@ -124,13 +124,28 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     } else {
         eprintln!();
         eprintln!("run {} {}", run.id, run.status.as_str());
-        for step in ["suspend-identity", "revoke-sessions"] {
-            let results = doc["steps"]
+        for step in [
+            "suspend-identity",
+            "revoke-sessions",
+            "contain-devices",
+            "lock-devices",
+        ] {
+            let output = doc["steps"]
                 .as_array()
                 .and_then(|s| s.iter().find(|x| x["id"] == step))
-                .and_then(|s| s["output"]["results"].as_array())
-                .cloned()
+                .map(|s| s["output"].clone())
                 .unwrap_or_default();
+            // A `for_each` step's output is one role output per device.
+            let outputs = match output {
+                Value::Array(list) => list,
+                other => vec![other],
+            };
+            let results: Vec<Value> = outputs
+                .iter()
+                .filter_map(|o| o["results"].as_array())
+                .flatten()
+                .cloned()
+                .collect();
             for r in results {
                 eprintln!(
                     "  {step:<18} {:<16} {:<8} {}",

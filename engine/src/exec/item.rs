@@ -114,7 +114,15 @@ impl ItemJob {
                 let (public, secret) = split_secrets(self.decl, redactor.redact_value(&output));
                 self.record.status = StepStatus::Succeeded;
                 self.record.output = Some(public);
-                self.record.secret_output = secret;
+                // Keep the prior state's secrets (the PIN generated before the call).
+                if let Some(Value::Object(new)) = secret {
+                    let mut all = match self.record.secret_output.take() {
+                        Some(Value::Object(m)) => m,
+                        _ => Map::new(),
+                    };
+                    all.extend(new);
+                    self.record.secret_output = Some(Value::Object(all));
+                }
                 self.record.error = None;
             }
             Err(Outcome::Cancelled) => {
@@ -337,6 +345,41 @@ fn prior_view(record: &ItemRecord) -> Option<Value> {
     Some(view)
 }
 
+/// A role action's output: each instance's vendor action declares its own secret fields
+/// (a lock PIN); they move to `{instance: {field: value}}` in the secret column.
+fn split_role_secrets(mut output: Value) -> (Value, Option<Value>) {
+    let mut secret = Map::new();
+    if let Some(results) = output.get_mut("results").and_then(Value::as_array_mut) {
+        for r in results.iter_mut() {
+            let uses = format!(
+                "{}.{}",
+                r["type"].as_str().unwrap_or(""),
+                r["action"].as_str().unwrap_or("")
+            );
+            let Some((_, decl)) = cordon_connectors::catalog::find_action(&uses) else {
+                continue;
+            };
+            let instance = r["connector"].as_str().unwrap_or("").to_string();
+            let mut mine = Map::new();
+            if let Some(out) = r.get_mut("output").and_then(Value::as_object_mut) {
+                for name in decl.secret_outputs {
+                    if let Some(v) = out.remove(*name) {
+                        if !v.is_null() {
+                            mine.insert((*name).to_string(), v);
+                        }
+                        out.insert((*name).to_string(), Value::String("[SECRET]".into()));
+                    }
+                }
+            }
+            if !mine.is_empty() {
+                secret.insert(instance, Value::Object(mine));
+            }
+        }
+    }
+    let secret = (!secret.is_empty()).then_some(Value::Object(secret));
+    (output, secret)
+}
+
 /// `already` reports the state recorded before the run's first call, so that a repeat
 /// after a crash (which finds the target in the state the run itself put it in) never
 /// hides the run's own change from undo. Role outputs are corrected per instance.
@@ -378,6 +421,9 @@ pub fn already_from_prior(mut output: Value, prior: &Value) -> Value {
 
 /// Move the action's declared secret output fields out of the public output.
 fn split_secrets(decl: &ActionDecl, output: Value) -> (Value, Option<Value>) {
+    if output.get("results").is_some_and(Value::is_array) {
+        return split_role_secrets(output);
+    }
     if decl.secret_outputs.is_empty() {
         return (output, None);
     }
@@ -456,6 +502,24 @@ mod tests {
             (fixed["succeeded"].as_u64(), fixed["already"].as_u64()),
             (Some(1), Some(1))
         );
+    }
+
+    #[test]
+    fn secret_outputs_inside_role_results_are_moved_out() {
+        use serde_json::json;
+        let Some((_, decl)) = cordon_connectors::catalog::find_action("device.lock") else {
+            panic!("device.lock is declared");
+        };
+        let out = json!({"results": [
+            {"connector": "jamf-prod", "type": "jamf", "action": "lock_computer", "status": "succeeded",
+             "output": {"target": "12", "already": false, "pin": "482913"}},
+            {"connector": "fleet", "type": "fleet", "action": "lock_host", "status": "succeeded",
+             "output": {"target": "7", "already": false}},
+        ], "succeeded": 2, "already": 0, "not_found": 0, "failed": 0});
+        let (public, secret) = split_secrets(decl, out);
+        assert!(!public.to_string().contains("482913"));
+        assert_eq!(public["results"][0]["output"]["pin"], "[SECRET]");
+        assert_eq!(secret.unwrap()["jamf-prod"]["pin"], "482913");
     }
 
     #[test]
