@@ -1210,3 +1210,56 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
         );
     }
 }
+
+/// A destructive action (Intune retire) waits for a snapshot of that device in the same run.
+#[test]
+fn retire_is_refused_until_the_device_was_snapshotted() {
+    use cordon_connectors::sandbox::Sandbox;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(Sandbox::seeded().serve()).unwrap();
+    let sb = server.sandbox.clone();
+    let env = Env::new("");
+    let conns = Sandbox::connector_config(&server.base_url(), &env.path().join("secrets")).unwrap();
+    std::fs::write(
+        env.path().join("config.yaml"),
+        format!(
+            "database: sqlite://cordon.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\nconnectors: {}\n",
+            serde_json::to_string(&conns).unwrap()
+        ),
+    )
+    .unwrap();
+    env.write_runbook(
+        "hasty",
+        &rb(
+            "hasty",
+            "steps:\n  - id: retire\n    uses: intune.retire\n    with: { device: C02DEMO0001 }\n",
+        ),
+    );
+    let r = env.run(&["run", "hasty", "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let err = step(&r.json(), "retire")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("evidence_first"), "{err}");
+    assert!(
+        !sb.intune.calls().iter().any(|c| c.contains("retire")),
+        "{:?}",
+        sb.intune.calls()
+    );
+
+    env.write_runbook(
+        "careful",
+        &rb(
+            "careful",
+            "steps:\n  - id: preserve\n    uses: intune.snapshot_device\n    with: { device: C02DEMO0001 }\n  - id: retire\n    needs: [preserve]\n    uses: intune.retire\n    with: { device: C02DEMO0001 }\n",
+        ),
+    );
+    let r = env.run(&["run", "careful", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        sb.intune.calls().iter().any(|c| c.contains("retire")),
+        "{:?}",
+        sb.intune.calls()
+    );
+}

@@ -622,7 +622,14 @@ impl Runner {
             .effect
             .for_input(rendered.first().unwrap_or(&Value::Null));
         if effect == Effect::Mutation && !self.run.dry_run {
-            if let Err(e) = self.check_guards(&rendered) {
+            let guarded = self.check_guards(&rendered).and_then(|()| {
+                if is_destructive(&uses) {
+                    self.check_evidence_first(&rendered)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = guarded {
                 self.step_failed(id, format!("step `{id}`: {e}"));
                 if !def.continue_on_error {
                     self.cancel_unstarted("run failed");
@@ -1407,6 +1414,37 @@ impl Runner {
         }
     }
 
+    /// RFC 3227's order of volatility: a destructive action (retire, wipe) on a device
+    /// runs only after a snapshot of that device succeeded in this run.
+    fn check_evidence_first(&self, rendered: &[Value]) -> Result<(), String> {
+        for inputs in rendered {
+            let Some(device) = inputs.get("device").and_then(Value::as_str) else {
+                continue;
+            };
+            let preserved = self.items.iter().any(|(sid, list)| {
+                let snapshot = self
+                    .def(sid)
+                    .and_then(|d| d.uses.as_deref())
+                    .and_then(find_action)
+                    .is_some_and(|(_, a)| a.effect == Effect::Snapshot);
+                snapshot
+                    && list.iter().any(|i| {
+                        i.status == StepStatus::Succeeded
+                            && i.inputs
+                                .get("device")
+                                .and_then(Value::as_str)
+                                .is_some_and(|d| d.eq_ignore_ascii_case(device))
+                    })
+            });
+            if !preserved {
+                return Err(format!(
+                    "guard `evidence_first`: no snapshot of device `{device}` has succeeded in this run; a destructive action waits for the evidence (RFC 3227); no call was made"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn program(&mut self, expr: &str) -> Result<crate::expr::CelProgram, crate::expr::ExprError> {
         if let Some(p) = self.cel.get(expr) {
             return Ok(p.clone());
@@ -1645,6 +1683,13 @@ fn instances_for(engine: &Engine, uses: &str, connector: &str) -> String {
     } else {
         names.join(", ")
     }
+}
+
+/// Actions that destroy state a court may need (retire, wipe): guarded by
+/// `evidence_first`.
+fn is_destructive(uses: &str) -> bool {
+    let action = uses.split_once('.').map(|(_, a)| a).unwrap_or(uses);
+    action == "retire" || action.starts_with("wipe")
 }
 
 fn strip_step_prefix<'a>(id: &str, error: &'a str) -> &'a str {
