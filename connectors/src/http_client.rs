@@ -89,6 +89,9 @@ pub struct HttpClientConfig {
     pub user_agent: String,
     /// Sent with every request; secret values are marked sensitive.
     pub default_headers: Vec<(String, MaybeSecret)>,
+    /// Most requests in flight at once through this client (a vendor's documented
+    /// concurrency limit, e.g. Jamf's five connections); None: no limit.
+    pub max_in_flight: Option<usize>,
 }
 
 impl HttpClientConfig {
@@ -101,6 +104,7 @@ impl HttpClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             user_agent: DEFAULT_USER_AGENT.to_string(),
             default_headers: Vec::new(),
+            max_in_flight: None,
         }
     }
 }
@@ -321,6 +325,8 @@ pub fn is_json_media_type(content_type: &str) -> bool {
 #[derive(Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
+    /// Shared by clones, so every caller of one instance counts against its limit.
+    limit: Option<std::sync::Arc<tokio::sync::Semaphore>>,
     instance: String,
     base_url: Option<Url>,
     timeout: Duration,
@@ -385,6 +391,9 @@ impl HttpClient {
             })?;
         Ok(HttpClient {
             client,
+            limit: config
+                .max_in_flight
+                .map(|n| std::sync::Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
             instance,
             base_url: config.base_url,
             timeout: config.timeout,
@@ -478,6 +487,10 @@ impl HttpClient {
         let timeout = req.timeout.unwrap_or(self.timeout);
         let (url, builder) = self.build(req)?;
         let path = self.redactor.redact_str(url.path());
+        let _permit = match &self.limit {
+            Some(sem) => sem.clone().acquire_owned().await.ok(),
+            None => None,
+        };
         let started = Instant::now();
         let outcome = match builder.send().await {
             Ok(resp) => {
@@ -511,6 +524,10 @@ impl HttpClient {
         let timeout = req.timeout.unwrap_or(self.timeout);
         let (url, builder) = self.build(req)?;
         let path = self.redactor.redact_str(url.path());
+        let _permit = match &self.limit {
+            Some(sem) => sem.clone().acquire_owned().await.ok(),
+            None => None,
+        };
         let started = Instant::now();
         let result = builder.send().await;
         self.note(

@@ -96,6 +96,9 @@ const DEVICE_INPUT: FieldDecl = FieldDecl {
     description: "the computer's serial number, or its Jamf Pro computer id (digits)",
 };
 
+/// Jamf advises no more than five concurrent connections.
+pub const MAX_CONNECTIONS: usize = 5;
+
 pub const TYPE: TypeDecl = TypeDecl {
     name: "jamf",
     description: "Jamf Pro API (API client credentials)",
@@ -566,6 +569,8 @@ impl JamfConnector {
         let mut http = HttpClientConfig::new(&config.instance);
         http.base_url = Some(config.base_url.clone());
         http.timeout = config.timeout;
+        // Jamf advises at most five concurrent connections per API client.
+        http.max_in_flight = Some(MAX_CONNECTIONS);
         let client = HttpClient::new(http, redactor)?;
         let credentials = ClientCredentials::new(ClientCredentialsConfig {
             token_url: join(&config.base_url, &["api", "oauth", "token"]),
