@@ -3,18 +3,13 @@
 //! redaction, settings, and a run against the local sandbox.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use cordon_connectors::entra::{EntraConfig, EntraConnector, RateWindow};
-use cordon_connectors::evidence::EvidenceError;
 use cordon_connectors::registry::Registry;
 use cordon_connectors::secret::{Redactor, SecretValue};
-use cordon_connectors::{
-    ActionCall, Connector, ConnectorError, EvidenceMeta, EvidenceRecord, EvidenceSink,
-    EvidenceWriter, RequestLog, ResumeSlot,
-};
+use cordon_connectors::{ActionCall, Connector, ConnectorError, RequestLog, ResumeSlot};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -30,64 +25,8 @@ const USER_ID: &str = "6d3c1f52-8a4e-4b7a-9c1d-2f5e8a9b0c11";
 const SELECT: &str =
     "id,displayName,userPrincipalName,mail,accountEnabled,signInSessionsValidFromDateTime";
 
-type Artifacts = Arc<Mutex<Vec<(EvidenceRecord, Vec<u8>)>>>;
-
-/// Keeps artifacts in memory, hashing like the real store.
-#[derive(Default, Clone)]
-struct MemSink {
-    finished: Artifacts,
-    created: Arc<Mutex<u32>>,
-}
-
-struct MemWriter {
-    sink: MemSink,
-    meta: EvidenceMeta,
-    data: Vec<u8>,
-    records: u64,
-}
-
-#[async_trait]
-impl EvidenceSink for MemSink {
-    async fn create(&self, meta: EvidenceMeta) -> Result<Box<dyn EvidenceWriter>, EvidenceError> {
-        *self.created.lock().unwrap() += 1;
-        Ok(Box::new(MemWriter {
-            sink: self.clone(),
-            meta,
-            data: Vec::new(),
-            records: 0,
-        }))
-    }
-}
-
-#[async_trait]
-impl EvidenceWriter for MemWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), EvidenceError> {
-        self.data.extend_from_slice(chunk);
-        Ok(())
-    }
-    fn add_records(&mut self, n: u64) {
-        self.records += n;
-    }
-    async fn finish(self: Box<Self>) -> Result<EvidenceRecord, EvidenceError> {
-        let rec = EvidenceRecord {
-            evidence_id: "01ENTRA".into(),
-            run_id: "run1".into(),
-            step_id: "snap".into(),
-            path: format!("run1/01ENTRA.{}", self.meta.extension),
-            sha256: hex::encode(Sha256::digest(&self.data)),
-            bytes: self.data.len() as u64,
-            records: self.records,
-            collected_at: "2024-07-03T00:00:00.000Z".into(),
-            meta: self.meta.clone(),
-        };
-        self.sink
-            .finished
-            .lock()
-            .unwrap()
-            .push((rec.clone(), self.data.clone()));
-        Ok(rec)
-    }
-}
+mod support;
+use support::MemSink;
 
 struct Harness {
     connector: Arc<dyn Connector>,

@@ -3,13 +3,11 @@
 //! and against the local sandbox.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use cordon_connectors::evidence::EvidenceError;
 use cordon_connectors::google::{
     GoogleConfig, GoogleConnector, ServiceAccountKey, JWT_BEARER_GRANT, SCOPE_REPORTS, SCOPE_USER,
     SCOPE_USER_SECURITY,
@@ -21,10 +19,7 @@ use cordon_connectors::sandbox::google::{
 };
 use cordon_connectors::sandbox::Sandbox;
 use cordon_connectors::secret::Redactor;
-use cordon_connectors::{
-    ActionCall, Connector, ConnectorError, EvidenceMeta, EvidenceRecord, EvidenceSink,
-    EvidenceWriter, RequestLog, ResumeSlot,
-};
+use cordon_connectors::{ActionCall, Connector, ConnectorError, RequestLog, ResumeSlot};
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::pkcs8::DecodePrivateKey;
 use rsa::sha2::Sha256;
@@ -43,63 +38,8 @@ const ACTIVITY: &str = "/admin/reports/v1/activity/users/j.smith@example.com/app
 // ---------------------------------------------------------------------------------------
 // An in-memory evidence sink, hashing like the real store.
 
-type Artifacts = Arc<Mutex<Vec<(EvidenceRecord, Vec<u8>)>>>;
-
-#[derive(Default, Clone)]
-struct MemSink {
-    finished: Artifacts,
-    created: Arc<Mutex<u32>>,
-}
-
-struct MemWriter {
-    sink: MemSink,
-    meta: EvidenceMeta,
-    data: Vec<u8>,
-    records: u64,
-}
-
-#[async_trait]
-impl EvidenceSink for MemSink {
-    async fn create(&self, meta: EvidenceMeta) -> Result<Box<dyn EvidenceWriter>, EvidenceError> {
-        *self.created.lock().unwrap() += 1;
-        Ok(Box::new(MemWriter {
-            sink: self.clone(),
-            meta,
-            data: Vec::new(),
-            records: 0,
-        }))
-    }
-}
-
-#[async_trait]
-impl EvidenceWriter for MemWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), EvidenceError> {
-        self.data.extend_from_slice(chunk);
-        Ok(())
-    }
-    fn add_records(&mut self, n: u64) {
-        self.records += n;
-    }
-    async fn finish(self: Box<Self>) -> Result<EvidenceRecord, EvidenceError> {
-        let rec = EvidenceRecord {
-            evidence_id: "01TESTGOOGLE".into(),
-            run_id: "run1".into(),
-            step_id: "snap".into(),
-            path: format!("run1/01TESTGOOGLE.{}", self.meta.extension),
-            sha256: hex::encode(sha2::Sha256::digest(&self.data)),
-            bytes: self.data.len() as u64,
-            records: self.records,
-            collected_at: "2024-01-01T00:00:00.000Z".into(),
-            meta: self.meta.clone(),
-        };
-        self.sink
-            .finished
-            .lock()
-            .unwrap()
-            .push((rec.clone(), self.data.clone()));
-        Ok(rec)
-    }
-}
+mod support;
+use support::MemSink;
 
 // ---------------------------------------------------------------------------------------
 // A wiremock matcher that checks the JWT bearer grant completely: form fields, the
@@ -910,7 +850,7 @@ async fn snapshot_follows_every_page_in_order() {
     assert_eq!(out["pages"], 13);
     assert_eq!(out["bytes"], expected.len() as u64);
     assert_eq!(out["sha256"], hex::encode(sha2::Sha256::digest(&expected)));
-    assert_eq!(out["evidence_id"], "01TESTGOOGLE");
+    assert_eq!(out["evidence_id"], "01TEST");
     let finished = h.sink.finished.lock().unwrap();
     assert_eq!(finished.len(), 1);
     let (rec, data) = &finished[0];

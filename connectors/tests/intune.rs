@@ -4,18 +4,13 @@
 //! and a run against the local sandbox.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cordon_connectors::evidence::EvidenceError;
 use cordon_connectors::intune::{IntuneConfig, IntuneConnector};
 use cordon_connectors::registry::Registry;
 use cordon_connectors::secret::{Redactor, SecretValue};
-use cordon_connectors::{
-    ActionCall, Connector, ConnectorError, EvidenceMeta, EvidenceRecord, EvidenceSink,
-    EvidenceWriter, RequestLog, ResumeSlot,
-};
+use cordon_connectors::{ActionCall, Connector, ConnectorError, RequestLog, ResumeSlot};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -30,64 +25,8 @@ const TOKEN2: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.access-2";
 const DEVICE_ID: &str = "0f3b6c1a-9d2e-4f5a-8b7c-6d5e4f3a2b1c";
 const DEVICES: &str = "/v1.0/deviceManagement/managedDevices";
 
-type Artifacts = Arc<Mutex<Vec<(EvidenceRecord, Vec<u8>)>>>;
-
-/// Keeps artifacts in memory, hashing like the real store.
-#[derive(Default, Clone)]
-struct MemSink {
-    finished: Artifacts,
-    created: Arc<Mutex<u32>>,
-}
-
-struct MemWriter {
-    sink: MemSink,
-    meta: EvidenceMeta,
-    data: Vec<u8>,
-    records: u64,
-}
-
-#[async_trait]
-impl EvidenceSink for MemSink {
-    async fn create(&self, meta: EvidenceMeta) -> Result<Box<dyn EvidenceWriter>, EvidenceError> {
-        *self.created.lock().unwrap() += 1;
-        Ok(Box::new(MemWriter {
-            sink: self.clone(),
-            meta,
-            data: Vec::new(),
-            records: 0,
-        }))
-    }
-}
-
-#[async_trait]
-impl EvidenceWriter for MemWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), EvidenceError> {
-        self.data.extend_from_slice(chunk);
-        Ok(())
-    }
-    fn add_records(&mut self, n: u64) {
-        self.records += n;
-    }
-    async fn finish(self: Box<Self>) -> Result<EvidenceRecord, EvidenceError> {
-        let rec = EvidenceRecord {
-            evidence_id: "01INTUNE".into(),
-            run_id: "run1".into(),
-            step_id: "snap".into(),
-            path: format!("run1/01INTUNE.{}", self.meta.extension),
-            sha256: hex::encode(Sha256::digest(&self.data)),
-            bytes: self.data.len() as u64,
-            records: self.records,
-            collected_at: "2024-07-03T00:00:00.000Z".into(),
-            meta: self.meta.clone(),
-        };
-        self.sink
-            .finished
-            .lock()
-            .unwrap()
-            .push((rec.clone(), self.data.clone()));
-        Ok(rec)
-    }
-}
+mod support;
+use support::MemSink;
 
 struct Harness {
     connector: Arc<dyn Connector>,

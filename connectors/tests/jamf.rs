@@ -6,15 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cordon_connectors::evidence::EvidenceError;
 use cordon_connectors::jamf::{JamfConfig, JamfConnector, SNAPSHOT_PAGE_SIZE};
 use cordon_connectors::registry::Registry;
 use cordon_connectors::secret::{Redactor, SecretValue};
-use cordon_connectors::{
-    ActionCall, Connector, ConnectorError, EvidenceMeta, EvidenceRecord, EvidenceSink,
-    EvidenceWriter, RequestLog, ResumeSlot,
-};
+use cordon_connectors::{ActionCall, Connector, ConnectorError, RequestLog, ResumeSlot};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use wiremock::matchers::{body_json, body_string, header, method, path, query_param};
@@ -27,63 +22,8 @@ const SERIAL: &str = "C02DEMO0001";
 const MID: &str = "aaaaaaaa-1111-2222-3333-444444444444";
 const SERIAL_FILTER: &str = "hardware.serialNumber==\"C02DEMO0001\"";
 
-type Artifacts = Arc<Mutex<Vec<(EvidenceRecord, Vec<u8>)>>>;
-
-#[derive(Default, Clone)]
-struct MemSink {
-    finished: Artifacts,
-    created: Arc<Mutex<u32>>,
-}
-
-struct MemWriter {
-    sink: MemSink,
-    meta: EvidenceMeta,
-    data: Vec<u8>,
-    records: u64,
-}
-
-#[async_trait]
-impl EvidenceSink for MemSink {
-    async fn create(&self, meta: EvidenceMeta) -> Result<Box<dyn EvidenceWriter>, EvidenceError> {
-        *self.created.lock().unwrap() += 1;
-        Ok(Box::new(MemWriter {
-            sink: self.clone(),
-            meta,
-            data: Vec::new(),
-            records: 0,
-        }))
-    }
-}
-
-#[async_trait]
-impl EvidenceWriter for MemWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), EvidenceError> {
-        self.data.extend_from_slice(chunk);
-        Ok(())
-    }
-    fn add_records(&mut self, n: u64) {
-        self.records += n;
-    }
-    async fn finish(self: Box<Self>) -> Result<EvidenceRecord, EvidenceError> {
-        let rec = EvidenceRecord {
-            evidence_id: "01TEST".into(),
-            run_id: "run1".into(),
-            step_id: "snap".into(),
-            path: format!("run1/01TEST.{}", self.meta.extension),
-            sha256: hex::encode(Sha256::digest(&self.data)),
-            bytes: self.data.len() as u64,
-            records: self.records,
-            collected_at: "2024-01-01T00:00:00.000Z".into(),
-            meta: self.meta.clone(),
-        };
-        self.sink
-            .finished
-            .lock()
-            .unwrap()
-            .push((rec.clone(), self.data.clone()));
-        Ok(rec)
-    }
-}
+mod support;
+use support::MemSink;
 
 struct Harness {
     connector: Arc<dyn Connector>,

@@ -2,21 +2,16 @@
 //! handling, paging, resume after a failed page, redaction) and against the local sandbox.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cordon_connectors::evidence::EvidenceError;
 use cordon_connectors::http_client::{HttpClient, HttpClientConfig};
 use cordon_connectors::okta::OktaConnector;
 use cordon_connectors::registry::Registry;
 use cordon_connectors::sandbox::okta::{OktaSandbox, SANDBOX_TOKEN, SUSPECT_ID};
 use cordon_connectors::sandbox::Sandbox;
 use cordon_connectors::secret::Redactor;
-use cordon_connectors::{
-    ActionCall, Connector, ConnectorError, EvidenceMeta, EvidenceRecord, EvidenceSink,
-    EvidenceWriter, RequestLog, ResumeSlot,
-};
+use cordon_connectors::{ActionCall, Connector, ConnectorError, RequestLog, ResumeSlot};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use wiremock::matchers::{body_string, header, method, path, query_param, query_param_is_missing};
@@ -26,64 +21,8 @@ const TOKEN: &str = "00Okta-test-token-5f4e3d2c1b";
 const ID: &str = "00u1jsmith0suspect01";
 const LOGIN: &str = "j.smith@example.com";
 
-type Artifacts = Arc<Mutex<Vec<(EvidenceRecord, Vec<u8>)>>>;
-
-/// Keeps artifacts in memory, hashing like the real store.
-#[derive(Default, Clone)]
-struct MemSink {
-    finished: Artifacts,
-    created: Arc<Mutex<u32>>,
-}
-
-struct MemWriter {
-    sink: MemSink,
-    meta: EvidenceMeta,
-    data: Vec<u8>,
-    records: u64,
-}
-
-#[async_trait]
-impl EvidenceSink for MemSink {
-    async fn create(&self, meta: EvidenceMeta) -> Result<Box<dyn EvidenceWriter>, EvidenceError> {
-        *self.created.lock().unwrap() += 1;
-        Ok(Box::new(MemWriter {
-            sink: self.clone(),
-            meta,
-            data: Vec::new(),
-            records: 0,
-        }))
-    }
-}
-
-#[async_trait]
-impl EvidenceWriter for MemWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), EvidenceError> {
-        self.data.extend_from_slice(chunk);
-        Ok(())
-    }
-    fn add_records(&mut self, n: u64) {
-        self.records += n;
-    }
-    async fn finish(self: Box<Self>) -> Result<EvidenceRecord, EvidenceError> {
-        let rec = EvidenceRecord {
-            evidence_id: "01OKTA".into(),
-            run_id: "run1".into(),
-            step_id: "snap".into(),
-            path: "run1/01OKTA.jsonl".into(),
-            sha256: hex::encode(Sha256::digest(&self.data)),
-            bytes: self.data.len() as u64,
-            records: self.records,
-            collected_at: "2024-01-01T00:00:00.000Z".into(),
-            meta: self.meta.clone(),
-        };
-        self.sink
-            .finished
-            .lock()
-            .unwrap()
-            .push((rec.clone(), self.data.clone()));
-        Ok(rec)
-    }
-}
+mod support;
+use support::MemSink;
 
 struct Harness {
     connector: Arc<dyn Connector>,
@@ -841,7 +780,7 @@ async fn snapshot_follows_every_page_in_order() {
     assert_eq!(out["pages"], 13);
     assert_eq!(out["bytes"], expected.len());
     assert_eq!(out["sha256"], hex::encode(Sha256::digest(&expected)));
-    assert_eq!(out["evidence_id"], "01OKTA");
+    assert_eq!(out["evidence_id"], "01TEST");
     assert_eq!(out["target"], ID);
     let finished = h.sink.finished.lock().unwrap();
     assert_eq!(finished.len(), 1);
