@@ -59,11 +59,12 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::catalog::{ActionDecl, Effect, FieldDecl, TypeDecl};
-use crate::evidence::{EvidenceError, EvidenceMeta, EvidenceWriter};
+use crate::evidence::{EvidenceMeta, EvidenceWriter};
 use crate::http_client::{
-    display_url, retry_after, ClientBuildError, HttpClient, HttpClientConfig, HttpResponse,
-    RequestSpec, DEFAULT_TIMEOUT,
+    display_url, ClientBuildError, HttpClient, HttpClientConfig, HttpResponse, RequestSpec,
+    DEFAULT_TIMEOUT,
 };
+use crate::intune::{evidence_err, invalid, is_guid, ms_error, odata_string, set_query};
 use crate::oauth::{check_tenant_id, tenant_token_url, ClientCredentials, ClientCredentialsConfig};
 use crate::registry::{ConfigError, Settings};
 use crate::secret::{Redactor, SecretValue};
@@ -442,25 +443,6 @@ struct GraphPage {
     next_link: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct GraphErrorBody {
-    error: GraphErrorDetail,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GraphErrorDetail {
-    code: Option<String>,
-    message: Option<String>,
-    inner_error: Option<GraphInnerError>,
-}
-
-#[derive(Deserialize)]
-struct GraphInnerError {
-    #[serde(rename = "request-id")]
-    request_id: Option<String>,
-}
-
 /// Which audit log a snapshot reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LogKind {
@@ -498,67 +480,6 @@ struct SnapshotProgress {
     target: String,
     pages: u64,
     records: u64,
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ConnectorError {
-    ConnectorError::InvalidInput {
-        field: field.to_string(),
-        message: message.into(),
-    }
-}
-
-fn evidence_err(e: EvidenceError) -> ConnectorError {
-    ConnectorError::Evidence(e.0)
-}
-
-/// An OData string literal: single quotes, inner quotes doubled.
-fn odata_string(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// Percent-encode a query component the way Graph's own examples are written: spaces as
-/// `%20` (never `+`), and OData punctuation (`$ ' ( ) : , / @`) left readable.
-fn encode_query_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        let keep = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.' | b'_' | b'~' | b'$' | b'\'' | b'(' | b')' | b':' | b',' | b'/' | b'@'
-            );
-        if keep {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn set_query(url: &mut Url, pairs: &[(&str, &str)]) {
-    let q = pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                encode_query_component(k),
-                encode_query_component(v)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    url.set_query(Some(&q));
-}
-
-/// True for the canonical GUID form Entra uses for object ids.
-fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let lens = [8, 4, 4, 4, 12];
-    parts.len() == 5
-        && parts
-            .iter()
-            .zip(lens)
-            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn user_input(input: &Value) -> Result<String, ConnectorError> {
@@ -791,55 +712,7 @@ impl EntraConnector {
 
     /// A Graph error answer as a typed error naming Graph's code, message and request id.
     fn graph_error(&self, method: &Method, url: &Url, resp: &HttpResponse) -> ConnectorError {
-        let status = resp.status.as_u16();
-        let redactor = self.client.redactor();
-        let detail = match serde_json::from_slice::<GraphErrorBody>(&resp.body) {
-            Ok(body) => {
-                let e = body.error;
-                let mut d = e.code.unwrap_or_else(|| "no error code".to_string());
-                if let Some(m) = e.message.filter(|m| !m.is_empty()) {
-                    let m: String = m.split_whitespace().collect::<Vec<_>>().join(" ");
-                    let mut short: String = m.chars().take(300).collect();
-                    if m.chars().count() > 300 {
-                        short.push('…');
-                    }
-                    d.push_str(&format!(": {short}"));
-                }
-                if let Some(id) = e.inner_error.and_then(|i| i.request_id) {
-                    d.push_str(&format!(" (request-id {id})"));
-                }
-                d
-            }
-            Err(_) => {
-                let text = String::from_utf8_lossy(&resp.body[..resp.body.len().min(2048)])
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let short: String = text.chars().take(200).collect();
-                if short.is_empty() {
-                    "no error body".to_string()
-                } else {
-                    short
-                }
-            }
-        };
-        let message = redactor.redact_str(&format!(
-            "Graph {method} {} → {}: {detail}",
-            url.path(),
-            resp.status
-        ));
-        match status {
-            429 => ConnectorError::RateLimited {
-                retry_after: retry_after(&resp.headers),
-                message,
-            },
-            408 | 500..=599 => ConnectorError::Transient {
-                retry_after: retry_after(&resp.headers),
-                message,
-            },
-            401 | 403 => ConnectorError::Auth { status, message },
-            _ => ConnectorError::Rejected { status, message },
-        }
+        ms_error("Graph", self.client.redactor(), method, url, resp)
     }
 
     /// Find a user by object id, UPN, or (when the UPN lookup misses) mail.
@@ -1145,6 +1018,7 @@ impl Connector for EntraConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intune::encode_query_component;
 
     #[test]
     fn guids_and_literals() {

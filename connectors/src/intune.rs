@@ -270,7 +270,7 @@ pub(crate) fn odata_string(s: &str) -> String {
 
 /// Percent-encode a query component as Microsoft's examples are written: spaces as `%20`
 /// (never `+`), OData punctuation (`$ ' ( ) : , / @`) left readable.
-fn encode_query_component(s: &str) -> String {
+pub(crate) fn encode_query_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         let keep = b.is_ascii_alphanumeric()
