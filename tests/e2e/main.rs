@@ -1263,3 +1263,128 @@ fn retire_is_refused_until_the_device_was_snapshotted() {
         sb.intune.calls()
     );
 }
+
+/// Twenty-five laptops spread over the six device vendors: one run contains (EDR) or locks
+/// (MDM) every one of them through role actions, fanned out in parallel.
+#[test]
+fn twenty_five_devices_across_six_vendors_are_contained_or_locked() {
+    use cordon_connectors::sandbox::Sandbox;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(Sandbox::seeded().serve()).unwrap();
+    let sb = server.sandbox.clone();
+    let owner = "j.smith@example.com";
+    let mut serials: Vec<String> = Vec::new();
+    for (prefix, count) in [
+        ("JAMF", 5),
+        ("KNDJ", 4),
+        ("FLEET", 4),
+        ("CSTK", 4),
+        ("MDE", 4),
+        ("INTN", 4),
+    ] {
+        for i in 1..=count {
+            let serial = format!("C02{prefix}{i:03}");
+            match prefix {
+                "JAMF" => sb.jamf.add_device(&serial, owner),
+                "KNDJ" => sb.kandji.add_device(&serial, owner),
+                "FLEET" => sb.fleet.add_device(&serial, owner),
+                "CSTK" => sb.crowdstrike.add_device(&serial, owner),
+                "MDE" => sb.defender.add_device(&serial, owner),
+                _ => sb.intune.add_device(&serial, owner),
+            }
+            serials.push(serial);
+        }
+    }
+    assert_eq!(serials.len(), 25);
+    let env = Env::new("");
+    let conns = Sandbox::connector_config(&server.base_url(), &env.path().join("secrets")).unwrap();
+    std::fs::write(
+        env.path().join("config.yaml"),
+        format!(
+            "database: sqlite://cordon.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\nconnectors: {}\n",
+            serde_json::to_string(&conns).unwrap()
+        ),
+    )
+    .unwrap();
+    env.write_runbook(
+        "quarantine",
+        &rb(
+            "quarantine",
+            r#"inputs:
+  serials: { type: array, items: { type: string }, required: true }
+steps:
+  - id: contain
+    for_each: inputs.serials
+    as: serial
+    max_parallel: 25
+    uses: device.contain
+    with: { device: "{{ serial }}", allow_not_found: true }
+  - id: lock
+    for_each: inputs.serials
+    as: serial
+    max_parallel: 25
+    uses: device.lock
+    with: { device: "{{ serial }}", allow_not_found: true }
+"#,
+        ),
+    );
+    std::fs::write(
+        env.path().join("alert.json"),
+        serde_json::json!({ "serials": serials }).to_string(),
+    )
+    .unwrap();
+    let r = env.run(&["run", "quarantine", "--alert", "alert.json", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    let contain = step(&doc, "contain")["output"].as_array().unwrap().clone();
+    let lock = step(&doc, "lock")["output"].as_array().unwrap().clone();
+    for (i, serial) in serials.iter().enumerate() {
+        let acted: Vec<String> = contain[i]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(lock[i]["results"].as_array().unwrap())
+            .filter(|r| r["status"] == "succeeded")
+            .map(|r| r["connector"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(acted.len(), 1, "{serial}: acted on by {acted:?}");
+    }
+    assert_eq!(
+        sb.crowdstrike.status_of("C02CSTK001").as_deref(),
+        Some("contained")
+    );
+    assert_eq!(
+        sb.fleet.device_status("C02FLEET004").as_deref(),
+        Some("locked")
+    );
+    // Lock PINs are shown to admins (`--reveal`) and nowhere else.
+    let run = r.run_id();
+    let revealed = env
+        .run(&["runs", "show", &run, "--json", "--reveal"])
+        .stdout;
+    let mut pins = Vec::new();
+    let mut rest = revealed.as_str();
+    while let Some(i) = rest.find("\"pin\": \"") {
+        let tail = &rest[i + 8..];
+        let pin: String = tail.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if pin.len() >= 4 {
+            pins.push(pin);
+        }
+        rest = tail;
+    }
+    assert!(!pins.is_empty(), "the Jamf and Kandji locks produced PINs");
+    let plain = env.run(&["runs", "show", &run, "--json"]).stdout;
+    let audit = env
+        .run(&["audit", "export", "--run", &run, "--format", "jsonl"])
+        .stdout;
+    for pin in &pins {
+        assert!(
+            !plain.contains(&format!("\"{pin}\"")),
+            "PIN {pin} shown without --reveal"
+        );
+        assert!(
+            !audit.contains(pin.as_str()),
+            "PIN {pin} in the audit trail"
+        );
+    }
+}

@@ -96,6 +96,20 @@ impl CrowdStrikeSandbox {
         s
     }
 
+    /// Enrol one more host (tests of large runs).
+    pub fn add_device(&self, serial: &str, owner: &str) {
+        if let Ok(mut w) = self.world.lock() {
+            let n = w.devices.len() + 0x100;
+            w.devices.push(SbDevice {
+                aid: format!("5a1e{n:028x}"),
+                serial: serial.into(),
+                hostname: format!("host-{n}"),
+                user: owner.into(),
+                status: "normal",
+            });
+        }
+    }
+
     /// Mutating requests received so far.
     pub fn calls(&self) -> Vec<String> {
         self.world

@@ -102,6 +102,20 @@ impl DefenderSandbox {
         }
     }
 
+    /// Onboard one more machine, named after the serial (tests of large runs).
+    pub fn add_device(&self, serial: &str, owner: &str) {
+        if let Ok(mut w) = self.world.lock() {
+            let n = w.machines.len() + 0x100;
+            w.machines.push(json!({
+                "id": format!("{n:040x}"), "computerDnsName": serial.to_ascii_lowercase(),
+                "osPlatform": "macOS", "osVersion": "14.5", "lastSeen": now(),
+                "healthStatus": "Active", "riskScore": "Medium", "exposureLevel": "Medium",
+                "onboardingStatus": "Onboarded", "lastIpAddress": "10.0.0.12", "aadDeviceId": null,
+                "machineTags": [format!("owner:{owner}")],
+            }));
+        }
+    }
+
     /// Mutating calls received so far, as `METHOD path` lines.
     pub fn calls(&self) -> Vec<String> {
         self.world

@@ -132,6 +132,24 @@ impl FleetSandbox {
         s
     }
 
+    /// Enrol one more host (tests of large runs).
+    pub fn add_device(&self, serial: &str, owner: &str) {
+        if let Ok(mut w) = self.world.lock() {
+            let id = 200 + w.hosts.len() as u64;
+            w.hosts.push(SbHost {
+                id,
+                serial: serial.into(),
+                hostname: format!("host-{id}"),
+                uuid: format!("5A1E{id:04}-0000-4000-8000-0000000{id:05}"),
+                owner: owner.into(),
+                device_status: "unlocked",
+                pending_action: "",
+                software: software(id * 1000..id * 1000 + 5, &[]),
+                pin: format!("{:06}", id * 4217 % 1_000_000),
+            });
+        }
+    }
+
     /// Mutating requests received so far, as `METHOD path` lines.
     pub fn calls(&self) -> Vec<String> {
         self.world

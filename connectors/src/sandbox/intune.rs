@@ -123,6 +123,22 @@ impl IntuneSandbox {
         }
     }
 
+    /// Enrol one more device (tests of large runs).
+    pub fn add_device(&self, serial: &str, owner: &str) {
+        if let Ok(mut w) = self.world.lock() {
+            let n = w.devices.len() + 0x100;
+            w.devices.push(json!({
+                "id": format!("5c1e7a2b-3d4f-4a6b-8c9d-{n:012x}"),
+                "deviceName": format!("MBP-{n}"), "serialNumber": serial,
+                "userPrincipalName": owner, "userId": guid(), "azureADDeviceId": guid(),
+                "operatingSystem": "macOS", "osVersion": "14.5", "complianceState": "compliant",
+                "managementState": "managed", "managedDeviceOwnerType": "company",
+                "enrolledDateTime": "2025-03-01T09:00:00Z", "lastSyncDateTime": now(),
+                "model": "MacBookPro18,3", "manufacturer": "Apple", "deviceActionResults": [],
+            }));
+        }
+    }
+
     /// Mutating calls received so far, as `METHOD path` lines.
     pub fn calls(&self) -> Vec<String> {
         self.world

@@ -88,6 +88,20 @@ impl JamfSandbox {
         s
     }
 
+    /// Enrol one more computer (tests of large runs).
+    pub fn add_device(&self, serial: &str, owner: &str) {
+        if let Ok(mut w) = self.world.lock() {
+            let n = w.computers.len() + 1;
+            w.computers.push(Computer {
+                id: n.to_string(),
+                serial: serial.to_string(),
+                name: format!("mac-{n}"),
+                management_id: format!("{n:08}-aaaa-4bbb-8ccc-{n:012}"),
+                owner: owner.to_string(),
+            });
+        }
+    }
+
     /// Answer the next `n` API calls with 429.
     pub fn throttle(&self, n: u32) {
         if let Ok(mut w) = self.world.lock() {

@@ -82,6 +82,21 @@ impl KandjiSandbox {
         s
     }
 
+    /// Enrol one more device (tests of large runs).
+    pub fn add_device(&self, serial: &str, owner: &str) {
+        if let Ok(mut w) = self.world.lock() {
+            let n = w.devices.len() + 1;
+            w.devices.push(Device {
+                id: format!("6b1f0c2e-0000-4000-8000-{n:012}"),
+                serial: serial.to_string(),
+                name: format!("mbp-{n}"),
+                owner: owner.to_string(),
+                lock: LockState::Unlocked,
+                pin: None,
+            });
+        }
+    }
+
     /// Answer the next `n` calls with 429.
     pub fn throttle(&self, n: u32) {
         if let Ok(mut w) = self.world.lock() {
