@@ -320,3 +320,76 @@ fn webhook_url_must_be_a_secret_and_https() {
     assert!(text.contains("webhook_url"), "{text}");
     assert!(!text.contains("pl4inS3cret"), "{text}");
 }
+
+#[tokio::test]
+async fn drives_the_sandbox_webhook() {
+    use cordon_connectors::sandbox::slack::PostedMessage;
+    use cordon_connectors::sandbox::Sandbox;
+
+    let server = Sandbox::seeded().serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Sandbox::connector_config(&server.base_url(), dir.path()).unwrap();
+    let redactor = Redactor::new();
+    let registry = Registry::from_config(&config, dir.path(), &redactor).unwrap();
+    let connector = registry.resolve("slack", Some("slack-sandbox")).unwrap();
+    let log = RequestLog::default();
+    let resume = ResumeSlot::default();
+    let call = |input: Value| {
+        let input = input.clone();
+        let connector = connector.clone();
+        let log = &log;
+        let resume = &resume;
+        async move {
+            connector
+                .call(ActionCall {
+                    action: "post_message",
+                    input: &input,
+                    idempotency_key: "k",
+                    run_id: "r",
+                    step_id: "s",
+                    attempt: 1,
+                    evidence: &NoEvidence,
+                    requests: log,
+                    resume,
+                    prior: None,
+                })
+                .await
+        }
+    };
+
+    let out = call(json!({"text": "Run r1 waits for legal"}))
+        .await
+        .unwrap();
+    assert_eq!(out["posted"], json!(true));
+    call(json!({"text": "to legal", "channel": "#legal"}))
+        .await
+        .unwrap();
+    match call(json!({"text": "x", "channel": "#nope"})).await {
+        Err(ConnectorError::Rejected {
+            status: 404,
+            message,
+        }) => {
+            assert!(message.contains("channel_not_found"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    server.sandbox.slack.throttle(1);
+    let e = call(json!({"text": "x"})).await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(
+        server.sandbox.slack.messages(),
+        vec![
+            PostedMessage {
+                channel: "#soc".into(),
+                text: "Run r1 waits for legal".into()
+            },
+            PostedMessage {
+                channel: "#legal".into(),
+                text: "to legal".into()
+            },
+        ]
+    );
+    for s in log.take() {
+        assert!(!s.path.contains("sandbox-webhook-secret"), "{s:?}");
+    }
+}
