@@ -39,6 +39,7 @@ pub mod sandbox;
 pub mod scim;
 pub mod secret;
 pub mod slack;
+pub mod smtp;
 
 use async_trait::async_trait;
 use serde_json::Value;

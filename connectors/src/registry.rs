@@ -136,6 +136,27 @@ impl<'a> Settings<'a> {
         }
     }
 
+    /// An optional whole-number setting within `min..=max` (a port, say).
+    pub fn integer(&mut self, key: &str, min: i64, max: i64) -> Option<i64> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(i) if (min..=max).contains(&i) => Some(i),
+                _ => {
+                    self.error(
+                        Some(key),
+                        format!("must be a whole number from {min} to {max}"),
+                    );
+                    None
+                }
+            },
+            Some(_) => {
+                self.error(Some(key), "must be a number");
+                None
+            }
+        }
+    }
+
     /// A required string setting.
     pub fn required_string(&mut self, key: &str) -> Option<String> {
         if !self.map.contains_key(key) {
@@ -594,6 +615,7 @@ fn build(
         "intune" => crate::intune::build(name, map, base_dir, redactor),
         "defender" => crate::defender::build(name, map, base_dir, redactor),
         "slack" => crate::slack::build(name, map, base_dir, redactor),
+        "smtp" => crate::smtp::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),
