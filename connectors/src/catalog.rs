@@ -106,6 +106,7 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::kandji::TYPE,
         crate::intune::TYPE,
         crate::defender::TYPE,
+        crate::splunk::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

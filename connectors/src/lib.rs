@@ -38,6 +38,7 @@ pub mod roles;
 pub mod sandbox;
 pub mod scim;
 pub mod secret;
+pub mod splunk;
 
 use async_trait::async_trait;
 use serde_json::Value;
