@@ -118,6 +118,8 @@ pub struct SplunkConnector {
     instance: String,
     token: SecretValue,
     client: HttpClient,
+    /// Bound on one whole export ([`EXPORT_TIMEOUT`] unless a test shortens it).
+    export_timeout: Duration,
 }
 
 impl std::fmt::Debug for SplunkConnector {
@@ -184,7 +186,14 @@ impl SplunkConnector {
             instance: instance.to_string(),
             token,
             client,
+            export_timeout: EXPORT_TIMEOUT,
         })
+    }
+
+    /// Change the bound on one whole export (default 30 minutes).
+    pub fn with_export_timeout(mut self, timeout: Duration) -> Self {
+        self.export_timeout = timeout;
+        self
     }
 
     fn export_request(&self, route: &str, search: &str, since: &str, until: &str) -> RequestSpec {
@@ -197,7 +206,7 @@ impl SplunkConnector {
                 ("earliest_time".to_string(), since.into()),
                 ("latest_time".to_string(), until.into()),
             ])
-            .timeout(EXPORT_TIMEOUT)
+            .timeout(self.export_timeout)
     }
 
     async fn snapshot_search(&self, call: ActionCall<'_>) -> Result<Value, ConnectorError> {
@@ -270,7 +279,7 @@ impl SplunkConnector {
             // `.partial` file, and the engine's next attempt exports again.
             let chunk = resp.chunk().await.map_err(|e| {
                 self.client
-                    .body_error(&Method::POST, url, Some(EXPORT_TIMEOUT), e)
+                    .body_error(&Method::POST, url, Some(self.export_timeout), e)
             })?;
             let out = match &chunk {
                 Some(c) => rows.feed(c)?,
