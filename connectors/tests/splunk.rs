@@ -317,3 +317,71 @@ async fn a_slow_answer_is_a_timeout_and_the_token_stays_hidden() {
     assert!(e.is_transient());
     assert_no_token(&e);
 }
+
+#[tokio::test]
+async fn the_sandbox_exports_the_suspects_events() {
+    use cordon_connectors::sandbox::Sandbox;
+    let server = Sandbox::seeded().serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Sandbox::connector_config(&server.base_url(), dir.path()).unwrap();
+    let registry = Registry::from_config(&config, dir.path(), &Redactor::new()).unwrap();
+    let connector = registry.resolve("splunk", Some("splunk-sandbox")).unwrap();
+    let sink = MemSink::default();
+    let log = RequestLog::default();
+    let resume = ResumeSlot::default();
+    let run = |input: Value| {
+        let (connector, sink, log, resume) = (connector.clone(), &sink, &log, &resume);
+        async move {
+            connector
+                .call(ActionCall {
+                    action: "snapshot_search",
+                    input: &input,
+                    idempotency_key: "run1/snap/0",
+                    run_id: "run1",
+                    step_id: "snap",
+                    attempt: 1,
+                    evidence: sink,
+                    requests: log,
+                    resume,
+                    prior: None,
+                })
+                .await
+        }
+    };
+    // 300 events 10 minutes apart from 2026-11-20T00:00Z; the first day holds 144.
+    let out = run(json!({"query": "user=\"j.smith@example.com\"",
+                         "since": "2026-11-20T00:00:00Z", "until": "2026-11-21T00:00:00Z"}))
+    .await
+    .unwrap();
+    assert_eq!(out["records"], 144);
+    let out = run(json!({"query": "index=vpn user=\"j.smith@example.com\"",
+                         "since": "2026-11-01T00:00:00Z"}))
+    .await
+    .unwrap();
+    assert_eq!(out["records"], 100);
+    {
+        let finished = sink.finished.lock().unwrap();
+        let (_, data) = &finished[1];
+        let first: Value =
+            serde_json::from_slice(data.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(first["index"], "vpn");
+        assert_eq!(first["user"], "j.smith@example.com");
+    }
+    assert_eq!(
+        server.sandbox.splunk.searches()[0],
+        "search user=\"j.smith@example.com\""
+    );
+    server.sandbox.splunk.throttle(1);
+    let e = run(json!({"query": "user=dana@example.com", "since": "2026-11-01T00:00:00Z"}))
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+    assert!(
+        e.to_string().contains("concurrent historical searches"),
+        "{e}"
+    );
+    let out = run(json!({"query": "user=dana@example.com", "since": "2026-11-01T00:00:00Z"}))
+        .await
+        .unwrap();
+    assert_eq!(out["records"], 40);
+}

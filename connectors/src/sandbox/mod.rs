@@ -11,6 +11,7 @@ pub mod intune;
 pub mod jamf;
 pub mod kandji;
 pub mod okta;
+pub mod splunk;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -71,6 +72,7 @@ pub struct Sandbox {
     pub kandji: kandji::KandjiSandbox,
     pub intune: intune::IntuneSandbox,
     pub defender: defender::DefenderSandbox,
+    pub splunk: splunk::SplunkSandbox,
 }
 
 impl Default for Sandbox {
@@ -87,6 +89,7 @@ impl Default for Sandbox {
             kandji: kandji::KandjiSandbox::seeded(),
             intune: intune::IntuneSandbox::seeded(),
             defender: defender::DefenderSandbox::seeded(),
+            splunk: splunk::SplunkSandbox::seeded(),
         }
     }
 }
@@ -196,6 +199,7 @@ impl Sandbox {
             .nest("/kandji", kandji::router(self.kandji.clone()))
             .nest("/intune", intune::router(self.intune.clone()))
             .nest("/defender", defender::router(self.defender.clone()))
+            .nest("/splunk", splunk::router(self.splunk.clone()))
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -224,6 +228,7 @@ impl Sandbox {
         let kandji_token = write("kandji-token", kandji::SANDBOX_TOKEN)?;
         let intune_secret = write("intune-secret", intune::SANDBOX_CLIENT_SECRET)?;
         let defender_secret = write("defender-secret", defender::SANDBOX_CLIENT_SECRET)?;
+        let splunk_token = write("splunk-token", splunk::SANDBOX_TOKEN)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -274,6 +279,10 @@ impl Sandbox {
             json!({"type": "defender", "tenant_id": defender::SANDBOX_TENANT_ID, "client_id": defender::SANDBOX_CLIENT_ID,
                    "client_secret": {"file": defender_secret}, "base_url": format!("{base_url}/defender"),
                    "token_url": format!("{base_url}/defender/login/{{tenant_id}}/oauth2/v2.0/token")}),
+        );
+        m.insert(
+            "splunk-sandbox".to_string(),
+            json!({"type": "splunk", "base_url": format!("{base_url}/splunk"), "token": {"file": splunk_token}}),
         );
         Ok(m)
     }
