@@ -107,6 +107,7 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::intune::TYPE,
         crate::defender::TYPE,
         crate::splunk::TYPE,
+        crate::elasticsearch::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

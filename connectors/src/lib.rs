@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod core;
 pub mod crowdstrike;
 pub mod defender;
+pub mod elasticsearch;
 pub mod entra;
 pub mod error;
 pub mod evidence;

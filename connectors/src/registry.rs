@@ -594,6 +594,7 @@ fn build(
         "intune" => crate::intune::build(name, map, base_dir, redactor),
         "defender" => crate::defender::build(name, map, base_dir, redactor),
         "splunk" => crate::splunk::build(name, map, base_dir, redactor),
+        "elasticsearch" => crate::elasticsearch::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),
