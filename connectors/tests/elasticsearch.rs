@@ -459,3 +459,68 @@ async fn configured_through_the_registry() {
     assert!(text.contains("api_key"), "{text}");
     assert!(!text.contains(KEY), "{text}");
 }
+
+#[tokio::test]
+async fn the_sandbox_serves_the_suspects_events_and_closes_the_pit() {
+    use cordon_connectors::sandbox::Sandbox;
+    let server = Sandbox::seeded().serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Sandbox::connector_config(&server.base_url(), dir.path()).unwrap();
+    let registry = Registry::from_config(&config, dir.path(), &Redactor::new()).unwrap();
+    let connector: Arc<dyn Connector> = registry
+        .resolve("elasticsearch", Some("elasticsearch-sandbox"))
+        .unwrap();
+    let sink = MemSink::default();
+    let log = RequestLog::default();
+    let resume = ResumeSlot::default();
+    let call = |input: Value| {
+        let connector = connector.clone();
+        let (sink, log, resume) = (&sink, &log, &resume);
+        async move {
+            connector
+                .call(ActionCall {
+                    action: "snapshot_search",
+                    input: &input,
+                    idempotency_key: "run1/snap/0",
+                    run_id: "run1",
+                    step_id: "snap",
+                    attempt: 1,
+                    evidence: sink,
+                    requests: log,
+                    resume,
+                    prior: None,
+                })
+                .await
+        }
+    };
+    // 400 events 5 minutes apart; 320 are the suspect's, half of them in logs-okta.
+    let out = call(
+        json!({"index": "logs-*", "query": {"term": {"user.name": "j.smith@example.com"}},
+                          "since": "2026-11-01T00:00:00Z"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["records"], 320);
+    assert_eq!(out["pages"], 1);
+    let out = call(
+        json!({"index": "logs-okta", "query": "user.name:\"j.smith@example.com\"",
+                          "since": "2026-11-20T00:00:00Z", "until": "2026-11-20T10:00:00Z"}),
+    )
+    .await
+    .unwrap();
+    // 120 events in 10 h, 60 in logs-okta (even numbers), of which i % 5 == 4 are Dana's.
+    assert_eq!(out["records"], 48);
+    assert_eq!(server.sandbox.elasticsearch.open_pits(), 0);
+    server.sandbox.elasticsearch.throttle(1);
+    let e = call(
+        json!({"index": "logs-vpn", "query": {"match_all": {}}, "since": "2026-11-01T00:00:00Z"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ConnectorError::RateLimited { .. }), "{e:?}");
+    let e =
+        call(json!({"index": "nope", "query": {"match_all": {}}, "since": "2026-11-01T00:00:00Z"}))
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("index_not_found_exception"), "{e}");
+}

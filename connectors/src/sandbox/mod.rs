@@ -6,6 +6,7 @@
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
 pub mod defender;
+pub mod elasticsearch;
 pub mod google;
 pub mod intune;
 pub mod jamf;
@@ -73,6 +74,7 @@ pub struct Sandbox {
     pub intune: intune::IntuneSandbox,
     pub defender: defender::DefenderSandbox,
     pub splunk: splunk::SplunkSandbox,
+    pub elasticsearch: elasticsearch::ElasticsearchSandbox,
 }
 
 impl Default for Sandbox {
@@ -90,6 +92,7 @@ impl Default for Sandbox {
             intune: intune::IntuneSandbox::seeded(),
             defender: defender::DefenderSandbox::seeded(),
             splunk: splunk::SplunkSandbox::seeded(),
+            elasticsearch: elasticsearch::ElasticsearchSandbox::seeded(),
         }
     }
 }
@@ -200,6 +203,10 @@ impl Sandbox {
             .nest("/intune", intune::router(self.intune.clone()))
             .nest("/defender", defender::router(self.defender.clone()))
             .nest("/splunk", splunk::router(self.splunk.clone()))
+            .nest(
+                "/elasticsearch",
+                elasticsearch::router(self.elasticsearch.clone()),
+            )
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -229,6 +236,7 @@ impl Sandbox {
         let intune_secret = write("intune-secret", intune::SANDBOX_CLIENT_SECRET)?;
         let defender_secret = write("defender-secret", defender::SANDBOX_CLIENT_SECRET)?;
         let splunk_token = write("splunk-token", splunk::SANDBOX_TOKEN)?;
+        let es_key = write("elasticsearch-api-key", elasticsearch::SANDBOX_API_KEY)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -283,6 +291,10 @@ impl Sandbox {
         m.insert(
             "splunk-sandbox".to_string(),
             json!({"type": "splunk", "base_url": format!("{base_url}/splunk"), "token": {"file": splunk_token}}),
+        );
+        m.insert(
+            "elasticsearch-sandbox".to_string(),
+            json!({"type": "elasticsearch", "base_url": format!("{base_url}/elasticsearch"), "api_key": {"file": es_key}}),
         );
         Ok(m)
     }
