@@ -108,6 +108,8 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::defender::TYPE,
         crate::slack::TYPE,
         crate::smtp::TYPE,
+        crate::splunk::TYPE,
+        crate::elasticsearch::TYPE,
         crate::roles::IDENTITY,
         crate::roles::DEVICE_ROLE,
     ]

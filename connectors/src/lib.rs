@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod core;
 pub mod crowdstrike;
 pub mod defender;
+pub mod elasticsearch;
 pub mod entra;
 pub mod error;
 pub mod evidence;
@@ -40,6 +41,7 @@ pub mod scim;
 pub mod secret;
 pub mod slack;
 pub mod smtp;
+pub mod splunk;
 
 use async_trait::async_trait;
 use serde_json::Value;

@@ -616,6 +616,8 @@ fn build(
         "defender" => crate::defender::build(name, map, base_dir, redactor),
         "slack" => crate::slack::build(name, map, base_dir, redactor),
         "smtp" => crate::smtp::build(name, map, base_dir, redactor),
+        "splunk" => crate::splunk::build(name, map, base_dir, redactor),
+        "elasticsearch" => crate::elasticsearch::build(name, map, base_dir, redactor),
         other => {
             let hint = match closest(other, catalog::catalog().iter().map(|t| t.name)) {
                 Some(c) => format!("did you mean `{c}`?"),

@@ -6,11 +6,13 @@
 //! (Okta, Graph, Google, SCIM, Jamf, …) join it as their connectors land.
 
 pub mod defender;
+pub mod elasticsearch;
 pub mod google;
 pub mod intune;
 pub mod jamf;
 pub mod kandji;
 pub mod okta;
+pub mod splunk;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -73,6 +75,8 @@ pub struct Sandbox {
     pub intune: intune::IntuneSandbox,
     pub defender: defender::DefenderSandbox,
     pub slack: slack::SlackSandbox,
+    pub splunk: splunk::SplunkSandbox,
+    pub elasticsearch: elasticsearch::ElasticsearchSandbox,
 }
 
 impl Default for Sandbox {
@@ -90,6 +94,8 @@ impl Default for Sandbox {
             intune: intune::IntuneSandbox::seeded(),
             defender: defender::DefenderSandbox::seeded(),
             slack: slack::SlackSandbox::default(),
+            splunk: splunk::SplunkSandbox::seeded(),
+            elasticsearch: elasticsearch::ElasticsearchSandbox::seeded(),
         }
     }
 }
@@ -200,6 +206,11 @@ impl Sandbox {
             .nest("/intune", intune::router(self.intune.clone()))
             .nest("/defender", defender::router(self.defender.clone()))
             .nest("/slack", slack::router(self.slack.clone()))
+            .nest("/splunk", splunk::router(self.splunk.clone()))
+            .nest(
+                "/elasticsearch",
+                elasticsearch::router(self.elasticsearch.clone()),
+            )
     }
 
     /// Connector instances configured against this sandbox at `base_url`, with their
@@ -232,6 +243,8 @@ impl Sandbox {
             "slack-webhook",
             &format!("{base_url}/slack{}", slack::SANDBOX_WEBHOOK_PATH),
         )?;
+        let splunk_token = write("splunk-token", splunk::SANDBOX_TOKEN)?;
+        let es_key = write("elasticsearch-api-key", elasticsearch::SANDBOX_API_KEY)?;
         let mut m = BTreeMap::new();
         m.insert(
             "okta-sandbox".to_string(),
@@ -286,6 +299,14 @@ impl Sandbox {
         m.insert(
             "slack-sandbox".to_string(),
             json!({"type": "slack", "webhook_url": {"file": slack_hook}}),
+        );
+        m.insert(
+            "splunk-sandbox".to_string(),
+            json!({"type": "splunk", "base_url": format!("{base_url}/splunk"), "token": {"file": splunk_token}}),
+        );
+        m.insert(
+            "elasticsearch-sandbox".to_string(),
+            json!({"type": "elasticsearch", "base_url": format!("{base_url}/elasticsearch"), "api_key": {"file": es_key}}),
         );
         Ok(m)
     }
