@@ -249,6 +249,26 @@ impl Env {
         }
     }
 
+    /// A scratch folder whose configuration names one instance of every vendor the
+    /// sandbox at `base_url` imitates (secrets written as files, as in a real set-up).
+    pub fn with_sandbox(base_url: &str) -> Env {
+        let env = Env::new("");
+        let conns = cordon_connectors::sandbox::Sandbox::connector_config(
+            base_url,
+            &env.path().join("secrets"),
+        )
+        .expect("sandbox configuration");
+        std::fs::write(
+            env.path().join("config.yaml"),
+            format!(
+                "database: sqlite://cordon.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\nconnectors: {}\n",
+                serde_json::to_string(&conns).expect("json")
+            ),
+        )
+        .expect("write config");
+        env
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -1034,16 +1034,7 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let server = rt.block_on(Sandbox::seeded().serve()).unwrap();
     let sb = server.sandbox.clone();
-    let env = Env::new("");
-    let conns = Sandbox::connector_config(&server.base_url(), &env.path().join("secrets")).unwrap();
-    std::fs::write(
-        env.path().join("config.yaml"),
-        format!(
-            "database: sqlite://cordon.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\nconnectors: {}\n",
-            serde_json::to_string(&conns).unwrap()
-        ),
-    )
-    .unwrap();
+    let env = Env::with_sandbox(&server.base_url());
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../runbooks/dprk-it-worker-containment.yaml");
     std::fs::copy(
@@ -1218,16 +1209,7 @@ fn retire_is_refused_until_the_device_was_snapshotted() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let server = rt.block_on(Sandbox::seeded().serve()).unwrap();
     let sb = server.sandbox.clone();
-    let env = Env::new("");
-    let conns = Sandbox::connector_config(&server.base_url(), &env.path().join("secrets")).unwrap();
-    std::fs::write(
-        env.path().join("config.yaml"),
-        format!(
-            "database: sqlite://cordon.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\nconnectors: {}\n",
-            serde_json::to_string(&conns).unwrap()
-        ),
-    )
-    .unwrap();
+    let env = Env::with_sandbox(&server.base_url());
     env.write_runbook(
         "hasty",
         &rb(
@@ -1296,16 +1278,7 @@ fn twenty_five_devices_across_six_vendors_are_contained_or_locked() {
         }
     }
     assert_eq!(serials.len(), 25);
-    let env = Env::new("");
-    let conns = Sandbox::connector_config(&server.base_url(), &env.path().join("secrets")).unwrap();
-    std::fs::write(
-        env.path().join("config.yaml"),
-        format!(
-            "database: sqlite://cordon.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\nconnectors: {}\n",
-            serde_json::to_string(&conns).unwrap()
-        ),
-    )
-    .unwrap();
+    let env = Env::with_sandbox(&server.base_url());
     env.write_runbook(
         "quarantine",
         &rb(
