@@ -1361,3 +1361,45 @@ steps:
         );
     }
 }
+
+/// Ctrl-C on `cordon run` leaves the run durable and says how to continue it.
+#[test]
+fn ctrl_c_leaves_the_run_resumable() {
+    let srv = TestServer::start();
+    let env = Env::new("");
+    env.write_runbook(
+        "interrupted",
+        &rb(
+            "interrupted",
+            &format!(
+                "steps:\n  - id: slow\n    uses: http.request\n    with: {{ method: GET, url: \"{}/delay/1500/slow\" }}\n",
+                srv.url()
+            ),
+        ),
+    );
+    let child = env.spawn(&["run", "interrupted"]);
+    let t0 = Instant::now();
+    while srv.hits("/slow").is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let run = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(stderr.contains(&format!("cordon resume {run}")), "{stderr}");
+    let r = env.run(&["resume", &run, "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["status"], "succeeded");
+}
