@@ -52,6 +52,29 @@ pub struct SqliteStore {
     read: SqlitePool,
 }
 
+/// Open a pool, retrying while another process holds the file's lock. Switching a fresh
+/// file to WAL answers SQLITE_BUSY at once (the busy timeout does not cover it), so two
+/// processes that open a new database together would otherwise fail at random.
+async fn connect_retrying(
+    pool: &SqlitePoolOptions,
+    options: &SqliteConnectOptions,
+) -> Result<SqlitePool> {
+    let mut attempt = 1;
+    loop {
+        match pool.clone().connect_with(options.clone()).await {
+            Ok(p) => return Ok(p),
+            Err(sqlx::Error::Database(e))
+                if attempt < MIGRATE_ATTEMPTS && e.code().as_deref() == Some("5") =>
+            {
+                tracing::debug!(attempt, "database is locked while opening; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 impl SqliteStore {
     /// Open (creating if needed) and migrate the database at `sqlite://path`, `sqlite:path`
     /// or a bare path. `sqlite::memory:` gives a private in-memory database (tests).
@@ -79,17 +102,16 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        let write = write_pool.connect_with(options.clone()).await?;
+        let write = connect_retrying(&write_pool, &options).await?;
         Self::migrate(&write).await?;
 
         let read = if in_memory {
             write.clone()
         } else {
-            SqlitePoolOptions::new()
+            let read_pool = SqlitePoolOptions::new()
                 .max_connections(READ_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?
+                .acquire_timeout(ACQUIRE_TIMEOUT);
+            connect_retrying(&read_pool, &options).await?
         };
         Ok(SqliteStore { write, read })
     }
