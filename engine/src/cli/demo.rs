@@ -11,8 +11,9 @@ use serde_json::{json, Map, Value};
 use super::{progress, App};
 use crate::exec::decide::{decide, Decider, Verdict};
 use crate::exec::StartRequest;
+use crate::runbook::model::StepKind;
 use crate::runbook::validate::validate;
-use crate::store::{Created, RunStatus};
+use crate::store::{Created, RunStatus, StepStatus};
 
 /// The default response runbook, embedded so the demo works from any directory.
 const DEFAULT_RUNBOOK: &str = include_str!("../../../runbooks/dprk-it-worker-containment.yaml");
@@ -67,7 +68,7 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     inputs.insert("confidence".into(), json!(0.92));
     let created = engine
         .start_run(StartRequest {
-            runbook: rb,
+            runbook: rb.clone(),
             inputs,
             trigger: "cli:demo-analyst".into(),
             started_by: "demo-analyst".into(),
@@ -82,31 +83,7 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     }
     eprintln!("▶ alert {alert_id}: suspected remote IT worker j.smith@example.com");
     let display = Arc::new(progress::Display::new(json_out));
-    let run = engine.execute(&run.id, display.clone()).await?;
-    if run.status != RunStatus::Waiting {
-        anyhow::bail!(
-            "expected the run to wait for counsel's approval, it is {}: {}",
-            run.status.as_str(),
-            run.error.unwrap_or_default()
-        );
-    }
-    eprintln!("⚖ counsel (demo-counsel, group legal) reviews the preserved evidence and approves");
-    let counsel = Decider {
-        name: "demo-counsel".into(),
-        via: "cli".into(),
-        groups: Some(vec!["legal".into()]),
-        admin: false,
-    };
-    decide(
-        engine,
-        &run.id,
-        "approve-containment",
-        &counsel,
-        Verdict::Approve,
-        Some("Evidence preserved; proceed.".into()),
-    )
-    .await?;
-    let run = engine.execute(&run.id, display).await?;
+    let run = run_to_the_end(engine, &rb, &run.id, display).await?;
     let evidence = engine.store().evidence(&run.id).await?;
     let ev_report = engine.inner.evidence.verify_run(&run.id, &evidence);
     let events = engine.store().audit_events(None).await?;
@@ -122,39 +99,13 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
             }))?
         );
     } else {
+        let decisions = engine.store().decisions(&run.id).await?;
         eprintln!();
         eprintln!("run {} {}", run.id, run.status.as_str());
-        for step in [
-            "suspend-identity",
-            "revoke-sessions",
-            "contain-devices",
-            "lock-devices",
-        ] {
-            let output = doc["steps"]
-                .as_array()
-                .and_then(|s| s.iter().find(|x| x["id"] == step))
-                .map(|s| s["output"].clone())
-                .unwrap_or_default();
-            // A `for_each` step's output is one role output per device.
-            let outputs = match output {
-                Value::Array(list) => list,
-                other => vec![other],
-            };
-            let results: Vec<Value> = outputs
-                .iter()
-                .filter_map(|o| o["results"].as_array())
-                .flatten()
-                .cloned()
-                .collect();
-            for r in results {
-                eprintln!(
-                    "  {step:<18} {:<16} {:<8} {}",
-                    r["connector"].as_str().unwrap_or(""),
-                    r["status"].as_str().unwrap_or(""),
-                    r["output"]["target"].as_str().unwrap_or("")
-                );
-            }
-        }
+        eprintln!();
+        eprintln!("timeline (UTC)");
+        print_timeline(&doc, &decisions);
+        eprintln!();
         eprintln!(
             "evidence: {} artifact(s), {}",
             evidence.len(),
@@ -166,8 +117,12 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
         );
         for e in &evidence {
             eprintln!(
-                "  {} {:>6} records  sha256 {}",
-                e.meta.connector_type, e.records, e.sha256
+                "  {}  {:<42} {:>7} records {:>9} bytes  sha256 {}",
+                e.evidence_id,
+                format!("{}.{}", e.meta.instance, e.meta.action),
+                e.records,
+                e.bytes,
+                e.sha256
             );
         }
         eprintln!(
@@ -185,4 +140,152 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     }
     let ok = run.status == RunStatus::Succeeded && ev_report.ok() && audit.ok;
     Ok(if ok { 0 } else { 1 })
+}
+
+/// The demo's stand-in for counsel, finance and IT: it approves every approval and marks
+/// every task done, and says so, so nobody mistakes a demo trail for a real decision.
+const DEMO_APPROVER: &str = "demo-approver";
+
+/// Run until the run finishes, deciding each approval and task as [`DEMO_APPROVER`].
+async fn run_to_the_end(
+    engine: &crate::exec::Engine,
+    rb: &crate::runbook::validate::ValidatedRunbook,
+    run_id: &str,
+    display: Arc<progress::Display>,
+) -> Result<crate::store::RunRecord> {
+    // Each round decides at least one step, so a runbook with N gates needs at most N rounds.
+    let rounds = rb.runbook.steps.len() + 1;
+    for _ in 0..rounds {
+        let run = engine.execute(run_id, display.clone()).await?;
+        if run.status != RunStatus::Waiting {
+            return Ok(run);
+        }
+        let steps = engine.store().steps(run_id).await?;
+        let waiting: Vec<_> = steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Waiting)
+            .collect();
+        if waiting.is_empty() {
+            anyhow::bail!("run {run_id} waits, but no step is waiting for a decision");
+        }
+        for step in waiting {
+            let Some(def) = rb.step(&step.step_id) else {
+                anyhow::bail!(
+                    "run {run_id} waits on `{}`, which the runbook lacks",
+                    step.step_id
+                );
+            };
+            let (verdict, groups, what, comment) = match def.kind() {
+                StepKind::Approval => (
+                    Verdict::Approve,
+                    def.approval.as_ref().map(|a| a.approvers.clone()),
+                    "approves",
+                    "Demo: approved automatically by the demo approver, not by a person.",
+                ),
+                StepKind::Task => (
+                    Verdict::Done,
+                    def.task.as_ref().map(|t| t.assignees.clone()),
+                    "marks done",
+                    "Demo: marked done automatically by the demo approver; nothing was done.",
+                ),
+                StepKind::Action => continue,
+            };
+            // The demo approver belongs to exactly the groups the step names.
+            let groups: Vec<String> = groups
+                .unwrap_or_default()
+                .iter()
+                .map(|g| g.strip_prefix("role:").unwrap_or(g).to_string())
+                .collect();
+            eprintln!(
+                "⚖ {DEMO_APPROVER} (automatic, demo only; groups {}) {what} `{}`",
+                groups.join(", "),
+                step.step_id
+            );
+            let decider = Decider {
+                name: DEMO_APPROVER.into(),
+                via: "cli".into(),
+                groups: Some(groups),
+                admin: false,
+            };
+            decide(
+                engine,
+                run_id,
+                &step.step_id,
+                &decider,
+                verdict,
+                Some(comment.into()),
+            )
+            .await?;
+        }
+    }
+    anyhow::bail!("run {run_id} still waits after every gate was decided")
+}
+
+/// One line per step: when it finished, its state, and what it did.
+fn print_timeline(doc: &Value, decisions: &[crate::store::Decision]) {
+    let Some(steps) = doc["steps"].as_array() else {
+        return;
+    };
+    let mut steps: Vec<&Value> = steps.iter().collect();
+    steps.sort_by_key(|s| s["finished_at"].as_str().unwrap_or("~").to_string());
+    for step in steps {
+        let id = step["id"].as_str().unwrap_or("");
+        let at = step["finished_at"]
+            .as_str()
+            .and_then(|t| t.get(11..23))
+            .unwrap_or("            ");
+        let status = step["status"].as_str().unwrap_or("");
+        eprintln!(
+            "  {at}  {id:<32} {status:<9} {}",
+            step_summary(step, id, decisions)
+        );
+    }
+}
+
+/// What a step did, in a few words: role results per instance, evidence, drafts, deciders.
+fn step_summary(step: &Value, id: &str, decisions: &[crate::store::Decision]) -> String {
+    let by: Vec<String> = decisions
+        .iter()
+        .filter(|d| d.step_id == id)
+        .map(|d| format!("{} by {}", d.decision, d.decided_by))
+        .collect();
+    if !by.is_empty() {
+        return by.join(", ");
+    }
+    let outputs: Vec<&Value> = match &step["output"] {
+        Value::Array(list) => list.iter().collect(),
+        Value::Null => return step["error"].as_str().unwrap_or("").to_string(),
+        other => vec![other],
+    };
+    let mut parts = Vec::new();
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut instances = std::collections::BTreeSet::new();
+    for out in outputs {
+        if let Some(results) = out["results"].as_array() {
+            for r in results {
+                *counts
+                    .entry(r["status"].as_str().unwrap_or("?").replace('_', " "))
+                    .or_default() += 1;
+                instances.insert(r["connector"].as_str().unwrap_or("?").to_string());
+            }
+        } else if let Some(d) = out["draft_id"].as_str() {
+            parts.push(format!("draft {d}"));
+        } else if let Some(sha) = out["sha256"].as_str() {
+            parts.push(format!(
+                "{} records, sha256 {}…",
+                out["records"],
+                &sha[..sha.len().min(16)]
+            ));
+        }
+    }
+    if !counts.is_empty() {
+        let c: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        parts.push(format!(
+            "{} on {} instance(s): {}",
+            c.join(", "),
+            instances.len(),
+            instances.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    parts.join("; ")
 }
