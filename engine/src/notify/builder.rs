@@ -648,6 +648,181 @@ pub fn format_cents(c: i128) -> String {
 mod tests {
     use super::*;
 
+    fn run_record() -> RunRecord {
+        RunRecord {
+            id: "01RUN".into(),
+            runbook: "rb".into(),
+            runbook_text: "version: 1\nname: rb\nsteps:\n  - id: find-user\n    uses: okta.get_user\n    with: { user: x@example.com }\n".into(),
+            runbook_sha256: "ab".repeat(32),
+            status: crate::store::RunStatus::Running,
+            trigger: "cli:analyst".into(),
+            started_by: "analyst".into(),
+            inputs: json!({"alert_id": "A-1", "subject_email": "x@example.com", "device_serials": ["S1", "S9"], "confidence": 0.9}),
+            concurrency_key: Some("x@example.com".into()),
+            undo_of: None,
+            dry_run: false,
+            case_id: "x@example.com".into(),
+            error: None,
+            created_at: "2026-11-25T10:00:00.000Z".into(),
+            started_at: Some("2026-11-25T10:00:01.000Z".into()),
+            finished_at: None,
+            cancel_requested: false,
+        }
+    }
+
+    fn item(step: &str, idx: u32, inputs: Value, output: Value, finished: &str) -> ItemRecord {
+        ItemRecord {
+            run_id: "01RUN".into(),
+            step_id: step.into(),
+            idx,
+            status: StepStatus::Succeeded,
+            attempts: 1,
+            inputs,
+            connector: "role".into(),
+            output: Some(output),
+            error: None,
+            prior_state: None,
+            secret_output: Some(json!({"jamf-prod": {"pin": "482913"}})),
+            started_at: None,
+            finished_at: Some(finished.into()),
+        }
+    }
+
+    /// Facts from a run's items: role results and a plain vendor step, IP lists merged by
+    /// address wherever they sit, devices merged by serial, mutations as actions; secrets
+    /// never read.
+    #[test]
+    fn facts_from_run_items() {
+        let run = run_record();
+        let rb = crate::exec::runner::stored_runbook(&run).expect("valid");
+        let items = vec![
+            item(
+                "find-user",
+                0,
+                json!({"user": "x@example.com"}),
+                json!({"found": true, "id": "00u1", "login": "x@example.com", "email": "x.alias@example.com", "name": "Pat Example", "status": "ACTIVE"}),
+                "2026-11-25T10:00:02.000Z",
+            ),
+            item(
+                "logs",
+                0,
+                json!({"user": "x@example.com"}),
+                json!({"results": [
+                    {"connector": "okta-prod", "type": "okta", "action": "snapshot_system_log", "status": "succeeded",
+                     "output": {"evidence_id": "e1", "ip_addresses": [
+                        {"ip": "203.0.113.7", "first_seen": "2026-11-01T08:00:00Z", "last_seen": "2026-11-02T08:00:00Z", "events": 10, "country": "SG"},
+                        {"ip": "198.51.100.2", "first_seen": "2026-10-01T08:00:00Z", "last_seen": "2026-10-01T09:00:00Z", "events": 1}]}},
+                    {"connector": "graph", "type": "entra", "action": "snapshot_sign_ins", "status": "succeeded",
+                     "output": {"nested": {"ip_addresses": [
+                        {"ip": "203.0.113.7", "first_seen": "2026-10-30T08:00:00+00:00", "last_seen": "2026-11-20T08:00:00Z", "events": 5, "country": "SG"}]}}},
+                ]}),
+                "2026-11-25T10:00:03.000Z",
+            ),
+            item(
+                "find-devices",
+                0,
+                json!({"device": "S1"}),
+                json!({"results": [
+                    {"connector": "jamf-prod", "type": "jamf", "action": "find_computer", "status": "succeeded",
+                     "output": {"found": true, "id": "17", "serial": "S1", "name": "mbp", "os": "macOS 14", "owner": "x@example.com"}},
+                    {"connector": "falcon", "type": "crowdstrike", "action": "find_host", "status": "succeeded",
+                     "output": {"found": true, "id": "aid1", "serial": "s1"}},
+                    {"connector": "kandji", "type": "kandji", "action": "find_device", "status": "not_found", "output": {"found": false}},
+                ]}),
+                "2026-11-25T10:00:04.000Z",
+            ),
+            item(
+                "inventory",
+                0,
+                json!({"device": "S1"}),
+                json!({"results": [
+                {"connector": "fleet", "type": "fleet", "action": "snapshot_software", "status": "succeeded",
+                 "output": {"remote_access_tools": ["AnyDesk", "anydesk", "TeamViewer"]}}]}),
+                "2026-11-25T10:00:05.000Z",
+            ),
+            item(
+                "lock",
+                0,
+                json!({"device": "S1"}),
+                json!({"results": [
+                {"connector": "jamf-prod", "type": "jamf", "action": "lock_computer", "status": "succeeded",
+                 "output": {"target": "17", "already": false, "pin": "[SECRET]"}},
+                {"connector": "kandji", "type": "kandji", "action": "lock_device", "status": "not_found", "output": {"found": false}}]}),
+                "2026-11-25T10:00:07.000Z",
+            ),
+            item(
+                "suspend",
+                0,
+                json!({"user": "x@example.com"}),
+                json!({"results": [
+                {"connector": "okta-prod", "type": "okta", "action": "suspend_user", "status": "already",
+                 "output": {"target": "00u1", "already": true}}]}),
+                "2026-11-25T10:00:06.000Z",
+            ),
+        ];
+        let f = facts_from_run(&RunState {
+            run: &run,
+            runbook: Some(&rb),
+            items: &items,
+            evidence: &[],
+            decisions: &[],
+            now: "2026-11-26T09:00:00.000Z",
+        });
+        assert!(!f.to_string().contains("482913"), "secrets are never read");
+        assert_eq!(
+            f["subject"]["emails"],
+            json!(["x@example.com", "x.alias@example.com"])
+        );
+        assert_eq!(f["subject"]["names"], json!(["Pat Example"]));
+        assert_eq!(f["subject"]["accounts"][0]["connector"], "role");
+        assert_eq!(f["case"]["prepared_on"], "2026-11-26");
+        let ips = f["network"]["ip_addresses"].as_array().expect("ips");
+        assert_eq!(ips.len(), 2);
+        let a = ips
+            .iter()
+            .find(|i| i["ip"] == "203.0.113.7")
+            .expect("merged");
+        assert_eq!(a["first_seen"], "2026-10-30T08:00:00+00:00");
+        assert_eq!(a["last_seen"], "2026-11-20T08:00:00Z");
+        assert_eq!(a["events"], 15);
+        assert_eq!(a["sources"], json!(["okta-prod", "graph"]));
+        assert_eq!(ips[0]["ip"], "198.51.100.2", "oldest first");
+        let devices = f["devices"].as_array().expect("devices");
+        assert_eq!(
+            devices.len(),
+            2,
+            "S1 found (twice, merged) and S9 only given"
+        );
+        assert_eq!(devices[0]["serial"], "S1");
+        assert_eq!(devices[0]["platform"], "macOS 14");
+        assert_eq!(devices[0]["vendor_ids"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            devices[0]["managed_by"],
+            json!(["jamf-prod (jamf)", "falcon (crowdstrike)"])
+        );
+        assert_eq!(devices[0]["rmm_tools"], json!(["AnyDesk", "TeamViewer"]));
+        assert_eq!(devices[1]["serial"], "S9");
+        let actions = f["actions"].as_array().expect("actions");
+        assert_eq!(
+            actions.len(),
+            2,
+            "mutations only, not_found left out: {actions:#?}"
+        );
+        assert_eq!(actions[0]["action"], "suspend_user");
+        assert_eq!(actions[0]["result"], "already");
+        assert_eq!(actions[0]["at"], "2026-11-25T10:00:06.000Z");
+        assert_eq!(actions[1]["action"], "lock_computer");
+        assert_eq!(actions[1]["entity"], "S1");
+        assert_eq!(actions[1]["target"], "17");
+        let done = finish(f, None).expect("complete");
+        assert_eq!(
+            done["case"]["dates"]["containment"],
+            "2026-11-25T10:00:06.000Z"
+        );
+        assert_eq!(done["network"]["countries"], json!(["SG"]));
+        assert_eq!(done["network"]["first_seen"], "2026-10-01T08:00:00Z");
+    }
+
     #[test]
     fn money() {
         assert_eq!(parse_cents("4,250.5"), Some(425_050));

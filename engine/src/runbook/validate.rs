@@ -2110,6 +2110,34 @@ mod tests {
     }
 
     #[test]
+    fn draft_templates_are_checked_against_the_facts_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("brief.md.hbs"),
+            "---\nsubject: Brief\naudience: internal\n---\n# Brief\n\n{{case.id}} {{case.orgnisation.name}}\n{{field_office}}\n",
+        )
+        .expect("write");
+        let ctx = ValidationContext {
+            templates: Some(crate::notify::DraftTemplates::new(Some(
+                dir.path().to_path_buf(),
+            ))),
+            ..ValidationContext::default()
+        };
+        let src = "version: 1\nname: t\nsteps:\n  - id: brief\n    uses: notify.draft\n    with:\n      template: brief\n      data: { field_office: Phoenix }\n";
+        let errs: Vec<String> = match validate(src, "rb.yaml", &ctx) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(ToString::to_string).collect(),
+        };
+        let file = dir.path().join("brief.md.hbs").display().to_string();
+        assert_eq!(
+            errs,
+            vec![format!("rb.yaml:7:17: step `brief`: template `brief` ({file}:7:13): field `case.orgnisation` is not in the incident-facts schema; did you mean `organisation`? [E191]")]
+        );
+        // Without templates in the context (a stored runbook at resume) nothing is checked.
+        assert!(run(src).is_ok());
+    }
+
+    #[test]
     fn example_validates_with_order_hash_and_ancestors() {
         let v = run(EXAMPLE).unwrap_or_else(|d| panic!("{d:#?}"));
         assert_eq!(v.runbook.name, "example-containment");
