@@ -243,14 +243,16 @@ impl DraftTemplates {
     }
 
     /// Load template `name`: the folder's file, else the shipped one.
-    pub fn load(&self, name: &str) -> Result<DraftTemplate, TemplateError> {
-        let err = |file: String, message: String| TemplateError {
-            template: name.to_string(),
-            file,
-            line: None,
-            column: None,
-            field: None,
-            message,
+    pub fn load(&self, name: &str) -> Result<DraftTemplate, Box<TemplateError>> {
+        let err = |file: String, message: String| {
+            Box::new(TemplateError {
+                template: name.to_string(),
+                file,
+                line: None,
+                column: None,
+                field: None,
+                message,
+            })
         };
         if !valid_name(name) {
             return Err(err(
@@ -295,7 +297,7 @@ impl DraftTemplates {
         facts: &Value,
         shape: &Shape,
     ) -> Result<Rendered, Vec<TemplateError>> {
-        let (subject_t, body_t) = t.compile().map_err(|e| vec![e])?;
+        let (subject_t, body_t) = t.compile().map_err(|e| vec![*e])?;
         let problems = t.check_compiled(&subject_t, &body_t, shape);
         if !problems.is_empty() {
             return Err(problems);
@@ -361,14 +363,16 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Split front matter from body and read `subject` and `audience`.
-pub fn parse(name: &str, file: &str, text: &str) -> Result<DraftTemplate, TemplateError> {
-    let at = |line: usize, message: String| TemplateError {
-        template: name.to_string(),
-        file: file.to_string(),
-        line: Some(line),
-        column: Some(1),
-        field: None,
-        message,
+pub fn parse(name: &str, file: &str, text: &str) -> Result<DraftTemplate, Box<TemplateError>> {
+    let at = |line: usize, message: String| {
+        Box::new(TemplateError {
+            template: name.to_string(),
+            file: file.to_string(),
+            line: Some(line),
+            column: Some(1),
+            field: None,
+            message,
+        })
     };
     let mut lines = text.split_inclusive('\n');
     let first = lines.next().unwrap_or("");
@@ -492,19 +496,19 @@ impl DraftTemplate {
     }
 
     /// Compile subject and body (syntax errors located in the file).
-    pub fn compile(&self) -> Result<(Template, Template), TemplateError> {
+    pub fn compile(&self) -> Result<(Template, Template), Box<TemplateError>> {
         let compile = |src: &str, first_line: usize| {
             Template::compile_with_name(src, self.name.clone()).map_err(|e| {
                 let (line, column) = match e.pos() {
                     Some((l, c)) => (Some(first_line + l.saturating_sub(1)), Some(c)),
                     None => (Some(first_line), None),
                 };
-                self.error(
+                Box::new(self.error(
                     line,
                     column,
                     None,
                     format!("template syntax error: {}", e.reason()),
-                )
+                ))
             })
         };
         let subject = compile(&self.subject, self.subject_line)?;
@@ -517,7 +521,7 @@ impl DraftTemplate {
     pub fn check(&self, shape: &Shape) -> Vec<TemplateError> {
         match self.compile() {
             Ok((s, b)) => self.check_compiled(&s, &b, shape),
-            Err(e) => vec![e],
+            Err(e) => vec![*e],
         }
     }
 
@@ -693,7 +697,9 @@ impl Checker<'_> {
                 }
                 Some((Shape::Any, String::new()))
             }
-            Parameter::Name(n) => self.resolve(&[n.clone()], 0, false, n, frames, pos, want),
+            Parameter::Name(n) => {
+                self.resolve(std::slice::from_ref(n), 0, false, n, frames, pos, want)
+            }
             Parameter::Path(Path::Local((level, name, raw))) => {
                 let each = frames.iter().rev().skip(*level).any(|f| f.each);
                 if !each || !["index", "first", "last", "key"].contains(&name.as_str()) {
