@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cordon::notify::DraftTemplates;
 use cordon::runbook::{validate, ValidationContext};
 
 /// A configuration with two `http` instances and one `core` instance, so that the
-/// `connector:` checks run.
+/// `connector:` checks run, and the shipped notification templates, so that `notify.draft`
+/// steps are checked.
 fn ctx() -> ValidationContext {
     let instances: BTreeMap<String, String> = [
         ("api-prod", "http"),
@@ -23,6 +25,7 @@ fn ctx() -> ValidationContext {
     .collect();
     ValidationContext {
         instances: Some(instances),
+        templates: Some(DraftTemplates::shipped()),
     }
 }
 

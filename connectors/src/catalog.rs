@@ -28,8 +28,11 @@ pub enum Effect {
     Mutation,
     /// Collects evidence; not called in a dry run.
     Snapshot,
-    /// Sends or drafts a message; not idempotent in general.
+    /// Sends a message; not idempotent in general.
     Send,
+    /// Records something inside Cordon only (`notify.draft` stores a draft): no vendor is
+    /// called and nothing outside Cordon changes. Not called in a dry run; not guarded.
+    Record,
     /// `http.request`: a lookup for GET/HEAD, a mutation otherwise.
     ByMethod,
 }
@@ -107,6 +110,7 @@ pub fn catalog() -> &'static [TypeDecl] {
         crate::intune::TYPE,
         crate::defender::TYPE,
         crate::slack::TYPE,
+        crate::notify::TYPE,
         crate::smtp::TYPE,
         crate::splunk::TYPE,
         crate::elasticsearch::TYPE,

@@ -15,6 +15,7 @@
 //! - [`oauth`]: the shared OAuth 2.0 client-credentials token source.
 //! - Devices: [`jamf`] (Jamf Pro), [`kandji`].
 //! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`okta`].
+//! - [`notify`]: `notify.draft`, declared here and executed by the engine.
 //! - [`sandbox`]: a local imitation of vendor APIs for `cordon demo` and tests.
 
 pub mod catalog;
@@ -32,6 +33,7 @@ pub mod http_client;
 pub mod intune;
 pub mod jamf;
 pub mod kandji;
+pub mod notify;
 pub mod oauth;
 pub mod okta;
 pub mod registry;

@@ -2,7 +2,7 @@
 //!
 //! [`Registry::from_config`] checks every instance's settings and reports every problem at
 //! once ([`ConfigError`] names the instance and the setting, with a hint); types usable
-//! without settings (`core`, `http`) get a default instance named after the type.
+//! without settings (`core`, `http`, `notify`) get a default instance named after the type.
 //! [`Registry::resolve`] answers "which instance runs `okta.suspend_user` here?".
 //!
 //! Adding a vendor type is one match arm in `build` plus a `from_settings` constructor
@@ -600,6 +600,10 @@ fn build(
             Settings::new(name, map, &[], base_dir, redactor).finish()?;
             Ok(Arc::new(CoreConnector::new(name)))
         }
+        "notify" => {
+            Settings::new(name, map, &[], base_dir, redactor).finish()?;
+            Ok(Arc::new(crate::notify::NotifyConnector::new(name)))
+        }
         "http" => {
             let settings = Settings::new(name, map, HttpConnector::SETTINGS, base_dir, redactor);
             Ok(Arc::new(HttpConnector::from_settings(settings)?))
@@ -656,7 +660,8 @@ mod tests {
             r.instance_types(),
             BTreeMap::from([
                 ("core".into(), "core".into()),
-                ("http".into(), "http".into())
+                ("http".into(), "http".into()),
+                ("notify".into(), "notify".into())
             ])
         );
         assert_eq!(r.resolve("http", None).unwrap().instance(), "http");

@@ -13,11 +13,15 @@
 //!   `{file: …}`): SMTP AUTH credentials. Never sent over `none`.
 //!
 //! Action `send_email` (`Effect::Send`): inputs `to` (an address or a list of them),
-//! `subject`, `body` (plain text). `draft` (a stored draft's id) is declared because
-//! runbooks may name it, but the engine resolves drafts into `subject`/`body` before the
-//! call: this connector accepts `draft` only alongside them, and refuses a bare `draft`
-//! (naming the field) rather than send an empty message. The vendor exchange is one SMTP
-//! session: EHLO, (STARTTLS), (AUTH), MAIL FROM, RCPT TO per recipient, DATA.
+//! `subject`, `body` (plain text) and optional `body_markdown`. With `body_markdown` the
+//! message is `multipart/alternative`: the plain text first, then the Markdown as
+//! `text/markdown; variant=CommonMark` (RFC 7763), so a client that cannot show Markdown
+//! shows the text. `draft` (a stored draft's id) is declared because runbooks name it, but
+//! the engine resolves drafts into `subject`/`body`/`body_markdown` before the call (and
+//! refuses drafts meant for authorities): this connector accepts `draft` only alongside
+//! them, and refuses a bare `draft` (naming the field) rather than send an empty message.
+//! The vendor exchange is one SMTP session: EHLO, (STARTTLS), (AUTH), MAIL FROM, RCPT TO
+//! per recipient, DATA.
 //!
 //! The `Message-ID` is derived from the call's idempotency key, so every attempt of one
 //! step sends the same id and receiving systems can spot a duplicate. Output:
@@ -35,7 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::header::ContentType;
-use lettre::message::Mailbox;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -80,10 +84,16 @@ pub const TYPE: TypeDecl = TypeDecl {
                 description: "plain-text body (required unless the engine resolves `draft`)",
             },
             FieldDecl {
+                name: "body_markdown",
+                ty: "string",
+                required: false,
+                description: "a Markdown alternative of `body` (sent as a second, text/markdown part)",
+            },
+            FieldDecl {
                 name: "draft",
                 ty: "string",
                 required: false,
-                description: "a stored draft id; the engine resolves it into subject and body",
+                description: "a stored draft id (of this run, not for an authority); the engine resolves it into subject and body",
             },
         ],
         outputs: &[
@@ -366,18 +376,39 @@ impl SmtpConnector {
             return Err(invalid("subject", "must be one line"));
         }
         let body = required_text(input, "body")?;
+        let markdown = match input.get("body_markdown") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(required_text(input, "body_markdown")?),
+        };
         let message_id = self.message_id(call.idempotency_key);
         let mut builder = Message::builder()
             .from(self.config.from.clone())
             .subject(subject)
-            .message_id(Some(message_id.clone()))
-            .header(ContentType::TEXT_PLAIN);
+            .message_id(Some(message_id.clone()));
         for m in &to {
             builder = builder.to(m.clone());
         }
-        let message = builder
-            .body(body)
-            .map_err(|e| ConnectorError::Other(format!("cannot build the message: {e}")))?;
+        let built = match markdown {
+            None => builder.header(ContentType::TEXT_PLAIN).body(body),
+            Some(md) => {
+                let markdown_type =
+                    ContentType::parse("text/markdown; charset=utf-8; variant=CommonMark")
+                        .map_err(|e| {
+                            ConnectorError::Other(format!("text/markdown content type: {e}"))
+                        })?;
+                builder.multipart(
+                    MultiPart::alternative()
+                        .singlepart(
+                            SinglePart::builder()
+                                .header(ContentType::TEXT_PLAIN)
+                                .body(body),
+                        )
+                        .singlepart(SinglePart::builder().header(markdown_type).body(md)),
+                )
+            }
+        };
+        let message =
+            built.map_err(|e| ConnectorError::Other(format!("cannot build the message: {e}")))?;
         self.transport
             .send(message)
             .await

@@ -12,6 +12,8 @@
 //! - [`store`]: durable state behind one trait (SQLite today).
 //! - [`audit`]: the hash chain: hashing, verification, export.
 //! - [`evidence`]: the local evidence store and its manifests.
+//! - [`notify`]: the incident-facts schema, notification templates, drafts, and sending
+//!   drafts.
 //! - [`cli`]: the `cordon` command line and its progress display.
 
 pub mod audit;
@@ -21,6 +23,7 @@ pub mod duration;
 pub mod evidence;
 pub mod exec;
 pub mod expr;
+pub mod notify;
 pub mod runbook;
 pub mod store;
 pub mod time;

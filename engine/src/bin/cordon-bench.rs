@@ -73,7 +73,7 @@ fn chain(name: &str, n: usize) -> String {
 }
 
 async fn start(engine: &Engine, text: &str) -> anyhow::Result<String> {
-    let rb = validate(text, "bench.yaml", &ValidationContext { instances: None })
+    let rb = validate(text, "bench.yaml", &ValidationContext::default())
         .map_err(|d| anyhow::anyhow!("{d:?}"))?;
     match engine
         .start_run(StartRequest {

@@ -125,6 +125,16 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
                 e.sha256
             );
         }
+        let drafts = engine.store().drafts(&run.id).await?;
+        if !drafts.is_empty() {
+            eprintln!(
+                "drafts for counsel: {} (never sent to an authority)",
+                drafts.len()
+            );
+            for d in &drafts {
+                eprintln!("  {:<34} {} {}", d.template, d.draft_id, d.subject);
+            }
+        }
         eprintln!(
             "audit chain: {} events, {}",
             audit.events,
@@ -137,6 +147,9 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
             run.id
         );
         eprintln!("      cordon evidence verify {}", run.id);
+        if !drafts.is_empty() {
+            eprintln!("      cordon drafts export {}", run.id);
+        }
     }
     let ok = run.status == RunStatus::Succeeded && ev_report.ok() && audit.ok;
     Ok(if ok { 0 } else { 1 })

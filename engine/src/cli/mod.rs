@@ -5,6 +5,7 @@
 //! `--json` document.
 
 mod demo;
+mod drafts;
 pub mod progress;
 
 pub use demo::demo;
@@ -23,6 +24,7 @@ use serde_json::{json, Map, Value};
 use crate::config::Config;
 use crate::exec::decide::{decide, Decider, Verdict};
 use crate::exec::{Engine, ExecError, StartRequest};
+use crate::notify::DraftTemplates;
 use crate::runbook::validate::{validate_file, ValidatedRunbook, ValidationContext};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditDraft, Created, RunFilter, RunRecord, RunStatus, Store};
@@ -131,8 +133,23 @@ pub enum Command {
         #[command(subcommand)]
         command: EvidenceCommand,
     },
-    /// Print the JSON Schema of the runbook format.
-    Schema,
+    /// Print the JSON Schema of the runbook format (or, with --facts, of the incident facts
+    /// notification templates are filled from).
+    Schema {
+        /// The incident-facts schema instead.
+        #[arg(long)]
+        facts: bool,
+    },
+    /// Notification drafts of a run: list, show, export for counsel.
+    Drafts {
+        #[command(subcommand)]
+        command: DraftsCommand,
+    },
+    /// Notification templates: list, preview with sample or given facts, the facts schema.
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
+    },
     /// List connector types, their actions, inputs and outputs.
     Connectors {
         #[command(subcommand)]
@@ -227,6 +244,54 @@ pub enum EvidenceCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum DraftsCommand {
+    /// The drafts of RUN.
+    List {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One draft: its Markdown (default), its plain text, or everything as JSON.
+    Show {
+        draft: String,
+        /// The plain-text version (what email sends).
+        #[arg(long, conflicts_with = "json")]
+        text: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write RUN's drafts as `<template>.md` and `<template>.txt` (default folder
+    /// `drafts/<RUN>`), and print their paths.
+    Export {
+        run: String,
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TemplatesCommand {
+    /// Every template (the templates folder's and the shipped ones), checked.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render a template with the sample facts, or with FILE (JSON or YAML), to preview it.
+    Render {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        facts: Option<PathBuf>,
+        /// The plain-text version.
+        #[arg(long, conflicts_with = "json")]
+        text: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of the incident facts.
+    Schema,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ListCommand {
     List {
         #[arg(long)]
@@ -245,7 +310,7 @@ impl std::fmt::Display for Exit {
 }
 impl std::error::Error for Exit {}
 
-fn bad_input(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn bad_input(msg: impl Into<String>) -> anyhow::Error {
     Exit(2, msg.into()).into()
 }
 
@@ -268,12 +333,18 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     let config_path = cli.config.clone();
     match cli.command {
         Command::Validate { paths, json } => cmd_validate(config_path.as_deref(), paths, json),
-        Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::runbook::schema::json_schema())?
-            );
+        Command::Schema { facts } => {
+            let schema = if facts {
+                crate::notify::facts::json_schema()
+            } else {
+                crate::runbook::schema::json_schema()
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(0)
+        }
+        Command::Templates { command } => {
+            let config = load_config(config_path.as_deref())?;
+            drafts::cmd_templates(&config, command)
         }
         Command::Connectors {
             command: ListCommand::List { json },
@@ -327,7 +398,7 @@ impl App {
         })
     }
 
-    fn store(&self) -> &dyn Store {
+    pub(crate) fn store(&self) -> &dyn Store {
         self.engine.store()
     }
 
@@ -443,8 +514,10 @@ impl App {
             Command::Evidence {
                 command: EvidenceCommand::Verify { run },
             } => self.cmd_evidence_verify(&run).await,
+            Command::Drafts { command } => drafts::cmd_drafts(self, command).await,
             Command::Validate { .. }
-            | Command::Schema
+            | Command::Schema { .. }
+            | Command::Templates { .. }
             | Command::Connectors { .. }
             | Command::Runbooks { .. }
             | Command::Demo { .. } => Err(anyhow!("unreachable command dispatch")),
@@ -1040,6 +1113,7 @@ fn cmd_validate(config_path: Option<&Path>, paths: Vec<PathBuf>, json: bool) -> 
         match Registry::from_config(&config.connectors, &config.base_dir, &redactor) {
             Ok(r) => ValidationContext {
                 instances: Some(r.instance_types()),
+                templates: Some(DraftTemplates::new(Some(config.templates_dir.clone()))),
             },
             Err(errs) => {
                 return Err(bad_input(
@@ -1051,7 +1125,10 @@ fn cmd_validate(config_path: Option<&Path>, paths: Vec<PathBuf>, json: bool) -> 
             }
         }
     } else {
-        ValidationContext { instances: None }
+        ValidationContext {
+            instances: None,
+            templates: Some(DraftTemplates::new(Some(config.templates_dir.clone()))),
+        }
     };
     let targets = if paths.is_empty() {
         vec![config.runbooks_dir.clone()]
@@ -1149,7 +1226,7 @@ fn cmd_connectors(json: bool) {
 }
 
 fn cmd_runbooks(config: &Config, json: bool) -> Result<u8> {
-    let ctx = ValidationContext { instances: None };
+    let ctx = ValidationContext::default();
     let mut list = Vec::new();
     for f in runbook_files(&config.runbooks_dir) {
         match validate_file(&f, &ctx) {

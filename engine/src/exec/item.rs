@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, Observer, Progress};
-use crate::store::{AuditDraft, Change, ItemRecord, Lease, StepStatus, StoreError};
+use crate::store::{AuditDraft, Change, DraftRecord, ItemRecord, Lease, StepStatus, StoreError};
 
 /// A vendor's "retry after" is honoured up to this long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -76,6 +76,10 @@ pub struct ItemJob {
     pub observer: Arc<dyn Observer>,
     /// The stored prior state with its secrets, as calls see it (`ActionCall::prior`).
     pub prior_view: Option<Value>,
+    /// What the connector is called with when it differs from the stored inputs: a
+    /// `smtp.send_email` of a stored draft gets the draft's subject and bodies (the item
+    /// keeps only the draft id).
+    pub call_input: Option<Value>,
 }
 
 /// What came of it.
@@ -83,6 +87,8 @@ pub struct ItemDone {
     pub record: ItemRecord,
     pub evidence: Vec<EvidenceRecord>,
     pub requests: Vec<RequestSummary>,
+    /// Drafts `notify.draft` rendered, stored with the item's result.
+    pub drafts: Vec<DraftRecord>,
     /// The lease was lost: stop without committing anything more.
     pub lease_lost: bool,
 }
@@ -101,7 +107,30 @@ impl ItemJob {
         let requests = RequestLog::default();
         let resume = ResumeSlot::default();
         let key = self.idempotency_key();
-        let outcome = self.attempts(&sink, &requests, &resume, &key).await;
+        let mut drafts = Vec::new();
+        let outcome = match (self.connector.type_name(), self.decl.name) {
+            // Drafting changes nothing outside Cordon: no attempts, no retries; the draft is
+            // stored with the item's result, so a crash before that commit leaves nothing.
+            ("notify", "draft") => {
+                match crate::notify::draft_item(&self.engine, &self.record).await {
+                    Ok((output, draft)) => {
+                        drafts.push(draft);
+                        Ok(output)
+                    }
+                    Err(e) => Err(Outcome::Failed(e)),
+                }
+            }
+            ("smtp", "send_email") => {
+                match crate::notify::resolve_send(&self.engine, &self.record).await {
+                    Ok(call_input) => {
+                        self.call_input = call_input;
+                        self.attempts(&sink, &requests, &resume, &key).await
+                    }
+                    Err(e) => Err(Outcome::Failed(e)),
+                }
+            }
+            _ => self.attempts(&sink, &requests, &resume, &key).await,
+        };
         let mut lease_lost = false;
         let now = crate::time::now();
         let redactor = &self.engine.inner.redactor;
@@ -142,6 +171,7 @@ impl ItemJob {
             record: self.record,
             evidence: sink.take_records(),
             requests: requests.take(),
+            drafts,
             lease_lost,
         }
     }
@@ -245,7 +275,7 @@ impl ItemJob {
     ) -> ActionCall<'a> {
         ActionCall {
             action: self.decl.name,
-            input: &self.record.inputs,
+            input: self.call_input.as_ref().unwrap_or(&self.record.inputs),
             idempotency_key: key,
             run_id: &self.record.run_id,
             step_id: &self.record.step_id,

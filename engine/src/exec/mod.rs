@@ -106,6 +106,8 @@ pub struct EngineInner {
     pub store: Arc<dyn Store>,
     pub registry: Registry,
     pub templates: Templates,
+    /// Notification templates (the configured folder, the shipped ones as a fallback).
+    pub drafts: crate::notify::DraftTemplates,
     pub evidence: LocalEvidence,
     pub redactor: Redactor,
     /// This process's lease owner id: `host/pid/nonce`.
@@ -131,6 +133,7 @@ impl Engine {
         redactor: Redactor,
     ) -> Engine {
         let evidence = LocalEvidence::new(config.evidence_dir.clone());
+        let drafts = crate::notify::DraftTemplates::new(Some(config.templates_dir.clone()));
         let host = hostname();
         let owner = format!("{host}/{}/{}", std::process::id(), ulid::Ulid::new());
         Engine {
@@ -139,6 +142,7 @@ impl Engine {
                 store,
                 registry,
                 templates: Templates::new(),
+                drafts,
                 evidence,
                 redactor,
                 owner,
@@ -158,6 +162,7 @@ impl Engine {
     pub fn validation_context(&self) -> ValidationContext {
         ValidationContext {
             instances: Some(self.inner.registry.instance_types()),
+            templates: Some(self.inner.drafts.clone()),
         }
     }
 

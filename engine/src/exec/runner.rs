@@ -84,7 +84,7 @@ pub(crate) fn stored_runbook(run: &RunRecord) -> Result<ValidatedRunbook, ExecEr
     crate::runbook::validate::validate(
         &run.runbook_text,
         &format!("{} (stored with run {})", run.runbook, run.id),
-        &crate::runbook::validate::ValidationContext { instances: None },
+        &crate::runbook::validate::ValidationContext::default(),
     )
     .map_err(|diags| ExecError::StoredRunbook {
         run: run.id.clone(),
@@ -905,6 +905,7 @@ impl Runner {
                     cancel: self.cancel.child_token(),
                     observer: self.observer.clone(),
                     prior_view: None,
+                    call_input: None,
                 });
             }
             if touched {
@@ -937,6 +938,15 @@ impl Runner {
                     "collector": {"run": self.run.id, "step": step, "index": rec.idx, "connector": rec.connector},
                     "source": ev.meta,
                 }),
+            });
+        }
+        for d in &done.drafts {
+            self.changes.push(Change::Draft(d.clone()));
+            self.audit.push(AuditDraft {
+                run_id: Some(self.run.id.clone()),
+                actor: "engine".into(),
+                action: "draft.created".into(),
+                details: crate::notify::draft_audit_details(d),
             });
         }
         let action = match rec.status {

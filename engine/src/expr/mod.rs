@@ -14,6 +14,7 @@ mod cel;
 mod templates;
 
 pub use self::cel::{Cel, CelProgram};
+pub(crate) use self::templates::register_value_helpers;
 pub use self::templates::{template_refs, Clock, Templates};
 
 /// Something wrong with a template or a CEL expression.

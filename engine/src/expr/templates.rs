@@ -129,21 +129,7 @@ impl Templates {
             }),
         );
         hbs.register_helper("ago", Box::new(ClockHelper { clock, ago: true }));
-        let fns: [(&str, HelperFn); 10] = [
-            ("json", json_helper),
-            ("default", default_helper),
-            ("lower", lower_helper),
-            ("upper", upper_helper),
-            ("join", join_helper),
-            ("eq", eq_helper),
-            ("ne", ne_helper),
-            ("and", and_helper),
-            ("or", or_helper),
-            ("not", not_helper),
-        ];
-        for (name, f) in fns {
-            hbs.register_helper(name, Box::new(FnHelper { f }));
-        }
+        register_value_helpers(&mut hbs);
         Templates {
             inner: Arc::new(Inner {
                 hbs,
@@ -326,6 +312,26 @@ fn render_error(e: RenderError) -> ExprError {
 
 // ---------------------------------------------------------------------------------------
 // Helpers
+
+/// The helpers that compute a value from their parameters (`json`, `default`, `lower`,
+/// `upper`, `join`, `eq`, `ne`, `and`, `or`, `not`); notification templates use them too.
+pub(crate) fn register_value_helpers(hbs: &mut Handlebars<'_>) {
+    let fns: [(&str, HelperFn); 10] = [
+        ("json", json_helper),
+        ("default", default_helper),
+        ("lower", lower_helper),
+        ("upper", upper_helper),
+        ("join", join_helper),
+        ("eq", eq_helper),
+        ("ne", ne_helper),
+        ("and", and_helper),
+        ("or", or_helper),
+        ("not", not_helper),
+    ];
+    for (name, f) in fns {
+        hbs.register_helper(name, Box::new(FnHelper { f }));
+    }
+}
 
 type HelperFn = fn(&Helper<'_>) -> Result<Value, RenderError>;
 

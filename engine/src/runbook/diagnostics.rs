@@ -106,6 +106,23 @@ pub const CODES: &[(&str, &str)] = &[
     ("E183", "unknown or misplaced input `format`"),
     ("E184", "input `minimum`/`maximum` problem"),
     ("E185", "malformed input name"),
+    ("E190", "`notify.draft` names an unknown notification template"),
+    (
+        "E191",
+        "a notification template does not render (front matter, syntax, a field not in the incident-facts schema, a helper)",
+    ),
+    (
+        "E192",
+        "`smtp.send_email` of a draft without an approval step among the steps it needs",
+    ),
+    (
+        "E193",
+        "`smtp.send_email` of a draft meant for an authority (counsel files those)",
+    ),
+    (
+        "E194",
+        "`smtp.send_email` with both `draft` and its own subject or body",
+    ),
 ];
 
 pub(crate) const E_YAML: &str = "E001";
@@ -156,6 +173,11 @@ pub(crate) const E_INPUT_ITEMS: &str = "E182";
 pub(crate) const E_INPUT_FORMAT: &str = "E183";
 pub(crate) const E_INPUT_RANGE: &str = "E184";
 pub(crate) const E_INPUT_NAME: &str = "E185";
+pub(crate) const E_UNKNOWN_TEMPLATE: &str = "E190";
+pub(crate) const E_TEMPLATE_PROBLEM: &str = "E191";
+pub(crate) const E_SEND_UNAPPROVED: &str = "E192";
+pub(crate) const E_SEND_AUTHORITY: &str = "E193";
+pub(crate) const E_SEND_DRAFT_AND_BODY: &str = "E194";
 
 /// The closest candidate to `word`, when it is close enough to be a likely typo.
 pub(crate) fn closest<'a, I>(word: &str, candidates: I) -> Option<&'a str>

@@ -31,6 +31,10 @@ pub struct ValidationContext {
     /// Configured connector instance names and their types; `None` when no configuration
     /// was given (then `connector:` names are not checked).
     pub instances: Option<BTreeMap<String, String>>,
+    /// Notification templates, to check `notify.draft` steps that name a template
+    /// literally (it exists, and renders with any facts); `None` skips that check (a stored
+    /// runbook validated again at resume).
+    pub templates: Option<crate::notify::DraftTemplates>,
 }
 
 /// A runbook that passed validation, with the exact text it came from.
@@ -1515,6 +1519,11 @@ impl<'e> StepsCheck<'e> {
         if let Some((ty, action)) = decl {
             self.with_keys(ck, ptr, uses, action, s.with.as_ref(), sid);
             self.connector(ck, ptr, s.connector.as_ref(), ty, s.optional, sid);
+            match uses.as_str() {
+                "notify.draft" => self.draft_step(ck, ptr, s),
+                "smtp.send_email" => self.send_draft_step(ck, ptr, s, anc),
+                _ => {}
+            }
         }
         let mut scope = RefScope {
             what: String::new(),
@@ -1560,6 +1569,139 @@ impl<'e> StepsCheck<'e> {
                     &mut scope,
                     &with_what,
                 );
+            }
+        }
+    }
+
+    /// `notify.draft` naming a template literally: the template exists, and renders with
+    /// any incident facts (every field it reads is in the schema, or in the step's `data`).
+    fn draft_step(&self, ck: &mut Checker<'_>, ptr: &str, s: &Step) {
+        let Some(templates) = ck.ctx.templates.clone() else {
+            return;
+        };
+        let with = s.with.as_ref();
+        let Some(name) = with
+            .and_then(|w| w.get("template"))
+            .and_then(Value::as_str)
+            .filter(|n| !has_template(n))
+        else {
+            return;
+        };
+        let tp = child(&child(ptr, "with"), "template");
+        let sid = Some(s.id.as_str());
+        let t = match templates.load(name) {
+            Ok(t) => t,
+            Err(e) => {
+                let code = if e.message.starts_with("no such template") {
+                    E_UNKNOWN_TEMPLATE
+                } else {
+                    E_TEMPLATE_PROBLEM
+                };
+                ck.at_value(&tp, code, format!("step `{}`: {e}", s.id), sid);
+                return;
+            }
+        };
+        let data = with.and_then(|w| w.get("data"));
+        let sample = crate::notify::sample_facts().unwrap_or_default();
+        let (facts, shape) = crate::notify::with_data(&sample, data);
+        let problems = match templates.render(&t, &facts, &shape) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs,
+        };
+        for p in problems {
+            ck.at_value(
+                &tp,
+                E_TEMPLATE_PROBLEM,
+                format!("step `{}`: {p}", s.id),
+                sid,
+            );
+        }
+    }
+
+    /// `smtp.send_email` of a stored draft: only after a person approved (an approval step
+    /// among the step's ancestors), never a draft meant for an authority, and the subject
+    /// and body come from the draft.
+    fn send_draft_step(&self, ck: &mut Checker<'_>, ptr: &str, s: &Step, anc: &BTreeSet<String>) {
+        let Some(with) = s.with.as_ref() else { return };
+        let Some(draft) = with.get("draft") else {
+            return;
+        };
+        let wp = child(ptr, "with");
+        let dp = child(&wp, "draft");
+        let sid = Some(s.id.as_str());
+        let approved = self.entries.iter().any(|e| {
+            e.step
+                .as_ref()
+                .is_some_and(|st| anc.contains(&st.id) && st.approval.is_some())
+        });
+        if !approved {
+            ck.at_key(
+                &dp,
+                E_SEND_UNAPPROVED,
+                format!(
+                    "step `{}` sends a stored draft, but no approval step is among the steps it needs",
+                    s.id
+                ),
+                sid,
+            )
+            .hint = Some("add an approval step (e.g. `approve-send`) to its `needs`, directly or through others".into());
+        }
+        for k in ["subject", "body", "body_markdown"] {
+            if with.contains_key(k) {
+                ck.at_key(
+                    &child(&wp, k),
+                    E_SEND_DRAFT_AND_BODY,
+                    format!("step `{}` sends a draft, which carries its own subject and body: drop `with.{k}`", s.id),
+                    sid,
+                );
+            }
+        }
+        // `draft: "{{ steps.X.output.draft_id }}"` where X drafts a literal template: its
+        // audience is known now.
+        let Some(text) = draft.as_str() else { return };
+        let inner = text.trim();
+        let Some(path) = inner
+            .strip_prefix("{{")
+            .and_then(|t| t.strip_suffix("}}"))
+            .map(str::trim)
+        else {
+            return;
+        };
+        let Some(from) = path
+            .strip_prefix("steps.")
+            .and_then(|p| p.strip_suffix(".output.draft_id"))
+        else {
+            return;
+        };
+        let Some(templates) = ck.ctx.templates.clone() else {
+            return;
+        };
+        let source = self
+            .entries
+            .iter()
+            .filter_map(|e| e.step.as_ref())
+            .find(|st| st.id == from && st.uses.as_deref() == Some("notify.draft"));
+        let Some(name) = source
+            .and_then(|st| st.with.as_ref())
+            .and_then(|w| w.get("template"))
+            .and_then(Value::as_str)
+            .filter(|n| !has_template(n))
+        else {
+            return;
+        };
+        if let Ok(t) = templates.load(name) {
+            if t.audience == crate::notify::Audience::Authority {
+                ck.at_value(
+                    &dp,
+                    E_SEND_AUTHORITY,
+                    format!(
+                        "step `{}` would send the draft of `{from}` (template `{name}`, for an authority): {}",
+                        s.id,
+                        crate::notify::AUTHORITY_REFUSAL
+                    ),
+                    sid,
+                )
+                .hint = Some("give counsel the draft (`cordon drafts show`); counsel files it".into());
             }
         }
     }
@@ -1959,11 +2101,40 @@ mod tests {
                     .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
                     .collect(),
             ),
+            ..ValidationContext::default()
         };
         match validate(src, "rb.yaml", &ctx) {
             Ok(_) => Vec::new(),
             Err(d) => d.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn draft_templates_are_checked_against_the_facts_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("brief.md.hbs"),
+            "---\nsubject: Brief\naudience: internal\n---\n# Brief\n\n{{case.id}} {{case.orgnisation.name}}\n{{field_office}}\n",
+        )
+        .expect("write");
+        let ctx = ValidationContext {
+            templates: Some(crate::notify::DraftTemplates::new(Some(
+                dir.path().to_path_buf(),
+            ))),
+            ..ValidationContext::default()
+        };
+        let src = "version: 1\nname: t\nsteps:\n  - id: brief\n    uses: notify.draft\n    with:\n      template: brief\n      data: { field_office: Phoenix }\n";
+        let errs: Vec<String> = match validate(src, "rb.yaml", &ctx) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(ToString::to_string).collect(),
+        };
+        let file = dir.path().join("brief.md.hbs").display().to_string();
+        assert_eq!(
+            errs,
+            vec![format!("rb.yaml:7:17: step `brief`: template `brief` ({file}:7:13): field `case.orgnisation` is not in the incident-facts schema; did you mean `organisation`? [E191]")]
+        );
+        // Without templates in the context (a stored runbook at resume) nothing is checked.
+        assert!(run(src).is_ok());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{
-    AuditDraft, Change, Created, Decision, EvidenceRecord, ItemRecord, RunFilter, RunRecord,
-    RunStatus, StepRecord, StepStatus, Store, StoreError,
+    AuditDraft, Change, Created, Decision, DraftRecord, EvidenceRecord, ItemRecord, RunFilter,
+    RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError,
 };
 use crate::audit;
 use cordon_connectors::evidence::EvidenceMeta;
@@ -21,6 +21,7 @@ pub async fn run_all(store: &dyn Store) {
     commit_is_atomic(store).await;
     commit_round_trips_state(store).await;
     decisions_cancel_pause_evidence(store).await;
+    drafts_round_trip(store).await;
     list_filters(store).await;
     assert_chain_intact(store).await;
 }
@@ -690,6 +691,81 @@ pub async fn decisions_cancel_pause_evidence(store: &dyn Store) {
     assert!(all
         .iter()
         .any(|e| e.action == "engine.paused" && e.run_id.is_none()));
+    assert_chain_intact(store).await;
+}
+
+pub fn draft_record(run_id: &str, draft_id: &str, created_at: &str) -> DraftRecord {
+    DraftRecord {
+        draft_id: draft_id.into(),
+        run_id: run_id.into(),
+        step_id: "draft-fbi".into(),
+        idx: 0,
+        template: "fbi-ic3-complaint".into(),
+        audience: "authority".into(),
+        subject: "IC3 complaint: remote IT worker \u{2014} case A-1".into(),
+        to: Some(json!(["FBI Phoenix", "ic3.gov"])),
+        body_markdown: "# IC3 complaint\n\n- IP `203.0.113.7` \\[Astrill\\]\n".into(),
+        body_text: "IC3 COMPLAINT\n\n- IP 203.0.113.7 [Astrill]\n".into(),
+        body_sha256: "cd".repeat(32),
+        facts: json!({"case": {"id": "A-1"}, "payments": {"items": [], "total_paid": "[COUNSEL TO COMPLETE: payments.total_paid]"}}),
+        created_at: created_at.into(),
+    }
+}
+
+/// Drafts are stored under the run's lease, with the step result, and read back exactly,
+/// oldest first; a draft of another run is refused under this run's lease.
+pub async fn drafts_round_trip(store: &dyn Store) {
+    let id = "01DRFT0000000000000000000A";
+    new_run(store, id).await;
+    assert!(store.drafts(id).await.expect("drafts").is_empty());
+    assert_eq!(store.draft("no-such-draft").await.expect("draft"), None);
+    let lease = store
+        .acquire_lease(id, "proc-d", 60_000, None)
+        .await
+        .expect("lease")
+        .expect("lease");
+    let later = draft_record(id, "01DRAFTB", "2026-11-26T00:00:02.000Z");
+    let mut earlier = draft_record(id, "01DRAFTA", "2026-11-26T00:00:01.000Z");
+    earlier.to = None;
+    earlier.idx = 3;
+    earlier.audience = "internal".into();
+    store
+        .commit(
+            &lease,
+            vec![Change::Draft(later.clone()), Change::Draft(earlier.clone())],
+            vec![draft(
+                Some(id),
+                "draft.created",
+                json!({"template": "fbi-ic3-complaint", "sha256": "cd".repeat(32)}),
+            )],
+        )
+        .await
+        .expect("commit drafts");
+    assert_eq!(
+        store.drafts(id).await.expect("drafts"),
+        vec![earlier.clone(), later.clone()]
+    );
+    assert_eq!(store.draft("01DRAFTB").await.expect("draft"), Some(later));
+
+    // Under this run's lease, a draft that names another run is refused, and nothing of the
+    // commit is applied.
+    let foreign = draft_record(
+        "01OTHER000000000000000000A",
+        "01DRAFTC",
+        "2026-11-26T00:00:03.000Z",
+    );
+    let mut own = draft_record(id, "01DRAFTD", "2026-11-26T00:00:04.000Z");
+    own.subject = "must not be stored".into();
+    assert!(store
+        .commit(
+            &lease,
+            vec![Change::Draft(own), Change::Draft(foreign)],
+            vec![]
+        )
+        .await
+        .is_err());
+    assert_eq!(store.drafts(id).await.expect("drafts").len(), 2);
+    assert_eq!(store.draft("01DRAFTD").await.expect("draft"), None);
     assert_chain_intact(store).await;
 }
 

@@ -206,6 +206,33 @@ pub struct Decision {
     pub releases: Value,
 }
 
+/// A notification draft rendered by `notify.draft`, stored with its step's result. Shown
+/// to responders and above only; never sent to an authority by Cordon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DraftRecord {
+    /// ULID.
+    pub draft_id: String,
+    pub run_id: String,
+    pub step_id: String,
+    /// The step's `for_each` index (0 for a plain step).
+    pub idx: u32,
+    /// The template's name (`templates/<template>.md.hbs`).
+    pub template: String,
+    /// `authority`, `internal` or `third-party`, from the template's front matter.
+    pub audience: String,
+    pub subject: String,
+    /// The recipient shown on the draft (`with.to`), as given: a string or a list.
+    pub to: Option<Value>,
+    pub body_markdown: String,
+    /// The Markdown rendered to plain text (what email sends).
+    pub body_text: String,
+    /// Lowercase hex SHA-256 of `body_markdown` (also in the `draft.created` audit event).
+    pub body_sha256: String,
+    /// The incident facts the draft was rendered from (after `data` was merged).
+    pub facts: Value,
+    pub created_at: String,
+}
+
 /// An audit event to append; the store assigns `seq`, `at`, `prev_hash`, `hash`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditDraft {
@@ -269,6 +296,8 @@ pub enum Change {
     Item(ItemRecord),
     /// Record an evidence artifact.
     Evidence(EvidenceRecord),
+    /// Store a notification draft (with the result of the step that rendered it).
+    Draft(DraftRecord),
     /// Delete the step's item rows with `idx >= from_idx` (a retried `for_each` whose list
     /// is rendered again).
     TruncateItems { step_id: String, from_idx: u32 },
@@ -367,6 +396,11 @@ pub trait Store: Send + Sync {
     async fn joined_triggers(&self, run_id: &str) -> Result<Vec<Value>>;
 
     async fn evidence(&self, run_id: &str) -> Result<Vec<EvidenceRecord>>;
+
+    /// A run's notification drafts, oldest first.
+    async fn drafts(&self, run_id: &str) -> Result<Vec<DraftRecord>>;
+    /// One draft by id.
+    async fn draft(&self, draft_id: &str) -> Result<Option<DraftRecord>>;
 
     /// Events in sequence order; all of them, or one run's.
     async fn audit_events(&self, run_id: Option<&str>) -> Result<Vec<AuditEvent>>;

@@ -26,9 +26,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
 use super::{
-    AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, EvidenceRecord, ItemRecord,
-    Lease, LeaseHolder, Result, RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, Store,
-    StoreError,
+    AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DraftRecord, EvidenceRecord,
+    ItemRecord, Lease, LeaseHolder, Result, RunFilter, RunRecord, RunStatus, StepRecord,
+    StepStatus, Store, StoreError,
 };
 use crate::audit::Chain;
 
@@ -302,6 +302,30 @@ async fn insert_evidence(conn: &mut SqliteConnection, e: &EvidenceRecord) -> Res
     Ok(())
 }
 
+async fn insert_draft(conn: &mut SqliteConnection, d: &DraftRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO drafts (draft_id, run_id, step_id, idx, template, audience, subject,
+             recipient, body_markdown, body_text, body_sha256, facts, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&d.draft_id)
+    .bind(&d.run_id)
+    .bind(&d.step_id)
+    .bind(i64::from(d.idx))
+    .bind(&d.template)
+    .bind(&d.audience)
+    .bind(&d.subject)
+    .bind(opt_json_text(&d.to)?)
+    .bind(&d.body_markdown)
+    .bind(&d.body_text)
+    .bind(&d.body_sha256)
+    .bind(json_text(&d.facts)?)
+    .bind(&d.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A change carries its own run id; under a lease it must be the leased run's, or the
 /// fencing check would protect the wrong run.
 fn same_run(lease: &Lease, what: &str, run_id: &str) -> Result<()> {
@@ -347,6 +371,10 @@ async fn apply(conn: &mut SqliteConnection, lease: &Lease, change: &Change) -> R
         Change::Evidence(e) => {
             same_run(lease, "evidence record", &e.run_id)?;
             insert_evidence(conn, e).await?;
+        }
+        Change::Draft(d) => {
+            same_run(lease, "draft", &d.run_id)?;
+            insert_draft(conn, d).await?;
         }
         Change::TruncateItems { step_id, from_idx } => {
             sqlx::query("DELETE FROM items WHERE run_id = ? AND step_id = ? AND idx >= ?")
@@ -702,6 +730,26 @@ impl Store for SqliteStore {
         rows.into_iter().map(EvidenceRow::into_record).collect()
     }
 
+    async fn drafts(&self, run_id: &str) -> Result<Vec<DraftRecord>> {
+        let rows: Vec<DraftRow> = sqlx::query_as(&format!(
+            "SELECT {DRAFT_COLUMNS} FROM drafts WHERE run_id = ? ORDER BY created_at, draft_id"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(DraftRow::into_record).collect()
+    }
+
+    async fn draft(&self, draft_id: &str) -> Result<Option<DraftRecord>> {
+        let row: Option<DraftRow> = sqlx::query_as(&format!(
+            "SELECT {DRAFT_COLUMNS} FROM drafts WHERE draft_id = ?"
+        ))
+        .bind(draft_id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(DraftRow::into_record).transpose()
+    }
+
     async fn audit_events(&self, run_id: Option<&str>) -> Result<Vec<AuditEvent>> {
         const COLUMNS: &str = "seq, at, run_id, actor, action, details, prev_hash, hash";
         let rows: Vec<AuditRow> = match run_id {
@@ -954,6 +1002,46 @@ impl EvidenceRow {
             path: self.path,
             sha256: self.sha256,
             collected_at: self.collected_at,
+        })
+    }
+}
+
+const DRAFT_COLUMNS: &str = "draft_id, run_id, step_id, idx, template, audience, subject, \
+     recipient, body_markdown, body_text, body_sha256, facts, created_at";
+
+#[derive(sqlx::FromRow)]
+struct DraftRow {
+    draft_id: String,
+    run_id: String,
+    step_id: String,
+    idx: i64,
+    template: String,
+    audience: String,
+    subject: String,
+    recipient: Option<String>,
+    body_markdown: String,
+    body_text: String,
+    body_sha256: String,
+    facts: String,
+    created_at: String,
+}
+
+impl DraftRow {
+    fn into_record(self) -> Result<DraftRecord> {
+        Ok(DraftRecord {
+            idx: to_u32(self.idx, "drafts.idx")?,
+            to: parse_opt_json(self.recipient, "drafts.recipient")?,
+            facts: parse_json(&self.facts, "drafts.facts")?,
+            draft_id: self.draft_id,
+            run_id: self.run_id,
+            step_id: self.step_id,
+            template: self.template,
+            audience: self.audience,
+            subject: self.subject,
+            body_markdown: self.body_markdown,
+            body_text: self.body_text,
+            body_sha256: self.body_sha256,
+            created_at: self.created_at,
         })
     }
 }
