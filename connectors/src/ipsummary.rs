@@ -197,6 +197,8 @@ pub struct IpCollector {
     seen: HashMap<IpAddr, Seen>,
     truncated: bool,
     cap: usize,
+    /// Only records whose value at this path is this string count.
+    only: Option<(&'static [&'static str], String)>,
 }
 
 impl IpCollector {
@@ -211,11 +213,25 @@ impl IpCollector {
             seen: HashMap::new(),
             truncated: false,
             cap,
+            only: None,
         }
+    }
+
+    /// Count only records whose value at `path` is `value`: a log that also holds events
+    /// about the subject done by others (an admin suspending them) must not list the
+    /// others' addresses as the subject's.
+    pub fn only_where(mut self, path: &'static [&'static str], value: &str) -> IpCollector {
+        self.only = Some((path, value.to_string()));
+        self
     }
 
     /// Take one vendor record into account. Records without a valid address are ignored.
     pub fn feed(&mut self, record: &Value) {
+        if let Some((path, want)) = &self.only {
+            if lookup(record, path).and_then(Value::as_str) != Some(want.as_str()) {
+                return;
+            }
+        }
         let Some((ip, source)) = self.fields.ip.iter().find_map(|s| {
             let v = first_of(lookup(record, s.ip)?)?;
             Some((parse_ip(v)?, s))
@@ -449,6 +465,22 @@ mod tests {
             ])
         );
         assert!(!c.truncated());
+    }
+
+    #[test]
+    fn only_the_subjects_own_records_count_when_asked() {
+        let mut c = IpCollector::new(OKTA_SYSTEM_LOG).only_where(&["actor", "id"], "00u1");
+        let mut own = okta("203.0.113.45", "2024-06-01T10:00:00Z", "United States");
+        own["actor"] = json!({"id": "00u1"});
+        let mut admin = okta("198.51.100.7", "2024-06-01T11:00:00Z", "United States");
+        admin["actor"] = json!({"id": "00u0admin"});
+        admin["target"] = json!([{"id": "00u1"}]);
+        c.feed(&own);
+        c.feed(&admin);
+        c.feed(&okta("192.0.2.1", "2024-06-01T12:00:00Z", ""));
+        let a = c.addresses();
+        assert_eq!(a.as_array().unwrap().len(), 1, "{a}");
+        assert_eq!(a[0]["ip"], "203.0.113.45");
     }
 
     #[test]

@@ -26,9 +26,9 @@
 //!   written page by page. `until` defaults to now, because an unbounded query is a polling
 //!   query whose `next` link never ends. A page that fails transiently leaves the open
 //!   artifact and its cursor in the call's resume slot; the engine's next attempt continues
-//!   from that page. The output also lists the events' addresses (`client.ipAddress`, with
-//!   `published` and `client.geographicalContext.country`) as `ip_addresses`
-//!   ([`crate::ipsummary`]).
+//!   from that page. The output also lists the addresses of the events the user did
+//!   (`actor.id` is theirs; `client.ipAddress`, with `published` and
+//!   `client.geographicalContext.country`) as `ip_addresses` ([`crate::ipsummary`]).
 //!
 //! Resolving `user`: `GET /api/v1/users/{user}` (Okta accepts an id, a login or an
 //! unambiguous login shortname there); on 404 for something that is not an Okta id, or
@@ -894,6 +894,9 @@ impl OktaConnector {
                     }),
                 };
                 let writer = call.evidence.create(meta).await.map_err(evidence_err)?;
+                // Events where the user is only the target (an admin acting on them) carry
+                // the admin's address, not theirs.
+                let ips = IpCollector::new(OKTA_SYSTEM_LOG).only_where(&["actor", "id"], &found.id);
                 LogProgress {
                     key,
                     user_id: found.id,
@@ -901,7 +904,7 @@ impl OktaConnector {
                     next: first,
                     pages: 0,
                     records: 0,
-                    ips: IpCollector::new(OKTA_SYSTEM_LOG),
+                    ips,
                 }
             }
         };

@@ -910,7 +910,10 @@ async fn snapshot_of_an_unknown_user_is_found_false() {
         )
         .await
         .unwrap();
-    assert_eq!(out, json!({"found": false, "target": null}));
+    assert_eq!(
+        out,
+        json!({"found": false, "target": null, "ip_addresses": [], "ip_addresses_truncated": false})
+    );
     assert_eq!(*h.sink.created.lock().unwrap(), 0);
 }
 

@@ -1033,6 +1033,20 @@ async fn drives_the_sandbox_end_to_end() {
     assert!(lines
         .iter()
         .all(|l| l["actor"]["email"] == "j.smith@example.com"));
+    // The suspect's addresses: the laptop farm, a VPN exit and two abroad.
+    let ips = snap["ip_addresses"].as_array().unwrap();
+    let mut seen: Vec<&str> = ips.iter().map(|a| a["ip"].as_str().unwrap()).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["192.0.2.14", "198.51.100.23", "2001:db8:4a3::15", "203.0.113.45"]
+    );
+    let total: u64 = ips.iter().map(|a| a["events"].as_u64().unwrap()).sum();
+    assert_eq!(total, 30);
+    let foreign = ips.iter().find(|a| a["ip"] == "192.0.2.14").unwrap();
+    assert_eq!(foreign["country"], "CN");
+    assert!(foreign["first_seen"].as_str() < foreign["last_seen"].as_str());
+    assert_eq!(snap["ip_addresses_truncated"], false);
 
     let ghost = h
         .call(
@@ -1041,7 +1055,10 @@ async fn drives_the_sandbox_end_to_end() {
         )
         .await
         .unwrap();
-    assert_eq!(ghost, json!({"found": false, "target": null}));
+    assert_eq!(
+        ghost,
+        json!({"found": false, "target": null, "ip_addresses": [], "ip_addresses_truncated": false})
+    );
     assert_eq!(
         *h.sink.created.lock().unwrap(),
         1,
