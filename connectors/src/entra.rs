@@ -67,11 +67,11 @@ use crate::http_client::{
     display_url, ClientBuildError, HttpClient, HttpClientConfig, HttpResponse, RequestSpec,
     DEFAULT_TIMEOUT,
 };
+use crate::intune::{evidence_err, invalid, is_guid, ms_error, odata_string, set_query};
 use crate::ipsummary::{
     self, IpCollector, IpFields, ENTRA_DIRECTORY_AUDITS, ENTRA_SIGN_INS, IP_ADDRESSES_OUTPUT,
     IP_ADDRESSES_TRUNCATED_OUTPUT,
 };
-use crate::intune::{evidence_err, invalid, is_guid, ms_error, odata_string, set_query};
 use crate::oauth::{check_tenant_id, tenant_token_url, ClientCredentials, ClientCredentialsConfig};
 use crate::registry::{ConfigError, Settings};
 use crate::secret::{Redactor, SecretValue};

@@ -449,7 +449,11 @@ mod tests {
         let mut c = IpCollector::new(OKTA_SYSTEM_LOG);
         // Out of order, and with offsets: `+02:00` at 11:00 is 09:00 UTC, before 10:00Z.
         c.feed(&okta("198.51.100.23", "2024-06-01T10:00:00Z", ""));
-        c.feed(&okta("198.51.100.23", "2024-06-01T11:00:00+02:00", "United States"));
+        c.feed(&okta(
+            "198.51.100.23",
+            "2024-06-01T11:00:00+02:00",
+            "United States",
+        ));
         c.feed(&okta("198.51.100.23", "2024-06-03T08:30:00.250Z", "Canada"));
         c.feed(&okta("192.0.2.14", "2024-06-01T09:30:00Z", "China"));
         c.feed(&json!({"published": "2024-06-01T00:00:00Z", "client": {"ipAddress": null}}));
@@ -624,7 +628,12 @@ mod tests {
         ] {
             assert_eq!(at(s), want, "{s}");
         }
-        for s in ["2024-06-01 07:00:00", "07:00", "UTC", "06/01/2024 07:00:00 PDT"] {
+        for s in [
+            "2024-06-01 07:00:00",
+            "07:00",
+            "UTC",
+            "06/01/2024 07:00:00 PDT",
+        ] {
             assert_eq!(at(s), None, "{s}");
         }
         // Elasticsearch numbers are milliseconds; RFC 3339 only for the others.

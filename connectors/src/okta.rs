@@ -53,12 +53,12 @@ use url::Url;
 
 use crate::catalog::{ActionDecl, Effect, FieldDecl, TypeDecl};
 use crate::evidence::{EvidenceError, EvidenceMeta};
-use crate::ipsummary::{
-    self, IpCollector, IP_ADDRESSES_OUTPUT, IP_ADDRESSES_TRUNCATED_OUTPUT, OKTA_SYSTEM_LOG,
-};
 use crate::http_client::{
     display_url, retry_after, ClientBuildError, HttpClient, HttpClientConfig, HttpResponse,
     RequestSpec,
+};
+use crate::ipsummary::{
+    self, IpCollector, IP_ADDRESSES_OUTPUT, IP_ADDRESSES_TRUNCATED_OUTPUT, OKTA_SYSTEM_LOG,
 };
 use crate::registry::{ConfigError, Settings};
 use crate::secret::SecretValue;

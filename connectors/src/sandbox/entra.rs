@@ -121,11 +121,21 @@ impl EntraSandbox {
         let sign_in_seed = [
             (1, addresses::VPN_EXIT, "AnyDesk", "Windows 10"),
             (3, addresses::VPN_EXIT, "Microsoft Teams", "Windows 10"),
-            (7, addresses::FOREIGN, "Office 365 Exchange Online", "Windows 10"),
+            (
+                7,
+                addresses::FOREIGN,
+                "Office 365 Exchange Online",
+                "Windows 10",
+            ),
             (20, addresses::FOREIGN_V6, "Azure Portal", "Windows 10"),
             (26, addresses::US_RESIDENTIAL, "GitHub Enterprise", "MacOs"),
             (49, addresses::US_RESIDENTIAL, "Microsoft Teams", "MacOs"),
-            (72, addresses::FOREIGN, "Office 365 SharePoint Online", "Windows 10"),
+            (
+                72,
+                addresses::FOREIGN,
+                "Office 365 SharePoint Online",
+                "Windows 10",
+            ),
         ];
         // Newest first, as Graph returns them.
         let mut sign_ins: Vec<Value> = sign_in_seed

@@ -102,13 +102,21 @@ impl OktaSandbox {
                     addresses::US_RESIDENTIAL,
                     "Mozilla/5.0 Chrome/131",
                 ),
-                ("app.oauth2.as.token.grant", addresses::FOREIGN, "git/2.43.0"),
+                (
+                    "app.oauth2.as.token.grant",
+                    addresses::FOREIGN,
+                    "git/2.43.0",
+                ),
                 (
                     "user.authentication.auth_via_mfa",
                     addresses::FOREIGN_V6,
                     "Mozilla/5.0 Chrome/131",
                 ),
-                ("policy.evaluate_sign_on", addresses::VPN_EXIT, "TeamViewer/15"),
+                (
+                    "policy.evaluate_sign_on",
+                    addresses::VPN_EXIT,
+                    "TeamViewer/15",
+                ),
             ];
             for i in 0..150i64 {
                 let (ev, ip, ua) = suspect[(i as usize) % suspect.len()];
