@@ -405,10 +405,11 @@ impl ElasticsearchConnector {
                 }
                 Err(e) => return self.fail(call, p, e).await,
             };
-            let page: Value = match resp.json() {
+            let mut page: Value = match resp.json() {
                 Ok(v) => v,
                 Err(e) => return self.fail(call, p, e).await,
             };
+            drop(resp);
             if let Some(id) = page.get("pit_id").and_then(Value::as_str) {
                 p.pit_id = id.to_string();
             }
@@ -419,11 +420,11 @@ impl ElasticsearchConnector {
                 };
                 return self.fail(call, p, e).await;
             }
-            let hits = page
-                .pointer("/hits/hits")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            // Taken, not cloned: a page is the largest thing held in memory.
+            let hits = match page.pointer_mut("/hits/hits").map(Value::take) {
+                Some(Value::Array(hits)) => hits,
+                _ => Vec::new(),
+            };
             let mut chunk = Vec::new();
             for hit in &hits {
                 if let Err(e) = serde_json::to_writer(&mut chunk, hit) {

@@ -379,7 +379,8 @@ impl RowSplitter {
     fn feed(&mut self, chunk: &[u8]) -> Result<RowOutput, ConnectorError> {
         let mut out = RowOutput::default();
         let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        // memchr: a byte-at-a-time search is most of the cost of a large export.
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(pos);
             rest = &tail[1..];
             if self.partial.is_empty() {
