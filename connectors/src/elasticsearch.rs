@@ -18,7 +18,9 @@
 //!    it fails for good; a failure to close is only logged (the PIT expires on its own).
 //!
 //! Each hit (`_index`, `_id`, `_source`, `sort`, …) is written as one JSON line as its page
-//! arrives. A page that fails transiently (429, 5xx, timeout) or reports shard failures
+//! arrives, and its address noted ([`crate::ipsummary`]: the first valid of ECS
+//! `source.ip`, `client.ip`, `related.ip`, timed by `@timestamp`) for the output's
+//! `ip_addresses`. A page that fails transiently (429, 5xx, timeout) or reports shard failures
 //! parks the open artifact, PIT id, `search_after` and counts in the call's resume slot;
 //! the next attempt continues from that page. If the PIT expired meanwhile (404
 //! `search_context_missing_exception`), a new one is opened once and paging continues
@@ -34,6 +36,9 @@ use crate::catalog::{ActionDecl, Effect, FieldDecl, TypeDecl};
 use crate::evidence::{EvidenceError, EvidenceMeta, EvidenceWriter};
 use crate::http_client::{
     display_url, ClientBuildError, HttpClient, HttpClientConfig, HttpResponse, RequestSpec,
+};
+use crate::ipsummary::{
+    IpCollector, ELASTICSEARCH_HIT, IP_ADDRESSES_OUTPUT, IP_ADDRESSES_TRUNCATED_OUTPUT,
 };
 use crate::registry::{ConfigError, Settings};
 use crate::secret::{Redactor, SecretValue};
@@ -77,6 +82,8 @@ const OUTPUTS: &[FieldDecl] = &[
         required: true,
         description: "search pages read",
     },
+    IP_ADDRESSES_OUTPUT,
+    IP_ADDRESSES_TRUNCATED_OUTPUT,
 ];
 
 /// The `elasticsearch` type's static declaration.
@@ -169,6 +176,8 @@ struct Progress {
     pages: u64,
     records: u64,
     reopened: bool,
+    /// The addresses of the hits written so far.
+    ips: IpCollector,
 }
 
 impl ElasticsearchConnector {
@@ -334,6 +343,7 @@ impl ElasticsearchConnector {
                     pages: 0,
                     records: 0,
                     reopened: false,
+                    ips: IpCollector::new(ELASTICSEARCH_HIT),
                 }
             }
         };
@@ -395,10 +405,11 @@ impl ElasticsearchConnector {
                 }
                 Err(e) => return self.fail(call, p, e).await,
             };
-            let page: Value = match resp.json() {
+            let mut page: Value = match resp.json() {
                 Ok(v) => v,
                 Err(e) => return self.fail(call, p, e).await,
             };
+            drop(resp);
             if let Some(id) = page.get("pit_id").and_then(Value::as_str) {
                 p.pit_id = id.to_string();
             }
@@ -409,11 +420,11 @@ impl ElasticsearchConnector {
                 };
                 return self.fail(call, p, e).await;
             }
-            let hits = page
-                .pointer("/hits/hits")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            // Taken, not cloned: a page is the largest thing held in memory.
+            let hits = match page.pointer_mut("/hits/hits").map(Value::take) {
+                Some(Value::Array(hits)) => hits,
+                _ => Vec::new(),
+            };
             let mut chunk = Vec::new();
             for hit in &hits {
                 if let Err(e) = serde_json::to_writer(&mut chunk, hit) {
@@ -426,6 +437,9 @@ impl ElasticsearchConnector {
                 if let Err(e) = p.writer.write(&chunk).await {
                     return self.fail(call, p, evidence_err(e)).await;
                 }
+            }
+            for hit in &hits {
+                p.ips.feed(hit);
             }
             let n = hits.len() as u64;
             p.writer.add_records(n);
@@ -471,14 +485,16 @@ impl ElasticsearchConnector {
     async fn finish(&self, call: &ActionCall<'_>, p: Progress) -> Result<Value, ConnectorError> {
         self.close_pit(&p.pit_id, call).await;
         let record = p.writer.finish().await.map_err(evidence_err)?;
-        Ok(json!({
+        let mut out = json!({
             "evidence_id": record.evidence_id,
             "sha256": record.sha256,
             "bytes": record.bytes,
             "records": record.records,
             "pages": p.pages,
             "path": record.path,
-        }))
+        });
+        p.ips.add_to(&mut out);
+        Ok(out)
     }
 }
 

@@ -41,6 +41,9 @@
 //! tenant with a client-side sliding window shared by both snapshot actions of the
 //! instance. A page that fails transiently leaves its open artifact and cursor in the
 //! call's [`crate::ResumeSlot`], and the engine's next attempt continues from that page.
+//! Both also report the records' addresses as `ip_addresses` ([`crate::ipsummary`]):
+//! sign-ins' `ipAddress` with `createdDateTime` and `location.countryOrRegion`, audits'
+//! `initiatedBy.user.ipAddress` with `activityDateTime`.
 //!
 //! Graph errors (`{"error": {"code", "message", "innerError": {"request-id"}}}`) become
 //! messages naming the code, message and request id; 429 and 503 honour `Retry-After`.
@@ -65,6 +68,10 @@ use crate::http_client::{
     DEFAULT_TIMEOUT,
 };
 use crate::intune::{evidence_err, invalid, is_guid, ms_error, odata_string, set_query};
+use crate::ipsummary::{
+    self, IpCollector, IpFields, ENTRA_DIRECTORY_AUDITS, ENTRA_SIGN_INS, IP_ADDRESSES_OUTPUT,
+    IP_ADDRESSES_TRUNCATED_OUTPUT,
+};
 use crate::oauth::{check_tenant_id, tenant_token_url, ClientCredentials, ClientCredentialsConfig};
 use crate::registry::{ConfigError, Settings};
 use crate::secret::{Redactor, SecretValue};
@@ -240,6 +247,8 @@ const SNAPSHOT_OUTPUTS: &[FieldDecl] = &[
         required: true,
         description: "the user's Entra object id",
     },
+    IP_ADDRESSES_OUTPUT,
+    IP_ADDRESSES_TRUNCATED_OUTPUT,
 ];
 
 pub const TYPE: TypeDecl = TypeDecl {
@@ -458,6 +467,14 @@ impl LogKind {
         }
     }
 
+    /// Where its records keep the address and the time.
+    fn ip_fields(self) -> IpFields {
+        match self {
+            LogKind::SignIns => ENTRA_SIGN_INS,
+            LogKind::DirectoryAudits => ENTRA_DIRECTORY_AUDITS,
+        }
+    }
+
     fn filter(self, user_id: &str, since: &str, until: &str) -> String {
         let id = odata_string(user_id);
         match self {
@@ -480,6 +497,8 @@ struct SnapshotProgress {
     target: String,
     pages: u64,
     records: u64,
+    /// The addresses of the records written so far.
+    ips: IpCollector,
 }
 
 fn user_input(input: &Value) -> Result<String, ConnectorError> {
@@ -840,7 +859,11 @@ impl EntraConnector {
             // Progress of other inputs is dropped unfinished (its file stays partial).
             _ => match self.start_snapshot(call, kind, &input, key).await? {
                 Some(p) => p,
-                None => return Ok(json!({"found": false, "target": null})),
+                None => {
+                    let mut out = json!({"found": false, "target": null});
+                    ipsummary::add_empty(&mut out);
+                    return Ok(out);
+                }
             },
         };
         self.page_through(call, progress).await
@@ -888,6 +911,7 @@ impl EntraConnector {
             target: u.id,
             pages: 0,
             records: 0,
+            ips: IpCollector::new(kind.ip_fields()),
         }))
     }
 
@@ -917,6 +941,9 @@ impl EntraConnector {
                 buf.push(b'\n');
             }
             p.writer.write(&buf).await.map_err(evidence_err)?;
+            for record in &page.value {
+                p.ips.feed(record);
+            }
             p.writer.add_records(n);
             p.records += n;
             p.pages += 1;
@@ -926,7 +953,7 @@ impl EntraConnector {
             }
         }
         let record = p.writer.finish().await.map_err(evidence_err)?;
-        Ok(json!({
+        let mut out = json!({
             "found": true,
             "target": p.target,
             "evidence_id": record.evidence_id,
@@ -935,7 +962,9 @@ impl EntraConnector {
             "records": record.records,
             "pages": p.pages,
             "path": record.path,
-        }))
+        });
+        p.ips.add_to(&mut out);
+        Ok(out)
     }
 
     async fn fetch_page(&self, log: &RequestLog, url: &Url) -> Result<GraphPage, ConnectorError> {

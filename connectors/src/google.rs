@@ -30,7 +30,9 @@
 //! | `snapshot_login_activity` | `GET /admin/reports/v1/activity/users/{user}/applications/login?startTime&endTime&maxResults=1000&pageToken` for every page | `admin.reports.audit.readonly` |
 //!
 //! A snapshot whose first page answers 404 (a user the Reports API does not know) returns
-//! `{"found": false, "target": null}` and writes no artifact.
+//! `{"found": false, "target": null}` and writes no artifact. Otherwise the output also
+//! lists the activities' addresses (`ipAddress`, `id.time`, `networkInfo.regionCode`) as
+//! `ip_addresses` ([`crate::ipsummary`]).
 //!
 //! `users.get` takes the primary email, an alias or the immutable numeric id, so one read
 //! resolves any form of `user`; the mutations then address the resolved id. A 404 is "not
@@ -60,6 +62,9 @@ use crate::catalog::{ActionDecl, Effect, FieldDecl, TypeDecl};
 use crate::evidence::{EvidenceMeta, EvidenceWriter};
 use crate::http_client::{
     display_url, retry_after, HttpClient, HttpClientConfig, HttpResponse, MaybeSecret, RequestSpec,
+};
+use crate::ipsummary::{
+    self, IpCollector, GOOGLE_LOGIN_ACTIVITY, IP_ADDRESSES_OUTPUT, IP_ADDRESSES_TRUNCATED_OUTPUT,
 };
 use crate::registry::{ConfigError, Settings};
 use crate::secret::{Redactor, SecretValue};
@@ -283,6 +288,8 @@ pub const TYPE: TypeDecl = TypeDecl {
                     required: true,
                     description: "Reports API pages fetched",
                 },
+                IP_ADDRESSES_OUTPUT,
+                IP_ADDRESSES_TRUNCATED_OUTPUT,
             ],
             effect: Effect::Snapshot,
             undo: None,
@@ -514,6 +521,8 @@ struct SnapshotProgress {
     page_token: Option<String>,
     records: u64,
     pages: u64,
+    /// The addresses of the records written so far.
+    ips: IpCollector,
 }
 
 /// The checked inputs of `snapshot_login_activity`.
@@ -917,6 +926,7 @@ impl GoogleConnector {
                 page_token: None,
                 records: 0,
                 pages: 0,
+                ips: IpCollector::new(GOOGLE_LOGIN_ACTIVITY),
             },
         };
         let path = LOGIN_ACTIVITY.replace("{user}", &encode_segment(&input.user));
@@ -934,7 +944,9 @@ impl GoogleConnector {
             let resp = match self.send_api(SCOPES_REPORTS, spec, call.requests).await {
                 Ok(r) if r.status.is_success() => r,
                 Ok(r) if r.status.as_u16() == 404 && progress.pages == 0 => {
-                    return Ok(json!({"found": false, "target": null}));
+                    let mut out = json!({"found": false, "target": null});
+                    ipsummary::add_empty(&mut out);
+                    return Ok(out);
                 }
                 Ok(r) => {
                     let e = self.api_error(&Method::GET, &path, &r);
@@ -972,6 +984,9 @@ impl GoogleConnector {
             if !chunk.is_empty() {
                 writer.write(&chunk).await.map_err(evidence_err)?;
             }
+            for item in &page.items {
+                progress.ips.feed(item);
+            }
             let n = page.items.len() as u64;
             writer.add_records(n);
             progress.records += n;
@@ -991,7 +1006,7 @@ impl GoogleConnector {
             return Err(ConnectorError::Other("no evidence was opened".to_string()));
         };
         let record = writer.finish().await.map_err(evidence_err)?;
-        Ok(json!({
+        let mut out = json!({
             "found": true,
             "evidence_id": record.evidence_id,
             "sha256": record.sha256,
@@ -999,7 +1014,9 @@ impl GoogleConnector {
             "records": record.records,
             "pages": progress.pages,
             "path": record.path,
-        }))
+        });
+        progress.ips.add_to(&mut out);
+        Ok(out)
     }
 
     /// Keep the open writer and the failed page for the engine's next attempt.

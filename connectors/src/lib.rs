@@ -10,6 +10,8 @@
 //!   [`secret::Redactor`] that scrubs known secret values from anything we store or print.
 //! - [`http_client`]: the shared HTTP client (timeouts, status mapping, `Retry-After`).
 //! - [`evidence`]: the sink that snapshot actions stream artifacts into.
+//! - [`ipsummary`]: the bounded per-address summary (`ip_addresses`) every identity-log and
+//!   SIEM snapshot reports beside its artifact.
 //! - [`registry`]: builds live instances from configuration.
 //! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`entra`] (Microsoft Entra ID).
 //! - [`oauth`]: the shared OAuth 2.0 client-credentials token source.
@@ -31,6 +33,7 @@ pub mod google;
 pub mod http;
 pub mod http_client;
 pub mod intune;
+pub mod ipsummary;
 pub mod jamf;
 pub mod kandji;
 pub mod notify;

@@ -26,7 +26,9 @@
 //!   written page by page. `until` defaults to now, because an unbounded query is a polling
 //!   query whose `next` link never ends. A page that fails transiently leaves the open
 //!   artifact and its cursor in the call's resume slot; the engine's next attempt continues
-//!   from that page.
+//!   from that page. The output also lists the addresses of the events the user did
+//!   (`actor.id` is theirs; `client.ipAddress`, with `published` and
+//!   `client.geographicalContext.country`) as `ip_addresses` ([`crate::ipsummary`]).
 //!
 //! Resolving `user`: `GET /api/v1/users/{user}` (Okta accepts an id, a login or an
 //! unambiguous login shortname there); on 404 for something that is not an Okta id, or
@@ -54,6 +56,9 @@ use crate::evidence::{EvidenceError, EvidenceMeta};
 use crate::http_client::{
     display_url, retry_after, ClientBuildError, HttpClient, HttpClientConfig, HttpResponse,
     RequestSpec,
+};
+use crate::ipsummary::{
+    self, IpCollector, IP_ADDRESSES_OUTPUT, IP_ADDRESSES_TRUNCATED_OUTPUT, OKTA_SYSTEM_LOG,
 };
 use crate::registry::{ConfigError, Settings};
 use crate::secret::SecretValue;
@@ -253,6 +258,8 @@ pub const TYPE: TypeDecl = TypeDecl {
                     required: true,
                     description: "the resolved Okta user id",
                 },
+                IP_ADDRESSES_OUTPUT,
+                IP_ADDRESSES_TRUNCATED_OUTPUT,
             ],
             effect: Effect::Snapshot,
             undo: None,
@@ -412,6 +419,8 @@ struct LogProgress {
     next: Url,
     pages: u64,
     records: u64,
+    /// The addresses of the events written so far.
+    ips: IpCollector,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ConnectorError {
@@ -840,10 +849,12 @@ impl OktaConnector {
             // its artifact stays an unlisted partial file.
             _ => {
                 let Some(found) = self.resolve(&user, &call).await? else {
-                    return Ok(json!({
+                    let mut out = json!({
                         "found": false, "target": null, "evidence_id": null, "sha256": null,
                         "bytes": 0, "records": 0, "pages": 0,
-                    }));
+                    });
+                    ipsummary::add_empty(&mut out);
+                    return Ok(out);
                 };
                 // Without `until` the query would be a polling query whose `next` link never
                 // ends: bound it at now, and record that bound.
@@ -883,6 +894,9 @@ impl OktaConnector {
                     }),
                 };
                 let writer = call.evidence.create(meta).await.map_err(evidence_err)?;
+                // Events where the user is only the target (an admin acting on them) carry
+                // the admin's address, not theirs.
+                let ips = IpCollector::new(OKTA_SYSTEM_LOG).only_where(&["actor", "id"], &found.id);
                 LogProgress {
                     key,
                     user_id: found.id,
@@ -890,6 +904,7 @@ impl OktaConnector {
                     next: first,
                     pages: 0,
                     records: 0,
+                    ips,
                 }
             }
         };
@@ -942,6 +957,9 @@ impl OktaConnector {
             if !chunk.is_empty() {
                 p.writer.write(&chunk).await.map_err(evidence_err)?;
             }
+            for event in &events {
+                p.ips.feed(event);
+            }
             let n = events.len() as u64;
             p.writer.add_records(n);
             p.records += n;
@@ -981,7 +999,7 @@ impl OktaConnector {
 
     async fn finish_snapshot(&self, p: LogProgress) -> Result<Value, ConnectorError> {
         let record = p.writer.finish().await.map_err(evidence_err)?;
-        Ok(json!({
+        let mut out = json!({
             "found": true,
             "target": p.user_id,
             "evidence_id": record.evidence_id,
@@ -990,7 +1008,9 @@ impl OktaConnector {
             "records": record.records,
             "pages": p.pages,
             "path": record.path,
-        }))
+        });
+        p.ips.add_to(&mut out);
+        Ok(out)
     }
 }
 

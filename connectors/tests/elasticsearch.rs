@@ -40,7 +40,8 @@ fn full_query() -> Value {
 fn hit(i: usize) -> Value {
     json!({"_index": "logs-okta", "_id": format!("doc{i}"),
            "_source": {"@timestamp": format!("2024-06-01T00:{:02}:{:02}Z", i / 60 % 60, i % 60),
-                       "user": {"name": "j.smith@example.com"}, "n": i},
+                       "user": {"name": "j.smith@example.com"}, "n": i,
+                       "source": {"ip": if i % 2 == 0 { "198.51.100.23" } else { "203.0.113.45" }}},
            "sort": [1_717_200_000_000u64 + i as u64, i]})
 }
 
@@ -255,6 +256,14 @@ async fn a_failed_page_resumes_from_that_page() {
     );
     let expected = expected_bytes(0..TOTAL);
     assert_eq!(out["sha256"], hex::encode(Sha256::digest(&expected)));
+    // Every hit counted once across both attempts.
+    let events: Vec<&Value> = out["ip_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["events"])
+        .collect();
+    assert_eq!(events, [&json!(TOTAL / 2), &json!(TOTAL / 2)]);
     let state = searcher.state.lock().unwrap();
     // Pages 1-4, then the retry starts at page 5 (hit 800), not at the beginning.
     assert_eq!(&state.starts[..5], &[0, 200, 400, 600, 800]);
@@ -502,6 +511,28 @@ async fn the_sandbox_serves_the_suspects_events_and_closes_the_pit() {
     .unwrap();
     assert_eq!(out["records"], 320);
     assert_eq!(out["pages"], 1);
+    // The suspect's sources: the laptop farm first, then the VPN exit and abroad.
+    let ips: Vec<(&str, &str)> = out["ip_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["ip"].as_str().unwrap(), a["country"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ips,
+        [
+            ("198.51.100.23", "US"),
+            ("203.0.113.45", "US"),
+            ("192.0.2.14", "CN")
+        ]
+    );
+    let total: u64 = out["ip_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 320);
     let out = call(
         json!({"index": "logs-okta", "query": "user.name:\"j.smith@example.com\"",
                           "since": "2026-11-20T00:00:00Z", "until": "2026-11-20T10:00:00Z"}),
@@ -523,4 +554,146 @@ async fn the_sandbox_serves_the_suspects_events_and_closes_the_pit() {
             .await
             .unwrap_err();
     assert!(e.to_string().contains("index_not_found_exception"), "{e}");
+}
+
+/// Answers the k-th `POST /_search` with the k-th page.
+struct Pages(Mutex<std::collections::VecDeque<Vec<Value>>>);
+
+impl Respond for Pages {
+    fn respond(&self, _req: &Request) -> ResponseTemplate {
+        let hits = self.0.lock().unwrap().pop_front().unwrap_or_default();
+        ResponseTemplate::new(200).set_body_json(json!({
+            "pit_id": "pit-0", "timed_out": false,
+            "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+            "hits": {"hits": hits}}))
+    }
+}
+
+/// A hit with `source` as its `_source` (plus `@timestamp` when given).
+fn doc(n: usize, at: Option<Value>, source: Value) -> Value {
+    let mut src = source;
+    if let Some(at) = at {
+        src["@timestamp"] = at;
+    }
+    json!({"_index": "logs-okta", "_id": format!("d{n}"), "_source": src, "sort": [n, n]})
+}
+
+async fn serve_pages(server: &MockServer, pages: Vec<Vec<Value>>) {
+    mount_open(server).await;
+    Mock::given(method("POST"))
+        .and(path("/_search"))
+        .respond_with(Pages(Mutex::new(pages.into())))
+        .expect(3)
+        .mount(server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/_pit"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"succeeded": true})))
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn hits_summarise_their_addresses_across_pages() {
+    let server = MockServer::start().await;
+    let t = |s: &str| Some(json!(s));
+    serve_pages(
+        &server,
+        vec![
+            vec![
+                doc(0, t("2024-06-01T10:00:00Z"),
+                    json!({"source": {"ip": "203.0.113.45", "geo": {"country_iso_code": "US"}}})),
+                doc(1, t("2024-06-01T10:01:00Z"), json!({"user": {"name": "j"}})),
+                doc(2, t("2024-06-01T10:02:00Z"), json!({"source": {"ip": "203.0.113.450"}})),
+            ],
+            vec![
+                // Flattened field names, as a document may be indexed.
+                doc(3, t("2024-06-01T11:00:00.250+01:00"), json!({"source.ip": "203.0.113.45"})),
+                doc(4, Some(json!(1_717_250_400_000u64)),
+                    json!({"client": {"ip": "2001:db8:4a3::15", "geo": {"country_iso_code": "CN"}}})),
+                doc(5, t("2024-06-01T09:00:00Z"), json!({"related": {"ip": ["192.0.2.14", "203.0.113.45"]}})),
+            ],
+            vec![doc(6, t("2024-06-01T23:00:00Z"),
+                     json!({"source": {"ip": "203.0.113.45", "geo": {"country_iso_code": "NL"}}}))],
+        ],
+    )
+    .await;
+    let h = Harness {
+        connector: ElasticsearchConnector::new(
+            "es",
+            url::Url::parse(&server.uri()).unwrap(),
+            SecretValue::new(KEY),
+            Redactor::new(),
+        )
+        .unwrap()
+        .with_page_size(3),
+        sink: MemSink::default(),
+        log: RequestLog::default(),
+        resume: ResumeSlot::default(),
+    };
+    let out = h.call(input()).await.unwrap();
+    assert_eq!(
+        (out["records"].as_u64(), out["pages"].as_u64()),
+        (Some(7), Some(3))
+    );
+    assert_eq!(
+        out["ip_addresses"],
+        json!([
+            {"ip": "192.0.2.14", "first_seen": "2024-06-01T09:00:00Z",
+             "last_seen": "2024-06-01T09:00:00Z", "events": 1, "country": null},
+            {"ip": "203.0.113.45", "first_seen": "2024-06-01T10:00:00Z",
+             "last_seen": "2024-06-01T23:00:00Z", "events": 3, "country": "US"},
+            {"ip": "2001:db8:4a3::15", "first_seen": "2024-06-01T14:00:00Z",
+             "last_seen": "2024-06-01T14:00:00Z", "events": 1, "country": "CN"},
+        ])
+    );
+    assert_eq!(out["ip_addresses_truncated"], false);
+}
+
+#[tokio::test]
+async fn more_than_500_addresses_are_truncated() {
+    let server = MockServer::start().await;
+    let at = Some(json!("2024-06-01T10:00:00Z"));
+    let page = |range: std::ops::Range<usize>| -> Vec<Value> {
+        range
+            .map(|i| {
+                doc(
+                    i,
+                    at.clone(),
+                    json!({"source": {"ip": format!("2001:db8:e::{i:x}")}}),
+                )
+            })
+            .collect()
+    };
+    let mut last = page(400..450);
+    last.push(doc(
+        450,
+        Some(json!("2024-06-02T10:00:00Z")),
+        json!({"source": {"ip": "2001:db8:e::0"}}),
+    ));
+    serve_pages(&server, vec![page(0..200), page(200..400), last]).await;
+    let h = Harness::new(&server.uri());
+    let out = h.call(input()).await.unwrap();
+    assert_eq!(out["records"], 451);
+    // 450 distinct: under the cap.
+    assert_eq!(out["ip_addresses_truncated"], false);
+    assert_eq!(out["ip_addresses"].as_array().unwrap().len(), 450);
+
+    let server = MockServer::start().await;
+    let mut last = page(400..501);
+    last.push(doc(
+        501,
+        at.clone(),
+        json!({"source": {"ip": "2001:db8:e::0"}}),
+    ));
+    serve_pages(&server, vec![page(0..200), page(200..400), last]).await;
+    let h = Harness::new(&server.uri());
+    let out = h.call(input()).await.unwrap();
+    assert_eq!(out["records"], 502);
+    assert_eq!(out["ip_addresses_truncated"], true);
+    let ips = out["ip_addresses"].as_array().unwrap();
+    assert_eq!(ips.len(), 500);
+    assert!(ips.iter().all(|a| a["ip"] != "2001:db8:e::1f4"));
+    assert_eq!(ips[0]["ip"], "2001:db8:e::");
+    assert_eq!(ips[0]["events"], 2);
 }

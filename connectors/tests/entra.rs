@@ -661,7 +661,7 @@ fn events(start: usize, n: usize) -> Vec<Value> {
     (start..start + n)
         .map(|i| {
             json!({"id": format!("evt-{i:05}"), "createdDateTime": "2024-07-01T12:00:00Z",
-                        "userId": USER_ID, "ipAddress": "175.45.176.12",
+                        "userId": USER_ID, "ipAddress": "203.0.113.45",
                         "status": {"errorCode": 0}})
         })
         .collect()
@@ -822,6 +822,12 @@ async fn snapshot_resumes_from_the_failed_page() {
         1,
         "one artifact across both attempts"
     );
+    // Every record counted once across both attempts.
+    assert_eq!(
+        out["ip_addresses"],
+        json!([{"ip": "203.0.113.45", "first_seen": "2024-07-01T12:00:00Z",
+                "last_seen": "2024-07-01T12:00:00Z", "events": 2500, "country": null}])
+    );
 }
 
 #[tokio::test]
@@ -910,7 +916,10 @@ async fn snapshot_of_an_unknown_user_is_found_false() {
         )
         .await
         .unwrap();
-    assert_eq!(out, json!({"found": false, "target": null}));
+    assert_eq!(
+        out,
+        json!({"found": false, "target": null, "ip_addresses": [], "ip_addresses_truncated": false})
+    );
     assert_eq!(*h.sink.created.lock().unwrap(), 0);
 }
 
@@ -1021,6 +1030,29 @@ async fn drives_the_sandbox_end_to_end() {
         out["pages"].as_u64().unwrap() >= 3,
         "small sandbox pages: {out}"
     );
+    // Oldest first across the pages: abroad (72 h and 7 h ago), the laptop farm, IPv6
+    // abroad, then the VPN exit (3 h and 1 h ago).
+    let ips: Vec<(&str, u64, &str)> = out["ip_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["ip"].as_str().unwrap(),
+                a["events"].as_u64().unwrap(),
+                a["country"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ips,
+        [
+            ("192.0.2.14", 2, "CN"),
+            ("198.51.100.23", 2, "US"),
+            ("2001:db8:4a3::15", 1, "CN"),
+            ("203.0.113.45", 2, "US"),
+        ]
+    );
     let out = h
         .call(
             "snapshot_directory_audits",
@@ -1029,6 +1061,8 @@ async fn drives_the_sandbox_end_to_end() {
         .await
         .unwrap();
     assert_eq!(out["records"], 3, "{out}");
+    assert_eq!(out["ip_addresses"][0]["ip"], "203.0.113.45");
+    assert_eq!(out["ip_addresses"][0]["events"], 3);
     let out = h.call("enable_user", suspect.clone()).await.unwrap();
     assert_eq!(out["already"], false);
     // Dana's email is not her UPN: found through the mail lookup.
@@ -1131,4 +1165,138 @@ async fn sandbox_throttles_reports_and_checks_the_bearer() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 429, "the limit spans both report endpoints");
+}
+
+/// Serve `pages` of `log` (`signIns` or `directoryAudits`), linked by `@odata.nextLink`.
+async fn mount_log_pages(server: &MockServer, log: &str, pages: Vec<Vec<Value>>) {
+    let n = pages.len();
+    for (k, page) in pages.into_iter().enumerate() {
+        let mut body = json!({"value": page});
+        if k + 1 < n {
+            body["@odata.nextLink"] = json!(format!(
+                "{}/v1.0/auditLogs/{log}?$top=1000&$skiptoken=p{}",
+                server.uri(),
+                k + 1
+            ));
+        }
+        let m = Mock::given(method("GET")).and(path(format!("/v1.0/auditLogs/{log}")));
+        let m = if k == 0 {
+            m.and(query_param("$top", "1000"))
+                .and(wiremock::matchers::query_param_is_missing("$skiptoken"))
+        } else {
+            m.and(query_param("$skiptoken", format!("p{k}").as_str()))
+        };
+        m.respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .expect(1)
+            .mount(server)
+            .await;
+    }
+}
+
+fn sign_in(ip: Option<&str>, at: &str, country: Option<&str>) -> Value {
+    let mut r = json!({"id": format!("s-{at}"), "createdDateTime": at, "userId": USER_ID,
+                       "status": {"errorCode": 0}, "location": {"city": null, "countryOrRegion": country}});
+    if let Some(ip) = ip {
+        r["ipAddress"] = json!(ip);
+    }
+    r
+}
+
+fn fast_reports(server: &MockServer) -> Harness {
+    let limit = RateWindow {
+        requests: 1000,
+        per: Duration::from_millis(10),
+    };
+    Harness::direct(server, Duration::from_secs(10), limit)
+}
+
+#[tokio::test]
+async fn sign_ins_summarise_addresses_across_pages() {
+    let server = MockServer::start().await;
+    mount_token(&server, TOKEN, None).await;
+    mount_user(&server, "j.smith@example.com", true).await;
+    let (home, vpn) = ("198.51.100.23", "203.0.113.45");
+    // Newest first, as Graph pages them.
+    mount_log_pages(
+        &server,
+        "signIns",
+        vec![
+            vec![
+                sign_in(Some(vpn), "2024-07-01T20:00:00Z", Some("US")),
+                sign_in(None, "2024-07-01T19:00:00Z", Some("US")),
+                sign_in(Some(""), "2024-07-01T18:30:00Z", None),
+            ],
+            vec![
+                sign_in(Some("10.0.0.300"), "2024-07-01T18:00:00Z", Some("US")),
+                sign_in(Some(home), "2024-07-01T17:00:00.1234567Z", Some("US")),
+                sign_in(Some(vpn), "2024-07-01T12:00:00Z", Some("NL")),
+            ],
+            vec![sign_in(Some(vpn), "2024-07-01T03:00:00Z", None)],
+        ],
+    )
+    .await;
+    let h = fast_reports(&server);
+    let out = h
+        .call(
+            "snapshot_sign_ins",
+            json!({"user": "j.smith@example.com", "since": "2024-07-01T00:00:00Z", "until": "2024-07-02T00:00:00Z"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out["records"].as_u64(), out["pages"].as_u64()),
+        (Some(7), Some(3))
+    );
+    assert_eq!(
+        out["ip_addresses"],
+        json!([
+            {"ip": vpn, "first_seen": "2024-07-01T03:00:00Z", "last_seen": "2024-07-01T20:00:00Z",
+             "events": 3, "country": "US"},
+            {"ip": home, "first_seen": "2024-07-01T17:00:00.123456700Z",
+             "last_seen": "2024-07-01T17:00:00.123456700Z", "events": 1, "country": "US"},
+        ])
+    );
+    assert_eq!(out["ip_addresses_truncated"], false);
+}
+
+#[tokio::test]
+async fn directory_audits_summarise_the_initiators_addresses_and_cap_them() {
+    let server = MockServer::start().await;
+    mount_token(&server, TOKEN, None).await;
+    mount_user(&server, "j.smith@example.com", true).await;
+    let audit = |ip: Option<String>, at: &str| {
+        json!({"id": format!("Directory_{at}"), "activityDateTime": at, "activityDisplayName": "Update user",
+               "initiatedBy": {"app": null, "user": {"id": USER_ID, "ipAddress": ip}}})
+    };
+    let at = "2024-07-01T10:00:00Z";
+    let page1: Vec<Value> = (0..300)
+        .map(|i| audit(Some(format!("198.51.100.{}", i % 256)), at))
+        .chain((0..250).map(|i| audit(Some(format!("2001:db8::{i:x}")), at)))
+        .collect();
+    let page2 = vec![
+        audit(None, "2024-07-01T11:00:00Z"),
+        audit(Some("2001:db8::1".into()), "2024-07-01T12:00:00Z"),
+    ];
+    mount_log_pages(&server, "directoryAudits", vec![page1, page2]).await;
+    let h = fast_reports(&server);
+    let out = h
+        .call(
+            "snapshot_directory_audits",
+            json!({"user": "j.smith@example.com", "since": "2024-07-01T00:00:00Z", "until": "2024-07-02T00:00:00Z"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["records"], 552);
+    // 256 IPv4 and the first 244 IPv6 addresses fit; the other 6 are left out.
+    assert_eq!(out["ip_addresses_truncated"], true);
+    let ips = out["ip_addresses"].as_array().unwrap();
+    assert_eq!(ips.len(), 500);
+    assert!(ips.iter().all(|a| a["ip"] != "2001:db8::f9"));
+    let one = ips.iter().find(|a| a["ip"] == "2001:db8::1").unwrap();
+    assert_eq!(
+        (&one["events"], &one["last_seen"], &one["country"]),
+        (&json!(2), &json!("2024-07-01T12:00:00Z"), &Value::Null)
+    );
+    let v4 = ips.iter().find(|a| a["ip"] == "198.51.100.5").unwrap();
+    assert_eq!(v4["events"], 2, "300 records over 256 addresses");
 }

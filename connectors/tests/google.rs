@@ -786,7 +786,7 @@ fn event(n: usize) -> Value {
            "id": {"time": format!("2026-01-{:02}T00:00:{:02}.000Z", 1 + n % 28, n % 60),
                   "uniqueQualifier": format!("{n}"), "applicationName": "login"},
            "actor": {"email": "j.smith@example.com", "profileId": SUSPECT_ID},
-           "ipAddress": "175.45.176.12",
+           "ipAddress": "203.0.113.45",
            "events": [{"type": "login", "name": "login_success"}]})
 }
 
@@ -906,6 +906,12 @@ async fn snapshot_resumes_from_the_page_that_failed() {
         *h.sink.created.lock().unwrap(),
         1,
         "one artifact, continued"
+    );
+    // Every activity counted once across both attempts; times span the 28 days.
+    assert_eq!(
+        out["ip_addresses"],
+        json!([{"ip": "203.0.113.45", "first_seen": "2026-01-01T00:00:00Z",
+                "last_seen": "2026-01-28T00:00:59Z", "events": 2500, "country": null}])
     );
     let finished = h.sink.finished.lock().unwrap();
     assert_eq!(finished[0].1, jsonl(&events));
@@ -1033,6 +1039,25 @@ async fn drives_the_sandbox_end_to_end() {
     assert!(lines
         .iter()
         .all(|l| l["actor"]["email"] == "j.smith@example.com"));
+    // The suspect's addresses: the laptop farm, a VPN exit and two abroad.
+    let ips = snap["ip_addresses"].as_array().unwrap();
+    let mut seen: Vec<&str> = ips.iter().map(|a| a["ip"].as_str().unwrap()).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "192.0.2.14",
+            "198.51.100.23",
+            "2001:db8:4a3::15",
+            "203.0.113.45"
+        ]
+    );
+    let total: u64 = ips.iter().map(|a| a["events"].as_u64().unwrap()).sum();
+    assert_eq!(total, 30);
+    let foreign = ips.iter().find(|a| a["ip"] == "192.0.2.14").unwrap();
+    assert_eq!(foreign["country"], "CN");
+    assert!(foreign["first_seen"].as_str() < foreign["last_seen"].as_str());
+    assert_eq!(snap["ip_addresses_truncated"], false);
 
     let ghost = h
         .call(
@@ -1041,7 +1066,10 @@ async fn drives_the_sandbox_end_to_end() {
         )
         .await
         .unwrap();
-    assert_eq!(ghost, json!({"found": false, "target": null}));
+    assert_eq!(
+        ghost,
+        json!({"found": false, "target": null, "ip_addresses": [], "ip_addresses_truncated": false})
+    );
     assert_eq!(
         *h.sink.created.lock().unwrap(),
         1,
@@ -1125,4 +1153,120 @@ async fn sandbox_pages_throttles_and_checks_auth() {
             .unwrap()["found"],
         true
     );
+}
+
+/// Serve `pages` of login activities, linked by `nextPageToken`.
+async fn mount_item_pages(server: &MockServer, pages: Vec<Vec<Value>>) {
+    let n = pages.len();
+    for (i, items) in pages.into_iter().enumerate() {
+        let mut body = json!({"kind": "admin#reports#activities", "items": items});
+        if i + 1 < n {
+            body["nextPageToken"] = json!(format!("t{}", i + 1));
+        }
+        let m = Mock::given(method("GET")).and(path(ACTIVITY));
+        let m = if i == 0 {
+            m.and(wiremock::matchers::query_param_is_missing("pageToken"))
+        } else {
+            m.and(query_param("pageToken", format!("t{i}")))
+        };
+        m.respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .expect(1)
+            .mount(server)
+            .await;
+    }
+}
+
+fn login(ip: Option<&str>, time: &str, region: Option<&str>) -> Value {
+    let mut a = json!({"kind": "admin#reports#activity",
+        "id": {"time": time, "uniqueQualifier": time, "applicationName": "login"},
+        "actor": {"email": "j.smith@example.com", "profileId": SUSPECT_ID},
+        "events": [{"type": "login", "name": "login_success"}]});
+    if let Some(ip) = ip {
+        a["ipAddress"] = json!(ip);
+    }
+    if let Some(r) = region {
+        a["networkInfo"] = json!({"regionCode": r, "ipAsn": [64496]});
+    }
+    a
+}
+
+#[tokio::test]
+async fn snapshot_summarises_addresses_across_pages() {
+    let server = MockServer::start().await;
+    mount_token(&server, &[SCOPE_REPORTS], TOKEN, 1).await;
+    let (vpn, abroad) = ("203.0.113.45", "2001:db8:4a3::15");
+    mount_item_pages(
+        &server,
+        vec![
+            vec![
+                login(Some(abroad), "2026-01-20T08:00:00.000Z", Some("CN")),
+                login(None, "2026-01-20T07:00:00.000Z", Some("CN")),
+                login(Some("not an address"), "2026-01-20T06:00:00.000Z", None),
+                login(Some(vpn), "2026-01-19T22:00:00.000Z", None),
+            ],
+            vec![
+                login(Some(vpn), "2026-01-15T12:00:00.000Z", Some("US")),
+                login(
+                    Some("2001:0db8:04a3::0015"),
+                    "2026-01-02T00:00:00.000Z",
+                    Some("HK"),
+                ),
+            ],
+        ],
+    )
+    .await;
+    let h = harness(&server);
+    let out = h
+        .call(
+            "snapshot_login_activity",
+            json!({"user": "j.smith@example.com", "since": SINCE, "until": UNTIL}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out["records"].as_u64(), out["pages"].as_u64()),
+        (Some(6), Some(2))
+    );
+    assert_eq!(
+        out["ip_addresses"],
+        json!([
+            {"ip": abroad, "first_seen": "2026-01-02T00:00:00Z", "last_seen": "2026-01-20T08:00:00Z",
+             "events": 2, "country": "CN"},
+            {"ip": vpn, "first_seen": "2026-01-15T12:00:00Z", "last_seen": "2026-01-19T22:00:00Z",
+             "events": 2, "country": "US"},
+        ])
+    );
+    assert_eq!(out["ip_addresses_truncated"], false);
+}
+
+#[tokio::test]
+async fn more_than_500_addresses_are_truncated() {
+    let server = MockServer::start().await;
+    mount_token(&server, &[SCOPE_REPORTS], TOKEN, 1).await;
+    let t = "2026-01-10T00:00:00.000Z";
+    let page1: Vec<Value> = (0..501)
+        .map(|i| login(Some(&format!("2001:db8:1::{i:x}")), t, None))
+        .collect();
+    let page2 = vec![login(
+        Some("2001:db8:1::0"),
+        "2026-01-11T00:00:00.000Z",
+        None,
+    )];
+    mount_item_pages(&server, vec![page1, page2]).await;
+    let h = harness(&server);
+    let out = h
+        .call(
+            "snapshot_login_activity",
+            json!({"user": "j.smith@example.com", "since": SINCE, "until": UNTIL}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["records"], 502);
+    assert_eq!(out["ip_addresses_truncated"], true);
+    let ips = out["ip_addresses"].as_array().unwrap();
+    assert_eq!(ips.len(), 500);
+    assert!(ips.iter().all(|a| a["ip"] != "2001:db8:1::1f4"));
+    assert_eq!(ips[0]["ip"], "2001:db8:1::");
+    assert_eq!(ips[0]["events"], 2);
+    assert_eq!(ips[0]["last_seen"], "2026-01-11T00:00:00Z");
 }

@@ -675,7 +675,7 @@ async fn settings_are_checked() {
 fn event(i: usize) -> Value {
     json!({"uuid": format!("evt-{i:05}"), "published": format!("2024-05-01T00:{:02}:{:02}.000Z", (i / 60) % 60, i % 60),
            "eventType": "user.session.start", "actor": {"id": ID, "alternateId": LOGIN},
-           "client": {"ipAddress": "175.45.176.12", "geographicalContext": {"geolocation": {"lat": 39.0392, "lon": 125.7625}}},
+           "client": {"ipAddress": "203.0.113.45", "geographicalContext": {"geolocation": {"lat": 39.0438, "lon": -77.4874}}},
            "displayMessage": format!("sign-in \"{i}\"\nline")})
 }
 
@@ -850,6 +850,9 @@ async fn snapshot_resumes_from_the_failed_page() {
         "one artifact, continued"
     );
     assert_eq!(h.sink.finished.lock().unwrap()[0].1, expected);
+    // Every event counted once, although page 3 was fetched twice.
+    assert_eq!(out["ip_addresses"][0]["events"], 2500);
+    assert_eq!(out["ip_addresses"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -1045,4 +1048,201 @@ async fn sandbox_pages_throttles_and_refuses_wrong_states() {
     assert_eq!(okta.status_of(LOGIN).as_deref(), Some("ACTIVE"));
     assert_eq!(okta.calls().len(), 1, "only the direct request above");
     task.abort();
+}
+
+/// A System Log event by `actor` from `ip` (none when None) at `published`.
+fn ip_event(actor: &str, ip: Option<&str>, published: &str, country: Option<&str>) -> Value {
+    let mut client = json!({"userAgent": {"rawUserAgent": "Mozilla/5.0"}});
+    if let Some(ip) = ip {
+        client["ipAddress"] = json!(ip);
+    }
+    if let Some(c) = country {
+        client["geographicalContext"] = json!({"country": c, "city": null});
+    }
+    json!({"uuid": format!("e-{published}-{}", ip.unwrap_or("none")), "published": published,
+           "eventType": "user.session.start", "actor": {"id": actor}, "client": client,
+           "target": [{"id": ID}]})
+}
+
+/// Serve `pages` of System Log events for the user, linked by `next` links.
+async fn mount_event_pages(server: &MockServer, pages: Vec<Vec<Value>>) {
+    get_user_mock(LOGIN, user("ACTIVE")).mount(server).await;
+    let n = pages.len();
+    for (k, page) in pages.into_iter().enumerate() {
+        let mut resp = ResponseTemplate::new(200).set_body_json(Value::Array(page));
+        if k + 1 < n {
+            resp = resp.append_header(
+                "link",
+                format!(
+                    "<{}/api/v1/logs?after=c{}>; rel=\"next\"",
+                    server.uri(),
+                    k + 1
+                )
+                .as_str(),
+            );
+        }
+        let m = Mock::given(method("GET")).and(path("/api/v1/logs"));
+        let m = if k == 0 {
+            m.and(query_param_is_missing("after"))
+        } else {
+            m.and(query_param("after", format!("c{k}").as_str()))
+        };
+        m.respond_with(resp).expect(1).mount(server).await;
+    }
+}
+
+#[tokio::test]
+async fn snapshot_summarises_the_users_addresses_across_pages() {
+    let server = MockServer::start().await;
+    let (home, vpn, abroad) = ("198.51.100.23", "203.0.113.45", "2001:db8:4a3::15");
+    mount_event_pages(
+        &server,
+        vec![
+            vec![
+                ip_event(ID, Some(vpn), "2024-05-01T10:00:00.000Z", Some("")),
+                ip_event(ID, None, "2024-05-01T10:05:00.000Z", None),
+                ip_event(ID, Some("175.45.176.x"), "2024-05-01T10:06:00.000Z", None),
+                ip_event(ID, Some("unknown"), "2024-05-01T10:07:00.000Z", None),
+                ip_event(
+                    ID,
+                    Some(home),
+                    "2024-05-01T11:00:00.000Z",
+                    Some("United States"),
+                ),
+            ],
+            vec![
+                // Earlier than page 1's, and this time with a country.
+                ip_event(
+                    ID,
+                    Some(vpn),
+                    "2024-05-01T09:30:00.000Z",
+                    Some("United States"),
+                ),
+                // An admin acting on the user: the admin's address is not the user's.
+                ip_event(
+                    "00u0admin",
+                    Some("192.0.2.200"),
+                    "2024-05-01T09:00:00.000Z",
+                    None,
+                ),
+                ip_event(
+                    ID,
+                    Some("2001:DB8:4A3:0::15"),
+                    "2024-05-01T12:00:00.000Z",
+                    Some("China"),
+                ),
+            ],
+            vec![ip_event(
+                ID,
+                Some(vpn),
+                "2024-05-01T23:59:59.500Z",
+                Some("Japan"),
+            )],
+        ],
+    )
+    .await;
+    let h = harness(&server);
+    let out = h
+        .call("snapshot_system_log", snapshot_input())
+        .await
+        .unwrap();
+    assert_eq!(out["records"], 9, "the artifact keeps every event");
+    assert_eq!(out["pages"], 3);
+    assert_eq!(
+        out["ip_addresses"],
+        json!([
+            {"ip": vpn, "first_seen": "2024-05-01T09:30:00Z", "last_seen": "2024-05-01T23:59:59.500Z",
+             "events": 3, "country": "United States"},
+            {"ip": home, "first_seen": "2024-05-01T11:00:00Z", "last_seen": "2024-05-01T11:00:00Z",
+             "events": 1, "country": "United States"},
+            {"ip": abroad, "first_seen": "2024-05-01T12:00:00Z", "last_seen": "2024-05-01T12:00:00Z",
+             "events": 1, "country": "China"},
+        ])
+    );
+    assert_eq!(out["ip_addresses_truncated"], false);
+}
+
+#[tokio::test]
+async fn more_than_500_addresses_are_truncated() {
+    let server = MockServer::start().await;
+    let at = "2024-05-01T10:00:00.000Z";
+    let page1: Vec<Value> = (1..=400)
+        .map(|i| ip_event(ID, Some(&format!("2001:db8::{i:x}")), at, None))
+        .collect();
+    // 150 more distinct addresses (only 100 fit), then the first address again.
+    let mut page2: Vec<Value> = (401..=550)
+        .map(|i| ip_event(ID, Some(&format!("2001:db8::{i:x}")), at, None))
+        .collect();
+    page2.push(ip_event(
+        ID,
+        Some("2001:db8::1"),
+        "2024-05-01T20:00:00.000Z",
+        None,
+    ));
+    mount_event_pages(&server, vec![page1, page2]).await;
+    let h = harness(&server);
+    let out = h
+        .call("snapshot_system_log", snapshot_input())
+        .await
+        .unwrap();
+    assert_eq!(out["records"], 551);
+    assert_eq!(out["ip_addresses_truncated"], true);
+    let ips = out["ip_addresses"].as_array().unwrap();
+    assert_eq!(ips.len(), 500);
+    assert!(
+        ips.iter().all(|a| a["ip"] != "2001:db8::1f5"),
+        "501st left out"
+    );
+    let first = ips.iter().find(|a| a["ip"] == "2001:db8::1").unwrap();
+    assert_eq!(first["events"], 2, "known addresses still count");
+    assert_eq!(first["last_seen"], "2024-05-01T20:00:00Z");
+}
+
+#[tokio::test]
+async fn the_sandbox_suspects_addresses() {
+    let server = Sandbox::seeded().serve().await.unwrap();
+    let h = harness_at(&format!("{}/okta", server.base_url()), SANDBOX_TOKEN);
+    let since = (chrono::Utc::now() - chrono::Duration::days(30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let snap = h
+        .call(
+            "snapshot_system_log",
+            json!({"user": LOGIN, "since": since}),
+        )
+        .await
+        .unwrap();
+    let ips: Vec<(&str, &str, u64)> = snap["ip_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["ip"].as_str().unwrap(),
+                a["country"].as_str().unwrap(),
+                a["events"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // 150 events cycling through five kinds: VPN twice, home, abroad over v4 and v6.
+    assert_eq!(
+        ips,
+        [
+            ("203.0.113.45", "United States", 60),
+            ("198.51.100.23", "United States", 30),
+            ("192.0.2.14", "China", 30),
+            ("2001:db8:4a3::15", "China", 30),
+        ]
+    );
+    for a in snap["ip_addresses"].as_array().unwrap() {
+        let (f, l) = (
+            a["first_seen"].as_str().unwrap(),
+            a["last_seen"].as_str().unwrap(),
+        );
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(f).unwrap()
+                < chrono::DateTime::parse_from_rfc3339(l).unwrap(),
+            "{a}"
+        );
+        assert!(f.ends_with('Z'), "{f}");
+    }
 }

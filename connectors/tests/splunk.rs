@@ -359,6 +359,24 @@ async fn the_sandbox_exports_the_suspects_events() {
     .await
     .unwrap();
     assert_eq!(out["records"], 100);
+    // The suspect's VPN rows cycle through the laptop farm, a VPN exit and two addresses
+    // abroad: 25 each.
+    let ips = out["ip_addresses"].as_array().unwrap();
+    let mut seen: Vec<(&str, u64)> = ips
+        .iter()
+        .map(|a| (a["ip"].as_str().unwrap(), a["events"].as_u64().unwrap()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("192.0.2.14", 25),
+            ("198.51.100.23", 25),
+            ("2001:db8:4a3::15", 25),
+            ("203.0.113.45", 25)
+        ]
+    );
+    assert_eq!(ips[0]["first_seen"], "2026-11-20T00:10:00Z");
     {
         let finished = sink.finished.lock().unwrap();
         let (_, data) = &finished[1];
@@ -384,4 +402,84 @@ async fn the_sandbox_exports_the_suspects_events() {
         .await
         .unwrap();
     assert_eq!(out["records"], 40);
+}
+
+/// One export row for `result`.
+fn row(offset: usize, result: Value) -> String {
+    format!(
+        "{}\n",
+        json!({"preview": false, "offset": offset, "result": result})
+    )
+}
+
+#[tokio::test]
+async fn results_summarise_their_addresses_whatever_the_time_rendering() {
+    let server = MockServer::start().await;
+    let mut body = String::from(
+        "{\"preview\":true,\"offset\":0,\"result\":{\"src_ip\":\"192.0.2.99\",\"_time\":\"2024-06-01T00:00:00.000+00:00\"}}\n",
+    );
+    let results = [
+        json!({"_time": "2024-06-01T10:00:00.000-04:00", "src_ip": "203.0.113.45", "user": "j"}),
+        json!({"_time": "2024-06-01T12:00:00.000+00:00", "user": "j", "action": "no address"}),
+        json!({"_time": "2024-06-01T12:30:00.000+00:00", "src_ip": "unknown", "src": "wks-7"}),
+        // `src` is a host name; `clientip` holds the address.
+        json!({"_time": "1717236000", "src": "wks-7", "clientip": "198.51.100.23"}),
+        json!({"_time": "2024-06-01 09:00:00.000 UTC", "src_ip": ["203.0.113.45", "192.0.2.1"]}),
+        json!({"_time": "2024-06-01 23:00:00.000 -0500", "client_ip": "203.0.113.45"}),
+        json!({"_time": "2024-06-01T08:00:00", "ip": "198.51.100.23"}),
+    ];
+    for (i, r) in results.iter().enumerate() {
+        body.push_str(&row(i, r.clone()));
+    }
+    Mock::given(method("POST"))
+        .and(path("/services/search/v2/jobs/export"))
+        .respond_with(export(200, body))
+        .mount(&server)
+        .await;
+    let h = Harness::new(&server.uri());
+    let out = h.call(input()).await.unwrap();
+    assert_eq!(out["records"], 7);
+    assert_eq!(
+        out["ip_addresses"],
+        json!([
+            {"ip": "203.0.113.45", "first_seen": "2024-06-01T09:00:00Z",
+             "last_seen": "2024-06-02T04:00:00Z", "events": 3, "country": null},
+            // The row without a zone counts, but its time is not guessed.
+            {"ip": "198.51.100.23", "first_seen": "2024-06-01T10:00:00Z",
+             "last_seen": "2024-06-01T10:00:00Z", "events": 2, "country": null},
+        ])
+    );
+    assert_eq!(out["ip_addresses_truncated"], false);
+}
+
+#[tokio::test]
+async fn more_than_500_addresses_are_truncated() {
+    let server = MockServer::start().await;
+    let mut body = String::new();
+    for i in 0..600usize {
+        let ip = format!("2001:db8:5::{i:x}");
+        body.push_str(&row(
+            i,
+            json!({"_time": "2024-06-01T10:00:00.000+00:00", "src_ip": ip}),
+        ));
+    }
+    body.push_str(&row(
+        600,
+        json!({"_time": "2024-06-01T11:00:00.000+00:00", "src_ip": "2001:db8:5::1f3"}),
+    ));
+    Mock::given(method("POST"))
+        .and(path("/services/search/v2/jobs/export"))
+        .respond_with(export(200, body))
+        .mount(&server)
+        .await;
+    let h = Harness::new(&server.uri());
+    let out = h.call(input()).await.unwrap();
+    assert_eq!(out["records"], 601);
+    assert_eq!(out["ip_addresses_truncated"], true);
+    let ips = out["ip_addresses"].as_array().unwrap();
+    assert_eq!(ips.len(), 500);
+    assert!(ips.iter().all(|a| a["ip"] != "2001:db8:5::1f4"));
+    let last_kept = ips.iter().find(|a| a["ip"] == "2001:db8:5::1f3").unwrap();
+    assert_eq!(last_kept["events"], 2);
+    assert_eq!(last_kept["last_seen"], "2024-06-01T11:00:00Z");
 }

@@ -2,6 +2,7 @@
 
 mod drafts;
 mod harness;
+mod streaming;
 
 use std::time::{Duration, Instant};
 
@@ -1104,6 +1105,19 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
         snap["output"]["succeeded"].as_u64().unwrap() >= 3,
         "{snap:#}"
     );
+    // Each instance's snapshot reports the subject's addresses, untouched by the role: the
+    // VPN exit everywhere, never the office address of the admin who suspended them.
+    for res in snap["output"]["results"].as_array().unwrap() {
+        if res["status"] != "succeeded" {
+            continue;
+        }
+        let ips = res["output"]["ip_addresses"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{res:#}"));
+        assert!(ips.iter().any(|a| a["ip"] == "203.0.113.45"), "{res:#}");
+        assert!(ips.iter().all(|a| a["ip"] != "198.51.100.7"), "{res:#}");
+        assert_eq!(res["output"]["ip_addresses_truncated"], false);
+    }
     assert_eq!(step(&doc, "suspend-identity")["status"], "pending");
     assert_eq!(sb.entra.account_enabled(entra::SUSPECT_ID), Some(true));
 

@@ -17,7 +17,8 @@
 //! Elasticsearch's error body). [`ElasticsearchSandbox::throttle`] answers the next calls
 //! with 429 `es_rejected_execution_exception`. Seeded with 400 events in `logs-okta` and
 //! `logs-vpn` (320 about `j.smith@example.com`, 80 about `dana@example.com`) from
-//! 2026-11-20T00:00:00Z, 5 minutes apart.
+//! 2026-11-20T00:00:00Z, 5 minutes apart, with ECS `source.ip` and `source.geo` (the
+//! suspect's from [`super::addresses`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,15 @@ use axum::routing::{delete, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
+
+use super::addresses;
+
+/// The suspect's sources, in turn: laptop farm, VPN exit, abroad (IPv4 and IPv6).
+const SUSPECT_ADDRESSES: [&str; 3] = [
+    addresses::US_RESIDENTIAL,
+    addresses::VPN_EXIT,
+    addresses::FOREIGN,
+];
 
 /// The API key the sandbox accepts (a fixed, public sandbox credential).
 pub const SANDBOX_API_KEY: &str = "c2FuZGJveC1pZDpzYW5kYm94LWVsYXN0aWMta2V5";
@@ -69,6 +79,11 @@ impl ElasticsearchSandbox {
                     "j.smith@example.com"
                 };
                 let t = start + Duration::minutes(5 * i as i64);
+                let ip = if user == "dana@example.com" {
+                    addresses::OFFICE
+                } else {
+                    SUSPECT_ADDRESSES[i % SUSPECT_ADDRESSES.len()]
+                };
                 let (index, action) = if i % 2 == 0 {
                     ("logs-okta", "user.session.start")
                 } else {
@@ -82,7 +97,7 @@ impl ElasticsearchSandbox {
                         "@timestamp": t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                         "user": {"name": user},
                         "event": {"action": action},
-                        "source": {"ip": format!("198.51.100.{}", i % 250 + 1)},
+                        "source": {"ip": ip, "geo": {"country_iso_code": addresses::geo(ip).map(|g| g.0)}},
                     }),
                 });
             }

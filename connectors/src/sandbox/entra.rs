@@ -30,6 +30,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;
 use serde_json::{json, Value};
 
+use super::addresses;
+
 /// The tenant the sandbox knows.
 pub const SANDBOX_TENANT_ID: &str = "00000000-0000-4000-8000-00000000e17a";
 /// The application (client) id the sandbox accepts.
@@ -114,31 +116,32 @@ impl EntraSandbox {
                 sessions_valid_from: "2024-11-02T08:00:00Z".into(),
             },
         ];
+        // The suspect: the company laptop at the laptop farm (US broadband), sessions
+        // through a commercial VPN, and sign-ins from abroad, over IPv4 and IPv6.
         let sign_in_seed = [
-            (1, "175.45.176.12", "AnyDesk", "Windows 10", "KP"),
-            (3, "175.45.176.12", "Microsoft Teams", "Windows 10", "KP"),
+            (1, addresses::VPN_EXIT, "AnyDesk", "Windows 10"),
+            (3, addresses::VPN_EXIT, "Microsoft Teams", "Windows 10"),
             (
                 7,
-                "103.56.16.4",
+                addresses::FOREIGN,
                 "Office 365 Exchange Online",
                 "Windows 10",
-                "CN",
             ),
-            (20, "103.56.16.4", "Azure Portal", "Windows 10", "CN"),
-            (26, "198.51.100.23", "GitHub Enterprise", "MacOs", "US"),
-            (49, "198.51.100.23", "Microsoft Teams", "MacOs", "US"),
+            (20, addresses::FOREIGN_V6, "Azure Portal", "Windows 10"),
+            (26, addresses::US_RESIDENTIAL, "GitHub Enterprise", "MacOs"),
+            (49, addresses::US_RESIDENTIAL, "Microsoft Teams", "MacOs"),
             (
                 72,
-                "203.0.113.77",
+                addresses::FOREIGN,
                 "Office 365 SharePoint Online",
                 "Windows 10",
-                "RU",
             ),
         ];
         // Newest first, as Graph returns them.
         let mut sign_ins: Vec<Value> = sign_in_seed
             .iter()
-            .map(|(hours, ip, app, os, country)| {
+            .map(|(hours, ip, app, os)| {
+                let country = addresses::geo(ip).map(|g| g.0);
                 json!({
                     "id": guid(),
                     "createdDateTime": ts(now - chrono::Duration::hours(*hours)),
@@ -163,7 +166,7 @@ impl EntraSandbox {
             "userPrincipalName": "dana@example.onmicrosoft.com",
             "userId": DANA_ID,
             "appDisplayName": "Microsoft Teams",
-            "ipAddress": "198.51.100.10",
+            "ipAddress": addresses::OFFICE,
             "status": {"errorCode": 0},
             "location": {"countryOrRegion": "US"},
         }));
@@ -200,7 +203,7 @@ impl EntraSandbox {
                     "activityDateTime": ts(now - chrono::Duration::hours(*hours)),
                     "loggedByService": "Core Directory",
                     "operationType": "Update",
-                    "initiatedBy": {"app": null, "user": {"id": SUSPECT_ID, "displayName": null, "userPrincipalName": "j.smith@example.com", "ipAddress": "175.45.176.12"}},
+                    "initiatedBy": {"app": null, "user": {"id": SUSPECT_ID, "displayName": null, "userPrincipalName": "j.smith@example.com", "ipAddress": addresses::VPN_EXIT}},
                     "targetResources": [{"id": SUSPECT_ID, "displayName": target, "type": "User", "userPrincipalName": "j.smith@example.com"}],
                     "additionalDetails": [],
                 })

@@ -39,6 +39,7 @@ use rsa::signature::Verifier;
 use rsa::RsaPrivateKey;
 use serde_json::{json, Value};
 
+use super::addresses;
 use crate::google::{SCOPE_REPORTS, SCOPE_USER, SCOPE_USER_SECURITY};
 
 /// The sandbox service account's email (the assertion's `iss`).
@@ -221,10 +222,14 @@ impl GoogleSandbox {
         }
         // The suspect: 30 logins every 4 hours, mostly from addresses the company never
         // uses, a few failures; the analyst: 5 ordinary logins.
-        let suspect_ips = ["175.45.176.12", "103.56.16.4", "175.45.178.3"];
+        let suspect_ips = [
+            addresses::VPN_EXIT,
+            addresses::FOREIGN,
+            addresses::FOREIGN_V6,
+        ];
         for i in 0..30u32 {
             let ip = if i % 5 == 4 {
-                "198.51.100.20"
+                addresses::US_RESIDENTIAL
             } else {
                 suspect_ips[(i % 3) as usize]
             };
@@ -240,7 +245,7 @@ impl GoogleSandbox {
                 "114211980000000000001",
                 ip,
                 name,
-                ip != "198.51.100.20",
+                ip != addresses::US_RESIDENTIAL,
             ));
         }
         for i in 0..5u32 {
@@ -249,7 +254,7 @@ impl GoogleSandbox {
                 100 + i,
                 "dana@example.com",
                 "114211980000000000002",
-                "198.51.100.21",
+                addresses::OFFICE,
                 "login_success",
                 false,
             ));
@@ -332,6 +337,7 @@ fn activity(
         "etag": format!("\"sandbox-activity-{n}\""),
         "actor": {"callerType": "USER", "email": email, "profileId": profile_id},
         "ipAddress": ip,
+        "networkInfo": addresses::geo(ip).map(|g| json!({"regionCode": g.0})),
         "events": [{
             "type": "login",
             "name": name,

@@ -30,6 +30,34 @@ use tokio::task::JoinHandle;
 
 pub mod crowdstrike;
 pub mod entra;
+
+/// The addresses the seeded people use across every imitated log, so that each vendor's
+/// `ip_addresses` tells the same story. Documentation ranges only (RFC 5737, RFC 3849):
+/// none of them belongs to anyone.
+pub mod addresses {
+    /// A US cable-broadband address: the laptop farm where the company laptop sits.
+    pub const US_RESIDENTIAL: &str = "198.51.100.23";
+    /// A hosting provider's address that a commercial VPN (Astrill-like) uses as its exit.
+    pub const VPN_EXIT: &str = "203.0.113.45";
+    /// An address abroad, the workers' own connection (China, near the border).
+    pub const FOREIGN: &str = "192.0.2.14";
+    /// The same provider abroad, over IPv6.
+    pub const FOREIGN_V6: &str = "2001:db8:4a3::15";
+    /// The company office, where the analyst works.
+    pub const OFFICE: &str = "198.51.100.7";
+
+    /// Where a geolocation service would place each address: (ISO code, country name,
+    /// city), as Entra/Google (codes) and Okta (names) report them.
+    pub fn geo(ip: &str) -> Option<(&'static str, &'static str, &'static str)> {
+        match ip {
+            US_RESIDENTIAL => Some(("US", "United States", "Phoenix")),
+            VPN_EXIT => Some(("US", "United States", "Ashburn")),
+            FOREIGN | FOREIGN_V6 => Some(("CN", "China", "Shenyang")),
+            OFFICE => Some(("US", "United States", "Chicago")),
+            _ => None,
+        }
+    }
+}
 pub mod fleet;
 pub mod scim;
 pub mod slack;
@@ -391,9 +419,13 @@ async fn logs(
     };
     let since = q.since.unwrap_or_else(|| "2026-01-01T00:00:00Z".into());
     let events = [
-        ("user.session.start", "175.45.176.12", "AnyDesk/8.0"),
-        ("user.authentication.sso", "175.45.176.12", "Chrome/131"),
-        ("app.github.clone", "103.56.16.4", "git/2.43"),
+        ("user.session.start", addresses::VPN_EXIT, "AnyDesk/8.0"),
+        (
+            "user.authentication.sso",
+            addresses::US_RESIDENTIAL,
+            "Chrome/131",
+        ),
+        ("app.github.clone", addresses::FOREIGN, "git/2.43"),
     ];
     let body: String = events
         .iter()

@@ -25,6 +25,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+use super::addresses;
+
 /// The API token the sandbox accepts (`Authorization: SSWS <this>`).
 pub const SANDBOX_TOKEN: &str = "cordon-sandbox-okta-token";
 /// The seeded suspect's Okta id.
@@ -90,22 +92,31 @@ impl OktaSandbox {
                     status_changed: created.clone(),
                 });
             }
-            // The suspect signs in from Pyongyang's address block and a VPS, through
-            // remote-access tools; the analyst from the office.
+            // The suspect signs in from the laptop farm's home broadband, through a
+            // commercial VPN and from abroad, with remote-access tools; the analyst from the
+            // office.
             let suspect = [
-                ("user.session.start", "175.45.176.12", "AnyDesk/8.0.8"),
+                ("user.session.start", addresses::VPN_EXIT, "AnyDesk/8.0.8"),
                 (
                     "user.authentication.sso",
-                    "175.45.176.12",
+                    addresses::US_RESIDENTIAL,
                     "Mozilla/5.0 Chrome/131",
                 ),
-                ("app.oauth2.as.token.grant", "103.56.16.4", "git/2.43.0"),
+                (
+                    "app.oauth2.as.token.grant",
+                    addresses::FOREIGN,
+                    "git/2.43.0",
+                ),
                 (
                     "user.authentication.auth_via_mfa",
-                    "45.153.160.2",
+                    addresses::FOREIGN_V6,
                     "Mozilla/5.0 Chrome/131",
                 ),
-                ("policy.evaluate_sign_on", "175.45.176.12", "TeamViewer/15"),
+                (
+                    "policy.evaluate_sign_on",
+                    addresses::VPN_EXIT,
+                    "TeamViewer/15",
+                ),
             ];
             for i in 0..150i64 {
                 let (ev, ip, ua) = suspect[(i as usize) % suspect.len()];
@@ -126,7 +137,7 @@ impl OktaSandbox {
                     "user.session.start",
                     (ANALYST_ID, "dana@example.com", "Dana Analyst"),
                     None,
-                    "198.51.100.7",
+                    addresses::OFFICE,
                     "Mozilla/5.0 Firefox/133",
                 );
             }
@@ -227,11 +238,22 @@ impl OktaWorld {
             "legacyEventType": null,
             "displayMessage": event_type.replace('.', " "),
             "actor": {"id": actor.0, "type": "User", "alternateId": actor.1, "displayName": actor.2, "detailEntry": null},
-            "client": {"ipAddress": ip, "userAgent": {"rawUserAgent": ua, "os": "Unknown", "browser": "UNKNOWN"}, "zone": "null", "device": "Computer"},
+            "client": {"ipAddress": ip, "userAgent": {"rawUserAgent": ua, "os": "Unknown", "browser": "UNKNOWN"}, "zone": "null", "device": "Computer",
+                       "geographicalContext": geographical_context(ip)},
+            "securityContext": {"isProxy": ip == addresses::VPN_EXIT},
             "outcome": {"result": "SUCCESS", "reason": null},
             "target": targets,
             "transaction": {"type": "WEB", "id": format!("sbx-tx-{}", self.event_seq)},
         }));
+    }
+}
+
+/// Okta's `client.geographicalContext` for a sandbox address (null when unknown).
+fn geographical_context(ip: &str) -> Value {
+    match addresses::geo(ip) {
+        Some((_, country, city)) => json!({"city": city, "state": null, "country": country,
+                                           "postalCode": null, "geolocation": null}),
+        None => Value::Null,
     }
 }
 
@@ -485,7 +507,7 @@ async fn lifecycle(
         &format!("user.lifecycle.{verb}"),
         (ADMIN_ID, "admin@example.com", "Sandbox Admin"),
         Some((&u.id, &u.login, &name)),
-        "127.0.0.1",
+        addresses::OFFICE,
         "cordon",
     );
     with_rate_headers(StatusCode::OK.into_response(), 599)
@@ -529,7 +551,7 @@ async fn clear_sessions(
         "user.session.clear",
         (ADMIN_ID, "admin@example.com", "Sandbox Admin"),
         Some((&u.id, &u.login, &name)),
-        "127.0.0.1",
+        addresses::OFFICE,
         "cordon",
     );
     with_rate_headers(StatusCode::NO_CONTENT.into_response(), 599)

@@ -14,7 +14,8 @@
 //! [`SplunkSandbox::throttle`] answers the next calls with 503 and a search-concurrency
 //! message, as a search head over its quota does. Seeded with 300 sign-in and VPN events
 //! about `j.smith@example.com` and 40 about `dana@example.com`, from
-//! 2026-11-20T00:00:00Z, 10 minutes apart.
+//! 2026-11-20T00:00:00Z, 10 minutes apart; the suspect's `src_ip` cycles through the
+//! laptop farm, a VPN exit and two addresses abroad ([`super::addresses`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,16 @@ use axum::routing::post;
 use axum::{Form, Json, Router};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
+
+use super::addresses;
+
+/// The suspect's sources, in turn: laptop farm, VPN exit, abroad (IPv4 and IPv6).
+const SUSPECT_ADDRESSES: [&str; 4] = [
+    addresses::US_RESIDENTIAL,
+    addresses::VPN_EXIT,
+    addresses::FOREIGN,
+    addresses::FOREIGN_V6,
+];
 
 /// The authentication token the sandbox accepts (a fixed, public sandbox credential).
 pub const SANDBOX_TOKEN: &str = "sandbox-splunk-auth-token";
@@ -58,7 +69,11 @@ impl SplunkSandbox {
                     1 => ("vpn", "pan:globalprotect", "gateway-connected"),
                     _ => ("okta", "okta:im2", "user.authentication.sso"),
                 };
-                let src_ip = format!("203.0.113.{}", i % 250 + 1);
+                let src_ip = if user == "dana@example.com" {
+                    addresses::OFFICE
+                } else {
+                    SUSPECT_ADDRESSES[i % SUSPECT_ADDRESSES.len()]
+                };
                 w.events.push(json!({
                     "_time": t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     "index": index,
