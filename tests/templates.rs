@@ -21,7 +21,7 @@ fn render(name: &str, facts: &Value) -> notify::Rendered {
 
 #[test]
 fn every_shipped_template_renders_the_sample_facts() {
-    assert_eq!(SHIPPED.len(), 9);
+    assert_eq!(SHIPPED.len(), 10);
     let f = sample();
     for (name, _) in SHIPPED {
         let r = render(name, &f);

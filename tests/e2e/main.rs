@@ -2,6 +2,7 @@
 
 mod drafts;
 mod harness;
+mod shipped;
 mod streaming;
 
 use std::time::{Duration, Instant};
@@ -1120,7 +1121,22 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
     }
     assert_eq!(step(&doc, "suspend-identity")["status"], "pending");
     assert_eq!(sb.entra.account_enabled(entra::SUSPECT_ID), Some(true));
-
+    // Counsel's legal hold and finance's payment hold are tasks the run waits for; the
+    // containment approval waits for the legal hold and the evidence.
+    assert_eq!(step(&doc, "legal-hold")["status"], "waiting", "{doc:#}");
+    assert_eq!(step(&doc, "payment-hold")["status"], "waiting", "{doc:#}");
+    assert_eq!(step(&doc, "approve-containment")["status"], "pending");
+    assert_eq!(step(&doc, "draft-legal-hold-memo")["status"], "succeeded");
+    // The sandbox's SIEMs hold the subject's events too: preserved before containment.
+    for siem in ["snapshot-siem-splunk", "snapshot-siem-elasticsearch"] {
+        let s = step(&doc, siem);
+        assert_eq!(s["status"], "succeeded", "{s:#}");
+        assert!(s["output"]["records"].as_u64().unwrap() > 0, "{s:#}");
+    }
+    for task in ["legal-hold", "payment-hold"] {
+        let d = env.run(&["done", &run, task, "--by", "counsel", "--note", "in place"]);
+        assert_eq!(d.code, 3, "{d:?}");
+    }
     let ok = env.run(&[
         "approve",
         &run,
@@ -1129,14 +1145,97 @@ fn default_runbook_suspends_everywhere_and_undo_restores_only_its_own_changes() 
         "counsel",
         "--json",
     ]);
-    assert_eq!(ok.code, 0, "{ok:?}");
+    // Contained; the run now waits for counsel to approve the notification drafts.
+    assert_eq!(ok.code, 3, "{ok:?}");
     let doc = ok.json();
+    assert_eq!(step(&doc, "approve-notifications")["status"], "waiting");
+    assert_eq!(step(&doc, "draft-executive-brief")["status"], "succeeded");
+    assert_eq!(step(&doc, "draft-fbi-ic3-complaint")["status"], "pending");
     let out = &step(&doc, "suspend-identity")["output"];
     assert_eq!(out["succeeded"], 3, "{out:#}");
     assert_eq!(out["already"], 1, "{out:#}");
     assert_eq!(sb.entra.account_enabled(entra::SUSPECT_ID), Some(false));
     assert_eq!(sb.google.is_suspended(subject), Some(true));
     assert_eq!(sb.scim.active(subject), Some(false));
+    let notified = env.run(&[
+        "approve",
+        &run,
+        "approve-notifications",
+        "--by",
+        "counsel",
+        "--json",
+    ]);
+    assert_eq!(notified.code, 0, "{notified:?}");
+    let done = notified.json();
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    // Without payments in the facts, the conditional OFAC reports are not drafted.
+    assert_eq!(
+        step(&done, "draft-ofac-blocked-property")["status"],
+        "skipped"
+    );
+    assert_eq!(
+        step(&done, "draft-ofac-rejected-transaction")["status"],
+        "skipped"
+    );
+    let listed = env.run(&["drafts", "list", &run, "--json"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let drafts = listed.json();
+    let templates: std::collections::BTreeSet<&str> = drafts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["template"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        templates,
+        [
+            "executive-brief",
+            "fbi-field-office-cover-letter",
+            "fbi-ic3-complaint",
+            "hr-separation-notice",
+            "legal-hold-memo",
+            "ofac-voluntary-self-disclosure",
+            "staffing-vendor-notice",
+        ]
+        .into_iter()
+        .collect()
+    );
+    // The IC3 draft carries what the run learned: addresses with times from the preserved
+    // logs, the actions with their times, and every evidence hash; what it cannot know is a
+    // visible placeholder for counsel.
+    let ic3 = drafts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["template"] == "fbi-ic3-complaint")
+        .unwrap()["draft_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = env.run(&["drafts", "show", &ic3, "--json"]).json()["body_markdown"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(body.starts_with("**DRAFT — PRIVILEGED"), "{body}");
+    assert!(body.contains("203.0.113.45"), "{body}");
+    assert!(body.contains("suspend_user"), "{body}");
+    for e in env.run(&["runs", "show", &run, "--json"]).json()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["id"] == "snapshot-identity-logs")
+        .flat_map(|s| s["output"]["results"].as_array().unwrap().clone())
+    {
+        let sha = e["output"]["sha256"].as_str().unwrap();
+        assert!(
+            body.contains(sha),
+            "the IC3 draft lacks evidence hash {sha}"
+        );
+    }
+    assert!(
+        body.contains(r"\[COUNSEL TO COMPLETE: payments.items\]"),
+        "{body}"
+    );
     // Every call of the role step carried the step's key plus the instance.
     let audit = env.run(&["audit", "export", "--run", &run, "--format", "jsonl"]);
     assert!(audit.stdout.contains("\"evidence.collected\""));

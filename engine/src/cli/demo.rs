@@ -127,12 +127,22 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
         }
         let drafts = engine.store().drafts(&run.id).await?;
         if !drafts.is_empty() {
+            let dir = std::path::PathBuf::from("drafts").join(&run.id);
+            let files =
+                super::drafts::export_run(engine.store(), &run.id, &dir, "cli:demo").await?;
             eprintln!(
-                "drafts for counsel: {} (never sent to an authority)",
-                drafts.len()
+                "drafts for counsel: {} in {}/ (Markdown and plain text; never sent to an authority)",
+                drafts.len(),
+                dir.display()
             );
             for d in &drafts {
-                eprintln!("  {:<34} {} {}", d.template, d.draft_id, d.subject);
+                eprintln!("  {:<34} {}", d.template, d.subject);
+            }
+            for (path, _) in files
+                .iter()
+                .filter(|(p, _)| p.extension().is_some_and(|e| e == "md"))
+            {
+                eprintln!("  {}", path.display());
             }
         }
         eprintln!(
@@ -148,8 +158,9 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
         );
         eprintln!("      cordon evidence verify {}", run.id);
         if !drafts.is_empty() {
-            eprintln!("      cordon drafts export {}", run.id);
+            eprintln!("      cordon drafts show DRAFT --text");
         }
+        eprintln!("      cordon evidence export {}", run.id);
     }
     let ok = run.status == RunStatus::Succeeded && ev_report.ok() && audit.ok;
     Ok(if ok { 0 } else { 1 })

@@ -93,29 +93,40 @@ pub(super) async fn cmd_drafts(app: &App, cmd: DraftsCommand) -> Result<u8> {
         }
         DraftsCommand::Export { run, out } => {
             require_run(app, &run).await?;
-            let drafts = app.store().drafts(&run).await?;
             let dir = out.unwrap_or_else(|| PathBuf::from("drafts").join(&run));
-            let files = export(&drafts, &dir)?;
+            let files = export_run(app.store(), &run, &dir, "cli").await?;
             for (path, _) in &files {
                 println!("{}", path.display());
             }
             if files.is_empty() {
                 eprintln!("run {run} has no drafts");
             }
-            app.store()
-                .append_audit(vec![AuditDraft {
-                    run_id: Some(run.clone()),
-                    actor: "cli".into(),
-                    action: "drafts.exported".into(),
-                    details: json!({
-                        "dir": dir.display().to_string(),
-                        "files": files.iter().map(|(p, sha)| json!({"file": p.display().to_string(), "sha256": sha})).collect::<Vec<_>>(),
-                    }),
-                }])
-                .await?;
             Ok(0)
         }
     }
+}
+
+/// Write a run's drafts into `dir` (see [`export`]) and record the export in the audit trail.
+pub(super) async fn export_run(
+    store: &dyn crate::store::Store,
+    run: &str,
+    dir: &Path,
+    actor: &str,
+) -> Result<Vec<(PathBuf, String)>> {
+    let drafts = store.drafts(run).await?;
+    let files = export(&drafts, dir)?;
+    store
+        .append_audit(vec![AuditDraft {
+            run_id: Some(run.to_string()),
+            actor: actor.into(),
+            action: "drafts.exported".into(),
+            details: json!({
+                "dir": dir.display().to_string(),
+                "files": files.iter().map(|(p, sha)| json!({"file": p.display().to_string(), "sha256": sha})).collect::<Vec<_>>(),
+            }),
+        }])
+        .await?;
+    Ok(files)
 }
 
 async fn require_run(app: &App, run: &str) -> Result<()> {

@@ -115,6 +115,19 @@ pub struct Case {
     pub evidence_custodian: Text,
     /// References with the authorities (field office, complaint numbers).
     pub references: References,
+    /// How the matter was closed, when it was (a false positive, a confirmed case).
+    pub resolution: Resolution,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Resolution {
+    /// `false positive` or `confirmed`.
+    pub outcome: Text,
+    /// Counsel's reason, in a sentence or two.
+    pub reason: Text,
+    /// The containment run this closes, when there was one.
+    pub containment_run: Text,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -76,6 +76,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "hr-separation-notice",
         include_str!("../../../templates/hr-separation-notice.md.hbs"),
     ),
+    (
+        "false-positive-release-notice",
+        include_str!("../../../templates/false-positive-release-notice.md.hbs"),
+    ),
 ];
 
 /// Realistic sample facts for previews (`cordon templates render`) and template checks.
