@@ -48,8 +48,7 @@ fn demo_runs_the_whole_response_from_an_empty_folder() {
         "approve-notifications",
     ] {
         assert!(
-            stderr.contains(&format!("demo-approver (automatic, demo only"))
-                && stderr.contains(gate),
+            stderr.contains("demo-approver (automatic, demo only") && stderr.contains(gate),
             "{gate}: {stderr}"
         );
     }
