@@ -12,6 +12,8 @@
 //! - [`store`]: durable state behind one trait (SQLite today).
 //! - [`audit`]: the hash chain: hashing, verification, export.
 //! - [`evidence`]: the local evidence store and its manifests.
+//! - [`triggers`]: webhooks (signature schemes, payload mapping).
+//! - [`server`]: `cordon serve`: webhooks, the API, approvals over HTTP, metrics, shutdown.
 //! - [`cli`]: the `cordon` command line and its progress display.
 
 pub mod audit;
@@ -22,5 +24,7 @@ pub mod evidence;
 pub mod exec;
 pub mod expr;
 pub mod runbook;
+pub mod server;
 pub mod store;
 pub mod time;
+pub mod triggers;
