@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `cordon` binary against a local HTTP server.
 
 mod harness;
+mod serve;
 
 use std::time::{Duration, Instant};
 

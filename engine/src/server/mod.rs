@@ -120,36 +120,33 @@ impl Server {
             }
         };
         let mut hooks = HashMap::new();
-        match crate::triggers::webhook::build_all(&config.webhooks, &config.base_dir, redactor) {
-            Ok(list) => {
-                let ctx = engine.validation_context();
-                for hook in list {
-                    let at = format!("webhooks.{}.runbook", hook.name);
-                    let path = match crate::cli::find_runbook(&config.runbooks_dir, &hook.runbook)
-                    {
-                        Ok(p) => p,
-                        Err(e) => {
-                            problems.push(format!("{at}: {e}"));
-                            continue;
-                        }
-                    };
-                    match validate_file(&path, &ctx) {
-                        Ok(rb) => {
-                            hooks.insert(hook.name.clone(), HookRuntime::new(hook, rb));
-                        }
-                        Err(diags) => problems.push(format!(
-                            "{at}: runbook `{}` is not valid: {}",
-                            hook.runbook,
-                            diags
-                                .iter()
-                                .map(|d| d.to_string())
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        )),
-                    }
+        let (built, hook_problems) =
+            crate::triggers::webhook::build_all(&config.webhooks, &config.base_dir, redactor);
+        problems.extend(hook_problems);
+        let ctx = engine.validation_context();
+        for hook in built {
+            let at = format!("webhooks.{}.runbook", hook.name);
+            let path = match crate::cli::find_runbook(&config.runbooks_dir, &hook.runbook) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(format!("{at}: {e}"));
+                    continue;
                 }
+            };
+            match validate_file(&path, &ctx) {
+                Ok(rb) => {
+                    hooks.insert(hook.name.clone(), HookRuntime::new(hook, rb));
+                }
+                Err(diags) => problems.push(format!(
+                    "{at}: runbook `{}` is not valid: {}",
+                    hook.runbook,
+                    diags
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
             }
-            Err(p) => problems.extend(p),
         }
         let tokens = match tokens {
             Some(t) if problems.is_empty() => t,

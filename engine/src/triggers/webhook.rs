@@ -343,13 +343,14 @@ pub fn standard_key(secret: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Build every configured webhook, reading its secrets; every problem is reported, each
-/// naming `webhooks.<name>`.
+/// Build every configured webhook, reading its secrets. Returns the hooks that built and
+/// every problem of the others, each naming `webhooks.<name>` (the caller refuses to start
+/// when there is any).
 pub fn build_all(
     raw: &BTreeMap<String, Value>,
     base_dir: &Path,
     redactor: &Redactor,
-) -> Result<Vec<Webhook>, Vec<String>> {
+) -> (Vec<Webhook>, Vec<String>) {
     let mut hooks = Vec::new();
     let mut problems = Vec::new();
     for (name, value) in raw {
@@ -358,11 +359,7 @@ pub fn build_all(
             Err(mut p) => problems.append(&mut p),
         }
     }
-    if problems.is_empty() {
-        Ok(hooks)
-    } else {
-        Err(problems)
-    }
+    (hooks, problems)
 }
 
 fn build_one(
@@ -711,7 +708,8 @@ mod tests {
                     "inputs": {"a": "{{ inputs.x }}"}, "colour": 1},
         }))
         .unwrap();
-        let errs = build_all(&raw, Path::new("."), &Redactor::default()).unwrap_err();
+        let (built, errs) = build_all(&raw, Path::new("."), &Redactor::default());
+        assert!(built.is_empty());
         let all = errs.join("\n");
         assert!(all.contains("webhooks.siem.secret: inline secret refused"), "{all}");
         assert!(all.contains("CORDON_TEST_SURELY_UNSET_VAR"), "{all}");
