@@ -156,6 +156,8 @@ pub struct Config {
     pub notify_waiting: Option<Value>,
     pub api_tokens: Vec<ApiToken>,
     pub log_format: Option<LogFormat>,
+    /// `tls: {cert, key}` as written (not served yet: `cordon serve` refuses it).
+    pub tls: Option<Value>,
 }
 
 impl Config {
@@ -253,6 +255,7 @@ impl Config {
             notify_waiting: file.notify_waiting,
             api_tokens: file.api.tokens,
             log_format: file.log_format,
+            tls: file.tls,
             source,
             base_dir,
         })

@@ -1132,3 +1132,41 @@ fn bad_serve_configuration_is_refused_naming_every_problem() {
     assert!(r.stderr.contains("webhooks.inline.secret"), "{r:?}");
     assert!(!r.stderr.contains("abc"), "{r:?}");
 }
+
+#[test]
+fn the_service_decides_an_approval_that_timed_out_without_anyone_looking() {
+    let env = env_with("");
+    env.write_runbook(
+        "expires",
+        r#"version: 1
+name: expires
+inputs:
+  alert_id: { type: string, required: true }
+steps:
+  - id: approve-fast
+    approval: { approvers: [role:legal], timeout: 1s, on_timeout: reject }
+  - id: act
+    needs: [approve-fast]
+    uses: core.noop
+"#,
+    );
+    let s = serve(&env);
+    let a = s.post(
+        "/api/v1/runs",
+        Some(token("rita")),
+        json!({"runbook": "expires", "inputs": {"alert_id": "t-1"}}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    // Reading the run does not decide it; the service's sweep does, within seconds.
+    let doc = s.wait_status(&id, "failed");
+    assert_eq!(step(&doc, "approve-fast")["status"], "failed");
+    assert_eq!(step(&doc, "act")["status"], "cancelled", "{doc:#}");
+    let ev = s.get(&format!("/api/v1/runs/{id}/audit"), Some(token("vic"))).json();
+    assert!(ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "approval.decided" && e["actor"] == "system:timeout"));
+    assert_eq!(s.stop(), 0);
+}

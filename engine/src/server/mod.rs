@@ -112,6 +112,19 @@ impl Server {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "configuration".into());
         let mut problems = Vec::new();
+        if config.tls.is_some() {
+            // Serving plain HTTP when TLS was asked for would be a silent downgrade.
+            problems.push(
+                "tls: this version does not terminate TLS itself; remove `tls` and put a reverse proxy (which terminates TLS) in front of `cordon serve`"
+                    .to_string(),
+            );
+        }
+        if !config.schedules.is_empty() {
+            tracing::warn!("`schedules` are not run by this version of cordon serve; they are ignored");
+        }
+        if config.notify_waiting.is_some() {
+            tracing::warn!("`notify_waiting` is not implemented by this version of cordon serve; nobody is told when a run waits");
+        }
         let tokens = match Tokens::from_config(&config.api_tokens, &config.base_dir, redactor) {
             Ok(t) => Some(t),
             Err(p) => {
