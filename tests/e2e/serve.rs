@@ -131,13 +131,7 @@ struct Serving {
 }
 
 fn serve(env: &Env) -> Serving {
-    let mut cmd = env.command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--drain-timeout",
-        "20s",
-    ]);
+    let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "20s"]);
     cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
         .env("CORDON_LOG", "info");
@@ -355,8 +349,10 @@ fn webhook_answers_every_case_in_the_contract() {
     let env = env_with(SIEM_HOOK);
     let s = serve(&env);
     let body = |id: &str| {
-        serde_json::to_vec(&json!({"id": id, "user": {"email": "j.smith@example.com"}, "score": 0.9}))
-            .unwrap()
+        serde_json::to_vec(
+            &json!({"id": id, "user": {"email": "j.smith@example.com"}, "score": 0.9}),
+        )
+        .unwrap()
     };
 
     // 202 once the run is durably queued: it is there the moment the answer arrives.
@@ -374,11 +370,19 @@ fn webhook_answers_every_case_in_the_contract() {
     // Same webhook-id, even with another body: 200 with the first run.
     let b2 = body("A-2");
     let a = s.hook("siem", &signed(NEW_SECRET, "msg_1", &b2), &b2);
-    assert_eq!((a.status, a.json()["run_id"].as_str()), (200, Some(r1.as_str())), "{a:?}");
+    assert_eq!(
+        (a.status, a.json()["run_id"].as_str()),
+        (200, Some(r1.as_str())),
+        "{a:?}"
+    );
     assert_eq!(a.json()["deduplicated"], true);
     // Same dedup key under a new webhook-id: 200 with the first run.
     let a = s.hook("siem", &signed(NEW_SECRET, "msg_2", &b1), &b1);
-    assert_eq!((a.status, a.json()["run_id"].as_str()), (200, Some(r1.as_str())), "{a:?}");
+    assert_eq!(
+        (a.status, a.json()["run_id"].as_str()),
+        (200, Some(r1.as_str())),
+        "{a:?}"
+    );
     assert_eq!(a.json()["deduplicated"], true);
 
     // Rotation: two signatures, one by an unknown secret and one by the old secret.
@@ -400,13 +404,19 @@ fn webhook_answers_every_case_in_the_contract() {
     assert_eq!(a.status, 401, "{a:?}");
     let a = s.hook("siem", &[("webhook-id", "msg_4".to_string())], &b4);
     assert_eq!(a.status, 401, "{a:?}");
-    assert!(a.json()["error"].as_str().unwrap().contains("webhook-"), "{a:?}");
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("webhook-"),
+        "{a:?}"
+    );
     for off in [-400, 400] {
         let ts = now() + off;
         let hd = standard_headers("msg_4", ts, standard_sig(NEW_SECRET, "msg_4", ts, &b4));
         let a = s.hook("siem", &hd, &b4);
         assert_eq!(a.status, 401, "{a:?}");
-        assert!(a.json()["error"].as_str().unwrap().contains("5 minutes"), "{a:?}");
+        assert!(
+            a.json()["error"].as_str().unwrap().contains("5 minutes"),
+            "{a:?}"
+        );
     }
     // A signed body that is not JSON: 400.
     let junk = b"alert=A-5&user=j";
@@ -418,13 +428,20 @@ fn webhook_answers_every_case_in_the_contract() {
     let a = s.hook("siem", &signed(NEW_SECRET, "msg_6", &b6), &b6);
     assert_eq!(a.status, 422, "{a:?}");
     let e = a.json()["error"].as_str().unwrap().to_string();
-    assert!(e.contains("user.email") && e.contains("subject_email"), "{e}");
+    assert!(
+        e.contains("user.email") && e.contains("subject_email"),
+        "{e}"
+    );
     // Inputs that do not fit the runbook: 422 naming the input.
-    let b7 = serde_json::to_vec(&json!({"id": "A-7", "user": {"email": "j@x.com"}, "score": "high"}))
-        .unwrap();
+    let b7 =
+        serde_json::to_vec(&json!({"id": "A-7", "user": {"email": "j@x.com"}, "score": "high"}))
+            .unwrap();
     let a = s.hook("siem", &signed(NEW_SECRET, "msg_7", &b7), &b7);
     assert_eq!(a.status, 422, "{a:?}");
-    assert!(a.json()["error"].as_str().unwrap().contains("confidence"), "{a:?}");
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("confidence"),
+        "{a:?}"
+    );
     // Unknown hook: 404.
     let a = s.hook("nope", &signed(NEW_SECRET, "msg_8", &b1), &b1);
     assert_eq!(a.status, 404, "{a:?}");
@@ -474,7 +491,10 @@ fn webhook_answers_every_case_in_the_contract() {
     // Secrets never reach the log.
     let log = s.log();
     assert_eq!(s.stop(), 0);
-    assert!(!log.contains("plain-new-secret") && !log.contains("MfKQ9r8GK"), "{log}");
+    assert!(
+        !log.contains("plain-new-secret") && !log.contains("MfKQ9r8GK"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -514,10 +534,17 @@ fn github_and_token_schemes_okta_verification_and_rate_limit() {
     let a = s.hook("gh", &hd, body);
     assert_eq!(a.status, 202, "{a:?}");
     let first = a.json()["run_id"].clone();
-    assert_eq!(s.wait_status(first.as_str().unwrap(), "succeeded")["inputs"]["alert_id"], "gh-17");
+    assert_eq!(
+        s.wait_status(first.as_str().unwrap(), "succeeded")["inputs"]["alert_id"],
+        "gh-17"
+    );
     // GitHub redelivers with the same delivery id: deduplicated.
     let a = s.hook("gh", &hd, body);
-    assert_eq!((a.status, a.json()["run_id"].clone()), (200, first), "{a:?}");
+    assert_eq!(
+        (a.status, a.json()["run_id"].clone()),
+        (200, first),
+        "{a:?}"
+    );
     let a = s.hook(
         "gh",
         &[("x-hub-signature-256", sig.replace('a', "b"))],
@@ -626,42 +653,110 @@ fn api_authorisation_for_each_role() {
     let roles = ["vic", "rita", "dana", "root"]; // viewer, responder, approver, admin
     use May::*;
     let table: Vec<(&str, Req, [May; 4])> = vec![
-        ("list runs", get("/api/v1/runs".into()), [Yes, Yes, Yes, Yes]),
-        ("show run", get(format!("/api/v1/runs/{waiting}")), [Yes, Yes, Yes, Yes]),
-        ("reveal secrets", get(format!("/api/v1/runs/{waiting}?reveal=true")), [No, No, No, Yes]),
-        ("run audit", get(format!("/api/v1/runs/{waiting}/audit")), [Yes, Yes, Yes, Yes]),
-        ("audit verify", get("/api/v1/audit/verify".into()), [Yes, Yes, Yes, Yes]),
-        ("run evidence", get(format!("/api/v1/runs/{waiting}/evidence")), [No, Yes, Yes, Yes]),
-        ("runbooks", get("/api/v1/runbooks".into()), [Yes, Yes, Yes, Yes]),
-        ("connectors", get("/api/v1/connectors".into()), [Yes, Yes, Yes, Yes]),
+        (
+            "list runs",
+            get("/api/v1/runs".into()),
+            [Yes, Yes, Yes, Yes],
+        ),
+        (
+            "show run",
+            get(format!("/api/v1/runs/{waiting}")),
+            [Yes, Yes, Yes, Yes],
+        ),
+        (
+            "reveal secrets",
+            get(format!("/api/v1/runs/{waiting}?reveal=true")),
+            [No, No, No, Yes],
+        ),
+        (
+            "run audit",
+            get(format!("/api/v1/runs/{waiting}/audit")),
+            [Yes, Yes, Yes, Yes],
+        ),
+        (
+            "audit verify",
+            get("/api/v1/audit/verify".into()),
+            [Yes, Yes, Yes, Yes],
+        ),
+        (
+            "run evidence",
+            get(format!("/api/v1/runs/{waiting}/evidence")),
+            [No, Yes, Yes, Yes],
+        ),
+        (
+            "runbooks",
+            get("/api/v1/runbooks".into()),
+            [Yes, Yes, Yes, Yes],
+        ),
+        (
+            "connectors",
+            get("/api/v1/connectors".into()),
+            [Yes, Yes, Yes, Yes],
+        ),
         (
             "start run",
-            Box::new(|_| ("POST", "/api/v1/runs".into(), json!({"runbook": "plain", "inputs": {"alert_id": "t"}}))),
+            Box::new(|_| {
+                (
+                    "POST",
+                    "/api/v1/runs".into(),
+                    json!({"runbook": "plain", "inputs": {"alert_id": "t"}}),
+                )
+            }),
             [No, Yes, No, Yes],
         ),
         (
             "cancel",
-            Box::new(|_| ("POST", "/api/v1/runs/{fresh-gate}/cancel".into(), Value::Null)),
+            Box::new(|_| {
+                (
+                    "POST",
+                    "/api/v1/runs/{fresh-gate}/cancel".into(),
+                    Value::Null,
+                )
+            }),
             [No, Yes, No, Yes],
         ),
         (
             "undo",
-            Box::new(|_| ("POST", "/api/v1/runs/{fresh-plain}/undo".into(), Value::Null)),
+            Box::new(|_| {
+                (
+                    "POST",
+                    "/api/v1/runs/{fresh-plain}/undo".into(),
+                    Value::Null,
+                )
+            }),
             [No, Yes, No, Yes],
         ),
         (
             "approve",
-            Box::new(|_| ("POST", "/api/v1/runs/{fresh-gate}/steps/approve-suspend/approve".into(), json!({"comment": "ok"}))),
+            Box::new(|_| {
+                (
+                    "POST",
+                    "/api/v1/runs/{fresh-gate}/steps/approve-suspend/approve".into(),
+                    json!({"comment": "ok"}),
+                )
+            }),
             [No, No, Yes, Yes],
         ),
         (
             "reject",
-            Box::new(|_| ("POST", "/api/v1/runs/{fresh-gate}/steps/approve-suspend/reject".into(), json!({}))),
+            Box::new(|_| {
+                (
+                    "POST",
+                    "/api/v1/runs/{fresh-gate}/steps/approve-suspend/reject".into(),
+                    json!({}),
+                )
+            }),
             [No, No, Yes, Yes],
         ),
         (
             "done",
-            Box::new(|_| ("POST", "/api/v1/runs/{fresh-chore}/steps/hold-payments/done".into(), json!({"note": "held"}))),
+            Box::new(|_| {
+                (
+                    "POST",
+                    "/api/v1/runs/{fresh-chore}/steps/hold-payments/done".into(),
+                    json!({"note": "held"}),
+                )
+            }),
             [No, No, Yes, Yes],
         ),
     ];
@@ -687,7 +782,11 @@ fn api_authorisation_for_each_role() {
             // Without a token, or with an unknown one: 401 everywhere.
             if *role == "vic" {
                 assert_eq!(send(None).status, 401, "{what} without a token");
-                assert_eq!(send(Some("tok-unknown")).status, 401, "{what} with a bad token");
+                assert_eq!(
+                    send(Some("tok-unknown")).status,
+                    401,
+                    "{what} with a bad token"
+                );
             }
             let a = send(Some(token(role)));
             match may {
@@ -712,7 +811,16 @@ fn api_authorisation_for_each_role() {
         .json();
     assert_eq!(ev[0]["action"], "run.created");
     assert_eq!(ev[0]["actor"], "api:rita");
-    for k in ["seq", "at", "run_id", "actor", "action", "details", "prev_hash", "hash"] {
+    for k in [
+        "seq",
+        "at",
+        "run_id",
+        "actor",
+        "action",
+        "details",
+        "prev_hash",
+        "hash",
+    ] {
         assert!(ev[0].get(k).is_some(), "{k} in {:#}", ev[0]);
     }
     let reveal = s
@@ -725,7 +833,10 @@ fn api_authorisation_for_each_role() {
         .any(|e| e["action"] == "secrets.revealed" && e["actor"] == "api:root"));
     let v = s.get("/api/v1/audit/verify", Some(token("vic"))).json();
     assert_eq!(v["ok"], true, "{v}");
-    assert!(v["events"].as_u64().unwrap() > 10 && v["first_bad"].is_null(), "{v}");
+    assert!(
+        v["events"].as_u64().unwrap() > 10 && v["first_bad"].is_null(),
+        "{v}"
+    );
 }
 
 fn ulid_like() -> String {
@@ -764,15 +875,27 @@ fn approvals_over_http_enforce_groups_self_approval_and_quorum() {
     s.wait_status(&r, "waiting");
     let a = approve(token("root"), &r, "approve-suspend");
     assert_eq!(a.status, 403, "{a:?}");
-    assert!(a.json()["error"].as_str().unwrap().contains("started this run"), "{a:?}");
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("started this run"),
+        "{a:?}"
+    );
     let a = approve(token("fin"), &r, "approve-suspend");
     assert_eq!(a.status, 403, "{a:?}");
-    assert!(a.json()["error"].as_str().unwrap().contains("role:legal"), "{a:?}");
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("role:legal"),
+        "{a:?}"
+    );
     // An approver of the group decides; the run continues in the background.
     let a = approve(token("dana"), &r, "approve-suspend");
     assert_eq!(a.status, 200, "{a:?}");
     let doc = s.wait_status(&r, "succeeded");
-    assert_eq!(step(&doc, "approve-suspend")["output"]["approvers"], json!(["api:dana"]));
+    assert_eq!(
+        step(&doc, "approve-suspend")["output"]["approvers"],
+        json!(["api:dana"])
+    );
     assert_eq!(step(&doc, "suspend")["status"], "succeeded");
     // Deciding again: the step is no longer waiting.
     assert_eq!(approve(token("sam"), &r, "approve-suspend").status, 409);
@@ -803,7 +926,10 @@ fn approvals_over_http_enforce_groups_self_approval_and_quorum() {
     );
     assert_eq!(a.status, 200, "{a:?}");
     let doc = s.wait_status(&x, "failed");
-    assert!(doc["error"].as_str().unwrap().contains("false positive"), "{doc:#}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("false positive"),
+        "{doc:#}"
+    );
 
     // A task, marked done.
     let t = start(token("rita"), "chore");
@@ -816,11 +942,53 @@ fn approvals_over_http_enforce_groups_self_approval_and_quorum() {
     assert_eq!(a.status, 200, "{a:?}");
     s.wait_status(&t, "succeeded");
 
+    // Cancel a waiting run; then it is finished and cannot be cancelled again.
+    let c = start(token("rita"), "gate");
+    s.wait_status(&c, "waiting");
+    let a = s.post(
+        &format!("/api/v1/runs/{c}/cancel"),
+        Some(token("rita")),
+        json!({}),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    s.wait_status(&c, "cancelled");
+    let a = s.post(
+        &format!("/api/v1/runs/{c}/cancel"),
+        Some(token("rita")),
+        json!({}),
+    );
+    assert_eq!(a.status, 409, "{a:?}");
+    // Undo a finished run: 201 with the undo run, which then executes.
+    let a = s.post(
+        &format!("/api/v1/runs/{r}/undo"),
+        Some(token("rita")),
+        json!({}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(a.json()["undo_of"], r.as_str());
+    let u = a.json()["id"].as_str().unwrap().to_string();
+    s.wait_status(&u, "succeeded");
+    // An active run cannot be undone.
+    let w = start(token("rita"), "gate");
+    s.wait_status(&w, "waiting");
+    let a = s.post(
+        &format!("/api/v1/runs/{w}/undo"),
+        Some(token("rita")),
+        json!({}),
+    );
+    assert_eq!(a.status, 422, "{a:?}");
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("waiting"),
+        "{a:?}"
+    );
+
     // Unknown run and step.
     assert_eq!(approve(token("dana"), "01NOSUCHRUN", "x").status, 404);
     assert_eq!(approve(token("dana"), &x, "no-such-step").status, 404);
     // Decisions are audit events under the token's name.
-    let ev = s.get(&format!("/api/v1/runs/{q}/audit"), Some(token("vic"))).json();
+    let ev = s
+        .get(&format!("/api/v1/runs/{q}/audit"), Some(token("vic")))
+        .json();
     let deciders: Vec<&str> = ev
         .as_array()
         .unwrap()
@@ -850,7 +1018,10 @@ fn a_run_waiting_across_a_restart_is_approved_over_http_and_finishes() {
     assert_eq!(s.run(&id)["status"], "waiting");
     // The delivery is still remembered after the restart.
     let a = s.hook("siem", &signed(OLD_SECRET, "msg_r1", &body), &body);
-    assert_eq!((a.status, a.json()["run_id"].as_str()), (200, Some(id.as_str())));
+    assert_eq!(
+        (a.status, a.json()["run_id"].as_str()),
+        (200, Some(id.as_str()))
+    );
     let a = s.post(
         &format!("/api/v1/runs/{id}/steps/approve-suspend/approve"),
         Some(token("dana")),
@@ -902,7 +1073,10 @@ steps:
     assert_eq!(s.stop(), 0);
     // It waited for the call in flight, and started nothing after it.
     let slow = &srv.hits("/delay/1500/slow")[0];
-    assert!(slow.end <= Instant::now() && slow.end > stopping, "stopped before the call ended");
+    assert!(
+        slow.end <= Instant::now() && slow.end > stopping,
+        "stopped before the call ended"
+    );
     assert!(srv.hits("/ok/after").is_empty());
     let doc = env.show(&id);
     assert_eq!(doc["status"], "running", "{doc:#}");
@@ -951,19 +1125,28 @@ steps:
     let rec = &list[0];
     let eid = rec["evidence_id"].as_str().unwrap();
     assert_eq!(
-        s.get(&format!("/api/v1/evidence/{eid}"), Some(token("vic"))).status,
+        s.get(&format!("/api/v1/evidence/{eid}"), Some(token("vic")))
+            .status,
         403
     );
     let got = s.get(&format!("/api/v1/evidence/{eid}"), Some(token("dana")));
     assert_eq!(got.status, 200, "{got:?}");
-    assert_eq!(hex::encode(Sha256::digest(&got.body)), rec["sha256"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(Sha256::digest(&got.body)),
+        rec["sha256"].as_str().unwrap()
+    );
     assert_eq!(got.body.len() as u64, rec["bytes"].as_u64().unwrap());
-    assert_eq!(got.headers["x-content-sha256"], rec["sha256"].as_str().unwrap());
+    assert_eq!(
+        got.headers["x-content-sha256"],
+        rec["sha256"].as_str().unwrap()
+    );
     assert_eq!(
         s.get("/api/v1/evidence/nope", Some(token("dana"))).status,
         404
     );
-    let ev = s.get(&format!("/api/v1/runs/{id}/audit"), Some(token("vic"))).json();
+    let ev = s
+        .get(&format!("/api/v1/runs/{id}/audit"), Some(token("vic")))
+        .json();
     assert!(
         ev.as_array()
             .unwrap()
@@ -1086,7 +1269,11 @@ steps:
             "scheduler__admin__search__RMD5a1b2c3d4e5f6a7b8_at_1764115200_1234",
             json!([]),
         ),
-        ("sentinel", "7d2c4b0e-5a61-4f0a-9d5e-1b2a3c4d5e6f", json!([])),
+        (
+            "sentinel",
+            "7d2c4b0e-5a61-4f0a-9d5e-1b2a3c4d5e6f",
+            json!([]),
+        ),
         (
             "elastic",
             "3a5b7c9d-1e2f-4a6b-8c0d-2e4f6a8b0c1d",
@@ -1104,11 +1291,18 @@ steps:
         let id = a.json()["run_id"].as_str().unwrap().to_string();
         let doc = s.wait_status(&id, "succeeded");
         assert_eq!(doc["inputs"]["alert_id"], alert, "{hook}");
-        assert_eq!(doc["inputs"]["subject_email"], "j.smith@example.com", "{hook}");
+        assert_eq!(
+            doc["inputs"]["subject_email"], "j.smith@example.com",
+            "{hook}"
+        );
         assert_eq!(doc["inputs"]["device_serials"], serials, "{hook}");
         // A repeat of the same alert is the same run.
         let a = s.hook(hook, &auth, &body);
-        assert_eq!((a.status, a.json()["run_id"].as_str()), (200, Some(id.as_str())), "{hook}");
+        assert_eq!(
+            (a.status, a.json()["run_id"].as_str()),
+            (200, Some(id.as_str())),
+            "{hook}"
+        );
     }
     assert_eq!(s.stop(), 0);
 }
@@ -1162,7 +1356,9 @@ steps:
     let doc = s.wait_status(&id, "failed");
     assert_eq!(step(&doc, "approve-fast")["status"], "failed");
     assert_eq!(step(&doc, "act")["status"], "cancelled", "{doc:#}");
-    let ev = s.get(&format!("/api/v1/runs/{id}/audit"), Some(token("vic"))).json();
+    let ev = s
+        .get(&format!("/api/v1/runs/{id}/audit"), Some(token("vic")))
+        .json();
     assert!(ev
         .as_array()
         .unwrap()

@@ -309,9 +309,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Demo { json } => crate::cli::demo(config_path.as_deref(), json).await,
         Command::Serve(args) => {
-            let drain = crate::duration::parse(&args.drain_timeout).map_err(|e| {
-                bad_input(format!("--drain-timeout `{}`: {e}", args.drain_timeout))
-            })?;
+            let drain = crate::duration::parse(&args.drain_timeout)
+                .map_err(|e| bad_input(format!("--drain-timeout `{}`: {e}", args.drain_timeout)))?;
             crate::server::command(
                 config_path.as_deref(),
                 crate::server::ServeOptions {
@@ -854,8 +853,7 @@ impl App {
     async fn cmd_audit(&self, cmd: AuditCommand) -> Result<u8> {
         match cmd {
             AuditCommand::Verify { json } => {
-                let events = self.store().audit_events(None).await?;
-                let head = self.store().audit_head().await?;
+                let (events, head) = self.store().audit_chain().await?;
                 let report = crate::audit::verify(&events, head.as_ref());
                 if json {
                     println!(
@@ -897,8 +895,7 @@ impl App {
                 match format {
                     ExportFormat::Jsonl => crate::audit::export_jsonl(&events, &mut buf)?,
                     ExportFormat::Html => {
-                        let all = self.store().audit_events(None).await?;
-                        let head = self.store().audit_head().await?;
+                        let (all, head) = self.store().audit_chain().await?;
                         let report = crate::audit::verify(&all, head.as_ref());
                         crate::audit::export_html(&rec, &events, &report, &mut buf)?
                     }

@@ -317,9 +317,14 @@ pub async fn undo_run(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     who.require(Permission::Operate)?;
-    let (undo, _plan) =
-        crate::exec::undo::create_undo_run(&state.engine, &id, &who.actor(), &who.name, &who.actor())
-            .await?;
+    let (undo, _plan) = crate::exec::undo::create_undo_run(
+        &state.engine,
+        &id,
+        &who.actor(),
+        &who.name,
+        &who.actor(),
+    )
+    .await?;
     state.executor.submit(&undo.id);
     let doc = document(&state, &undo).await?;
     Ok((StatusCode::CREATED, Json(doc)).into_response())
@@ -407,7 +412,9 @@ pub async fn run_audit(
     who.require(Permission::Read)?;
     get_run(&state, &id).await?;
     let events = state.engine.store().audit_events(Some(&id)).await?;
-    Ok(Json(serde_json::to_value(events).map_err(ApiError::internal)?))
+    Ok(Json(
+        serde_json::to_value(events).map_err(ApiError::internal)?,
+    ))
 }
 
 /// Check the whole audit chain.
@@ -420,8 +427,7 @@ pub async fn audit_verify(
 ) -> Result<Json<AuditVerifyAnswer>, ApiError> {
     who.require(Permission::Read)?;
     let store = state.engine.store();
-    let events = store.audit_events(None).await?;
-    let head = store.audit_head().await?;
+    let (events, head) = store.audit_chain().await?;
     let report = crate::audit::verify(&events, head.as_ref());
     Ok(Json(AuditVerifyAnswer {
         ok: report.ok,
@@ -445,7 +451,9 @@ pub async fn run_evidence(
     who.require(Permission::ReadEvidence)?;
     get_run(&state, &id).await?;
     let records = state.engine.store().evidence(&id).await?;
-    Ok(Json(serde_json::to_value(records).map_err(ApiError::internal)?))
+    Ok(Json(
+        serde_json::to_value(records).map_err(ApiError::internal)?,
+    ))
 }
 
 /// Download one artifact, byte for byte as stored (the bytes its `sha256` covers).
@@ -472,7 +480,10 @@ pub async fn download_evidence(
         .artifact_path(&rec)
         .map_err(ApiError::internal)?;
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::internal(format!("evidence {id}: cannot open {}: {e}", path.display()))
+        ApiError::internal(format!(
+            "evidence {id}: cannot open {}: {e}",
+            path.display()
+        ))
     })?;
     // Chain of custody: the download is recorded before the first byte leaves.
     store

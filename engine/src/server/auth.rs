@@ -133,7 +133,10 @@ impl Tokens {
             match sref.resolve(base_dir, redactor) {
                 Ok(v) => {
                     let digest: [u8; 32] = Sha256::digest(v.expose().as_bytes()).into();
-                    if entries.iter().any(|(d, _): &([u8; 32], Identity)| d == &digest) {
+                    if entries
+                        .iter()
+                        .any(|(d, _): &([u8; 32], Identity)| d == &digest)
+                    {
                         problems.push(format!("{at}: the same token value is given to two names"));
                         continue;
                     }

@@ -34,7 +34,10 @@ pub enum ApiError {
     #[error("{0}")]
     Unprocessable(String),
     #[error("{message}")]
-    RateLimited { message: String, retry_after_secs: u64 },
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// 503: the database is unreachable (readiness), or the service is shutting down.
     #[error("{0}")]
     Unavailable(String),

@@ -43,7 +43,9 @@ impl HookRuntime {
         let limiter = hook.rate_limit.and_then(|rl| {
             let per = NonZeroU32::new(rl.per_second)?;
             let burst = NonZeroU32::new(rl.burst.unwrap_or(rl.per_second)).unwrap_or(per);
-            Some(RateLimiter::direct(Quota::per_second(per).allow_burst(burst)))
+            Some(RateLimiter::direct(
+                Quota::per_second(per).allow_burst(burst),
+            ))
         });
         HookRuntime {
             hook,
@@ -62,6 +64,34 @@ impl HookRuntime {
                 Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
             }
         }
+    }
+}
+
+/// How much of an over-limit body is read (and dropped) so that the sender, still writing,
+/// gets to read the 413 instead of a reset connection.
+const DRAIN_BYTES: usize = 8 * MAX_BODY_BYTES;
+
+/// The body if it is at most [`MAX_BODY_BYTES`]; None when it is larger (or unreadable).
+async fn read_limited(body: Body) -> Option<axum::body::Bytes> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    let drain = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.ok()?;
+            seen += chunk.len();
+            if seen <= MAX_BODY_BYTES {
+                buf.extend_from_slice(&chunk);
+            } else if seen > DRAIN_BYTES {
+                return Some(false);
+            }
+        }
+        Some(seen <= MAX_BODY_BYTES)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), drain).await {
+        Ok(Some(true)) => Some(buf.into()),
+        _ => None,
     }
 }
 
@@ -115,12 +145,13 @@ pub async fn receive(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > DRAIN_BYTES as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = match read_limited(body).await {
+        Some(b) => b,
+        None => return Err(too_large()),
+    };
     let now = chrono::Utc::now().timestamp();
     let delivery_id = rt.hook.verify(&headers, &bytes, now).map_err(|e| {
         let reason = e.reason();
@@ -147,7 +178,12 @@ pub async fn receive(
     })?;
     let templates = &state.engine.inner.templates;
     let unprocessable = |reason: &str, e: MapError| {
-        reject(&state, &name, reason, ApiError::Unprocessable(e.to_string()))
+        reject(
+            &state,
+            &name,
+            reason,
+            ApiError::Unprocessable(e.to_string()),
+        )
     };
     let inputs = rt
         .hook
@@ -199,21 +235,23 @@ pub async fn receive(
         )
             .into_response()
     };
-    match state
+    let triggered = state
         .engine
         .store()
         .create_run_once(run, audit, &keys, &since)
-        .await?
-    {
-        Triggered::Created(Created::New(run)) => {
-            state.metrics.accepted(&name, false);
-            state.executor.submit(&run.id);
-            Ok(answer(StatusCode::ACCEPTED, run.id, false))
-        }
-        Triggered::Created(Created::Joined(run)) => {
-            state.metrics.accepted(&name, true);
-            Ok(answer(StatusCode::OK, run.id, true))
-        }
+        .await?;
+    match triggered {
+        Triggered::Created(created) => match *created {
+            Created::New(run) => {
+                state.metrics.accepted(&name, false);
+                state.executor.submit(&run.id);
+                Ok(answer(StatusCode::ACCEPTED, run.id, false))
+            }
+            Created::Joined(run) => {
+                state.metrics.accepted(&name, true);
+                Ok(answer(StatusCode::OK, run.id, true))
+            }
+        },
         Triggered::Duplicate(run_id) => {
             state.metrics.accepted(&name, true);
             Ok(answer(StatusCode::OK, run_id, true))

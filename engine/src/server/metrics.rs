@@ -182,11 +182,9 @@ impl StepTimer {
 impl Observer for StepTimer {
     fn event(&self, event: Progress) {
         match event {
-            Progress::StepStarted { step, .. } => {
-                if self.types.contains_key(&step) {
-                    if let Ok(mut m) = self.started.lock() {
-                        m.insert(step, Instant::now());
-                    }
+            Progress::StepStarted { step, .. } if self.types.contains_key(&step) => {
+                if let Ok(mut m) = self.started.lock() {
+                    m.insert(step, Instant::now());
                 }
             }
             Progress::StepFinished { step, .. } => {

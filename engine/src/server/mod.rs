@@ -37,7 +37,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
@@ -120,7 +122,9 @@ impl Server {
             );
         }
         if !config.schedules.is_empty() {
-            tracing::warn!("`schedules` are not run by this version of cordon serve; they are ignored");
+            tracing::warn!(
+                "`schedules` are not run by this version of cordon serve; they are ignored"
+            );
         }
         if config.notify_waiting.is_some() {
             tracing::warn!("`notify_waiting` is not implemented by this version of cordon serve; nobody is told when a run waits");

@@ -129,6 +129,8 @@ async fn new_run(store: &dyn Store, id: &str) {
 pub async fn assert_chain_intact(store: &dyn Store) {
     let events = store.audit_events(None).await.expect("audit events");
     let head = store.audit_head().await.expect("audit head");
+    let (snap_events, snap_head) = store.audit_chain().await.expect("audit chain");
+    assert_eq!((&snap_events, &snap_head), (&events, &head));
     let report = audit::verify(&events, head.as_ref());
     assert!(report.ok, "chain broken: {report:?}");
     assert_eq!(report.events, events.len());
@@ -920,13 +922,21 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
         since,
     )
     .await;
-    assert!(matches!(first, Triggered::Created(Created::New(ref r)) if r.id == "dd-1"));
+    assert!(
+        matches!(first, Triggered::Created(ref c) if matches!(**c, Created::New(ref r) if r.id == "dd-1"))
+    );
     let events = store.audit_events(None).await.expect("events").len();
     // A repeat by delivery id stores nothing, not even an audit event.
     let again = once("dd-2", vec![key("siem", "webhook-id", "msg-1")], since).await;
-    assert!(matches!(again, Triggered::Duplicate(ref id) if id == "dd-1"), "{again:?}");
+    assert!(
+        matches!(again, Triggered::Duplicate(ref id) if id == "dd-1"),
+        "{again:?}"
+    );
     assert!(store.get_run("dd-2").await.expect("get").is_none());
-    assert_eq!(store.audit_events(None).await.expect("events").len(), events);
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events
+    );
     // A repeat by dedup key under a new delivery id: the new id is not remembered either.
     let again = once(
         "dd-3",
@@ -937,12 +947,21 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
         since,
     )
     .await;
-    assert!(matches!(again, Triggered::Duplicate(ref id) if id == "dd-1"), "{again:?}");
+    assert!(
+        matches!(again, Triggered::Duplicate(ref id) if id == "dd-1"),
+        "{again:?}"
+    );
     let fresh = once("dd-3", vec![key("siem", "webhook-id", "msg-2")], since).await;
-    assert!(matches!(fresh, Triggered::Created(Created::New(_))), "{fresh:?}");
+    assert!(
+        matches!(fresh, Triggered::Created(ref c) if matches!(**c, Created::New(_))),
+        "{fresh:?}"
+    );
     // Keys are per hook.
     let other = once("dd-4", vec![key("other", "webhook-id", "msg-1")], since).await;
-    assert!(matches!(other, Triggered::Created(Created::New(_))), "{other:?}");
+    assert!(
+        matches!(other, Triggered::Created(ref c) if matches!(**c, Created::New(_))),
+        "{other:?}"
+    );
     // A key older than the remembering window is taken over by the new run.
     let expired = once(
         "dd-5",
@@ -950,9 +969,15 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
         "2999-01-01T00:00:00.000Z",
     )
     .await;
-    assert!(matches!(expired, Triggered::Created(Created::New(_))), "{expired:?}");
+    assert!(
+        matches!(expired, Triggered::Created(ref c) if matches!(**c, Created::New(_))),
+        "{expired:?}"
+    );
     let again = once("dd-6", vec![key("siem", "webhook-id", "msg-1")], since).await;
-    assert!(matches!(again, Triggered::Duplicate(ref id) if id == "dd-5"), "{again:?}");
+    assert!(
+        matches!(again, Triggered::Duplicate(ref id) if id == "dd-5"),
+        "{again:?}"
+    );
     // Purging forgets everything older than the bound.
     let purged = store
         .purge_dedup_keys("2999-01-01T00:00:00.000Z")
@@ -960,7 +985,10 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
         .expect("purge");
     assert!(purged >= 4, "{purged}");
     let after = once("dd-6", vec![key("siem", "webhook-id", "msg-1")], since).await;
-    assert!(matches!(after, Triggered::Created(Created::New(_))), "{after:?}");
+    assert!(
+        matches!(after, Triggered::Created(ref c) if matches!(**c, Created::New(_))),
+        "{after:?}"
+    );
 
     // Unfinished runs, with their leases.
     let lease = store
@@ -972,7 +1000,10 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
     let dd1 = unfinished.iter().find(|u| u.id == "dd-1").expect("dd-1");
     assert_eq!((dd1.status, dd1.lease.is_none()), (RunStatus::Queued, true));
     let dd4 = unfinished.iter().find(|u| u.id == "dd-4").expect("dd-4");
-    assert_eq!(dd4.lease.as_ref().map(|h| h.owner.as_str()), Some("host/1/x"));
+    assert_eq!(
+        dd4.lease.as_ref().map(|h| h.owner.as_str()),
+        Some("host/1/x")
+    );
 
     // A waiting step past its deadline makes the run overdue.
     let mut gate = step("dd-4", "approve", StepStatus::Waiting);

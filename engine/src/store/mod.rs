@@ -306,7 +306,7 @@ pub struct DedupKey {
 #[derive(Debug, Clone)]
 pub enum Triggered {
     /// No key was known: the run was created (or joined an active one).
-    Created(Created),
+    Created(Box<Created>),
     /// A key was already remembered: nothing was stored; the first run's id.
     Duplicate(String),
 }
@@ -421,4 +421,7 @@ pub trait Store: Send + Sync {
     /// Events in sequence order; all of them, or one run's.
     async fn audit_events(&self, run_id: Option<&str>) -> Result<Vec<AuditEvent>>;
     async fn audit_head(&self) -> Result<Option<AuditHead>>;
+    /// Every event and the head checkpoint, read from one snapshot, so that a verification
+    /// running beside writers sees a chain and a head that belong together.
+    async fn audit_chain(&self) -> Result<(Vec<AuditEvent>, Option<AuditHead>)>;
 }

@@ -471,7 +471,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(Triggered::Created(created))
+        Ok(Triggered::Created(Box::new(created)))
     }
 
     async fn purge_dedup_keys(&self, before: &str) -> Result<u64> {
@@ -858,6 +858,24 @@ impl Store for SqliteStore {
     async fn audit_head(&self) -> Result<Option<AuditHead>> {
         let mut conn = self.read.acquire().await?;
         read_head(&mut conn).await
+    }
+
+    async fn audit_chain(&self) -> Result<(Vec<AuditEvent>, Option<AuditHead>)> {
+        // One read transaction: in WAL mode its first read fixes the snapshot both see.
+        let mut tx = self.read.begin().await?;
+        let head = read_head(&mut tx).await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, at, run_id, actor, action, details, prev_hash, hash
+             FROM audit_events ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let events = rows
+            .into_iter()
+            .map(AuditRow::into_record)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((events, head))
     }
 }
 

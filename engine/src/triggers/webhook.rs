@@ -156,7 +156,9 @@ pub enum MapError {
     Missing { field: String, needed_by: String },
     #[error("{needed_by}: {message}")]
     Template { needed_by: String, message: String },
-    #[error("the payload must be a JSON object whose keys are input names (this hook maps no `inputs`)")]
+    #[error(
+        "the payload must be a JSON object whose keys are input names (this hook maps no `inputs`)"
+    )]
     NotAnObject,
 }
 
@@ -185,7 +187,9 @@ impl Webhook {
                     .split_whitespace()
                     .filter_map(|s| s.split_once(','))
                     .filter(|(version, _)| *version == "v1")
-                    .filter_map(|(_, sig)| base64::engine::general_purpose::STANDARD.decode(sig).ok())
+                    .filter_map(|(_, sig)| {
+                        base64::engine::general_purpose::STANDARD.decode(sig).ok()
+                    })
                     .collect();
                 if candidates.is_empty() {
                     return Err(Rejected::Malformed("webhook-signature"));
@@ -432,19 +436,17 @@ fn build_one(
             ));
         }
     }
-    let mut check_template = |where_: String, t: &str| {
-        match crate::expr::template_refs(t) {
-            Ok(refs) => {
-                for r in refs {
-                    if r != "payload" && !r.starts_with("payload.") && !r.starts_with("payload[") {
-                        problems.push(format!(
+    let mut check_template = |where_: String, t: &str| match crate::expr::template_refs(t) {
+        Ok(refs) => {
+            for r in refs {
+                if r != "payload" && !r.starts_with("payload.") && !r.starts_with("payload[") {
+                    problems.push(format!(
                             "{where_}: `{r}` is not available here; templates read only `payload` (the request's JSON body)"
                         ));
-                    }
                 }
             }
-            Err(e) => problems.push(format!("{where_}: {e}")),
         }
+        Err(e) => problems.push(format!("{where_}: {e}")),
     };
     if let Some(map) = &file.inputs {
         for (input, v) in map {
@@ -684,9 +686,7 @@ mod tests {
         assert_eq!(m["confidence"], json!(0.9));
         assert_eq!(m["label"], json!("alert 7"));
         assert_eq!(h.dedup_key(&t, &p).unwrap().as_deref(), Some("7"));
-        let err = h
-            .map_inputs(&t, &json!({"id": 7, "score": 1}))
-            .unwrap_err();
+        let err = h.map_inputs(&t, &json!({"id": 7, "score": 1})).unwrap_err();
         assert_eq!(
             err,
             MapError::Missing {
@@ -711,10 +711,16 @@ mod tests {
         let (built, errs) = build_all(&raw, Path::new("."), &Redactor::default());
         assert!(built.is_empty());
         let all = errs.join("\n");
-        assert!(all.contains("webhooks.siem.secret: inline secret refused"), "{all}");
+        assert!(
+            all.contains("webhooks.siem.secret: inline secret refused"),
+            "{all}"
+        );
         assert!(all.contains("CORDON_TEST_SURELY_UNSET_VAR"), "{all}");
         assert!(all.contains("webhooks.okta.okta_verification"), "{all}");
         assert!(all.contains("webhooks.bad name"), "{all}");
-        assert!(all.contains("webhooks.tpl") && all.contains("colour"), "{all}");
+        assert!(
+            all.contains("webhooks.tpl") && all.contains("colour"),
+            "{all}"
+        );
     }
 }
