@@ -131,7 +131,13 @@ struct Serving {
 }
 
 fn serve(env: &Env) -> Serving {
-    let mut cmd = env.command(&["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "20s"]);
+    serve_with(env, &[])
+}
+
+fn serve_with(env: &Env, extra: &[&str]) -> Serving {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "20s"];
+    args.extend_from_slice(extra);
+    let mut cmd = env.command(&args);
     cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
         .env("CORDON_LOG", "info");
@@ -1162,7 +1168,7 @@ steps:
 #[test]
 fn the_openapi_document_parses_and_lists_every_path() {
     let env = env_with("");
-    let s = serve(&env);
+    let s = serve_with(&env, &["--log-format", "json"]);
     let a = s.get("/api/v1/openapi.json", None);
     assert_eq!(a.status, 200);
     let doc = a.json();
@@ -1200,6 +1206,21 @@ fn the_openapi_document_parses_and_lists_every_path() {
     assert_eq!(a.status, 404);
     assert!(a.json()["error"].is_string());
     assert!(a.headers.contains_key("x-request-id"));
+    // Structured logs: one JSON object per line, request ids in the span.
+    let rid = a.headers["x-request-id"].to_str().unwrap().to_string();
+    let log = s.log();
+    assert_eq!(s.stop(), 0);
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["request_id"] == rid.as_str()),
+        "{log}"
+    );
 }
 
 #[test]
