@@ -59,6 +59,17 @@ pub struct ConfigFile {
     pub api: ApiSettings,
     #[serde(default)]
     pub tls: Option<Value>,
+    /// `text` (default) or `json`: the format of `cordon serve`'s log lines.
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -144,6 +155,9 @@ pub struct Config {
     pub public_url: Option<String>,
     pub notify_waiting: Option<Value>,
     pub api_tokens: Vec<ApiToken>,
+    pub log_format: Option<LogFormat>,
+    /// `tls: {cert, key}` as written (not served yet: `cordon serve` refuses it).
+    pub tls: Option<Value>,
 }
 
 impl Config {
@@ -240,6 +254,8 @@ impl Config {
             public_url: file.public_url,
             notify_waiting: file.notify_waiting,
             api_tokens: file.api.tokens,
+            log_format: file.log_format,
+            tls: file.tls,
             source,
             base_dir,
         })

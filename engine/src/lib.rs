@@ -14,6 +14,8 @@
 //! - [`evidence`]: the local evidence store and its manifests.
 //! - [`notify`]: the incident-facts schema, notification templates, drafts, and sending
 //!   drafts.
+//! - [`triggers`]: webhooks (signature schemes, payload mapping).
+//! - [`server`]: `cordon serve`: webhooks, the API, approvals over HTTP, metrics, shutdown.
 //! - [`cli`]: the `cordon` command line and its progress display.
 
 pub mod audit;
@@ -25,5 +27,7 @@ pub mod exec;
 pub mod expr;
 pub mod notify;
 pub mod runbook;
+pub mod server;
 pub mod store;
 pub mod time;
+pub mod triggers;

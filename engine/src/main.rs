@@ -3,13 +3,29 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    let cli = cordon::cli::Cli::parse();
+    // The service logs what it does (info); one-shot commands show progress instead (warn).
+    let (default_level, json) = match &cli.command {
+        cordon::cli::Command::Serve(args) => {
+            let from_file = cordon::config::Config::load(cli.config.as_deref())
+                .ok()
+                .and_then(|c| c.log_format);
+            let format = args.log_format.or(from_file);
+            ("info", format == Some(cordon::config::LogFormat::Json))
+        }
+        _ => ("warn", false),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORDON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
-    let cli = cordon::cli::Cli::parse();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,6 +4,7 @@ mod drafts;
 mod harness;
 mod shipped;
 mod streaming;
+mod serve;
 
 use std::time::{Duration, Instant};
 

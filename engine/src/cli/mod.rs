@@ -165,6 +165,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve webhooks, the API and approvals over HTTP; resumes every unfinished run; runs
+    /// until SIGTERM or Ctrl-C, then drains.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (default: the configuration's `listen`, else 127.0.0.1:8480);
+    /// port 0 picks a free port, printed on stderr.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Log lines as JSON (also `log_format: json` in the configuration).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
+    /// How long shutdown lets steps in flight finish, e.g. `30s`.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub drain_timeout: String,
+    /// Runs executed at once by this process.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_concurrent_runs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -359,6 +379,20 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             cmd_runbooks(&config, json)
         }
         Command::Demo { json } => crate::cli::demo(config_path.as_deref(), json).await,
+        Command::Serve(args) => {
+            let drain = crate::duration::parse(&args.drain_timeout)
+                .map_err(|e| bad_input(format!("--drain-timeout `{}`: {e}", args.drain_timeout)))?;
+            crate::server::command(
+                config_path.as_deref(),
+                crate::server::ServeOptions {
+                    listen: args.listen,
+                    drain_timeout: drain,
+                    max_concurrent_runs: args.max_concurrent_runs,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
         other => {
             let app = App::open(config_path.as_deref()).await?;
             app.command(other).await
@@ -403,7 +437,7 @@ impl App {
     }
 
     /// Record that this process acts under this configuration (chain of custody).
-    async fn audit_config(&self, actor: &str) -> Result<()> {
+    pub(crate) async fn audit_config(&self, actor: &str) -> Result<()> {
         let c = &self.engine.inner.config;
         let sha = c
             .source
@@ -492,6 +526,7 @@ impl App {
                     &run,
                     &format!("cli:{who}"),
                     &who,
+                    &who,
                 )
                 .await
                 .map_err(exec_err)?;
@@ -520,7 +555,8 @@ impl App {
             | Command::Templates { .. }
             | Command::Connectors { .. }
             | Command::Runbooks { .. }
-            | Command::Demo { .. } => Err(anyhow!("unreachable command dispatch")),
+            | Command::Demo { .. }
+            | Command::Serve(_) => Err(anyhow!("unreachable command dispatch")),
         }
     }
 
@@ -890,8 +926,7 @@ impl App {
     async fn cmd_audit(&self, cmd: AuditCommand) -> Result<u8> {
         match cmd {
             AuditCommand::Verify { json } => {
-                let events = self.store().audit_events(None).await?;
-                let head = self.store().audit_head().await?;
+                let (events, head) = self.store().audit_chain().await?;
                 let report = crate::audit::verify(&events, head.as_ref());
                 if json {
                     println!(
@@ -933,8 +968,7 @@ impl App {
                 match format {
                     ExportFormat::Jsonl => crate::audit::export_jsonl(&events, &mut buf)?,
                     ExportFormat::Html => {
-                        let all = self.store().audit_events(None).await?;
-                        let head = self.store().audit_head().await?;
+                        let (all, head) = self.store().audit_chain().await?;
                         let report = crate::audit::verify(&all, head.as_ref());
                         crate::audit::export_html(&rec, &events, &report, &mut buf)?
                     }
@@ -1067,7 +1101,7 @@ fn runbook_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn find_runbook(dir: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn find_runbook(dir: &Path, name: &str) -> Result<PathBuf> {
     for ext in ["yaml", "yml"] {
         let p = dir.join(format!("{name}.{ext}"));
         if p.is_file() {
@@ -1225,7 +1259,8 @@ fn cmd_connectors(json: bool) {
     }
 }
 
-fn cmd_runbooks(config: &Config, json: bool) -> Result<u8> {
+/// The runbooks folder's files: name, title, hash and step count, or how many problems.
+pub(crate) fn runbook_list(config: &Config) -> Vec<Value> {
     let ctx = ValidationContext::default();
     let mut list = Vec::new();
     for f in runbook_files(&config.runbooks_dir) {
@@ -1237,6 +1272,11 @@ fn cmd_runbooks(config: &Config, json: bool) -> Result<u8> {
             Err(d) => list.push(json!({"file": f.display().to_string(), "valid": false, "problems": d.len()})),
         }
     }
+    list
+}
+
+fn cmd_runbooks(config: &Config, json: bool) -> Result<u8> {
+    let list = runbook_list(config);
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {

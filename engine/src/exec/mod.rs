@@ -112,6 +112,10 @@ pub struct EngineInner {
     pub redactor: Redactor,
     /// This process's lease owner id: `host/pid/nonce`.
     pub owner: String,
+    /// Cancelled when the process shuts down (`cordon serve` on SIGTERM): run loops stop
+    /// starting work, let the calls in flight finish, and release their runs for the next
+    /// start. Never cancelled by the one-shot commands.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// What to start.
@@ -146,6 +150,7 @@ impl Engine {
                 evidence,
                 redactor,
                 owner,
+                shutdown: tokio_util::sync::CancellationToken::new(),
             }),
         }
     }
@@ -168,6 +173,12 @@ impl Engine {
 
     /// Check inputs, render the concurrency key, and store the run (or join an active one).
     pub async fn start_run(&self, req: StartRequest) -> Result<Created, ExecError> {
+        let (run, audit) = self.prepare_run(req)?;
+        Ok(self.inner.store.create_run(run, audit).await?)
+    }
+
+    /// The run record and its `run.created` event for `req`, inputs checked, not stored.
+    pub fn prepare_run(&self, req: StartRequest) -> Result<(RunRecord, AuditDraft), ExecError> {
         let inputs = crate::runbook::inputs::resolve_inputs(&req.runbook.runbook, req.inputs)
             .map_err(|errs| {
                 ExecError::Invalid(
@@ -239,7 +250,7 @@ impl Engine {
                 "dry_run": req.dry_run,
             }),
         };
-        Ok(self.inner.store.create_run(run, audit).await?)
+        Ok((run, audit))
     }
 
     /// Store a run built elsewhere (undo runs), with its audit event.

@@ -352,13 +352,16 @@ impl Runner {
                 last_poll = Some(Instant::now());
                 self.poll_external().await?;
             }
+            // Shutting down: start nothing new, let the calls in flight finish (the caller
+            // bounds how long), then hand the run back for the next start.
+            let draining = self.engine.inner.shutdown.is_cancelled() && !self.cancelling;
             if self.cancelling {
                 self.cancel.cancel();
                 self.cancel_unstarted("cancelled");
-            } else {
+            } else if !draining {
                 self.schedule();
             }
-            let jobs = self.launch();
+            let jobs = if draining { Vec::new() } else { self.launch() };
             self.flush().await?;
             for job in jobs {
                 self.inflight += 1;
@@ -380,6 +383,15 @@ impl Runner {
                     self.on_done(done)?;
                 }
                 continue;
+            }
+            if draining {
+                if !self.ready_exists() {
+                    if let Some(status) = self.end_state() {
+                        return self.finish(status).await;
+                    }
+                }
+                self.store.release_lease(&self.lease).await?;
+                return self.reload().await;
             }
             if self.ready_exists() {
                 continue;

@@ -36,6 +36,7 @@ pub async fn create_undo_run(
     origin_id: &str,
     trigger: &str,
     started_by: &str,
+    actor: &str,
 ) -> Result<(RunRecord, Vec<PlanEntry>), ExecError> {
     let store = engine.store();
     let origin = store
@@ -267,7 +268,7 @@ pub async fn create_undo_run(
     };
     let audit = AuditDraft {
         run_id: Some(id),
-        actor: started_by.to_string(),
+        actor: actor.to_string(),
         action: "run.created".into(),
         details: json!({
             "runbook": origin.runbook, "runbook_sha256": sha, "trigger": trigger,

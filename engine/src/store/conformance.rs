@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{
-    AuditDraft, Change, Created, Decision, DraftRecord, EvidenceRecord, ItemRecord, RunFilter,
-    RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError,
+    AuditDraft, Change, Created, Decision, DedupKey, DraftRecord, EvidenceRecord, ItemRecord, RunFilter,
+    RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, Triggered,
 };
 use crate::audit;
 use cordon_connectors::evidence::EvidenceMeta;
@@ -23,6 +23,7 @@ pub async fn run_all(store: &dyn Store) {
     decisions_cancel_pause_evidence(store).await;
     drafts_round_trip(store).await;
     list_filters(store).await;
+    dedup_keys_and_service_queries(store).await;
     assert_chain_intact(store).await;
 }
 
@@ -129,6 +130,8 @@ async fn new_run(store: &dyn Store, id: &str) {
 pub async fn assert_chain_intact(store: &dyn Store) {
     let events = store.audit_events(None).await.expect("audit events");
     let head = store.audit_head().await.expect("audit head");
+    let (snap_events, snap_head) = store.audit_chain().await.expect("audit chain");
+    assert_eq!((&snap_events, &snap_head), (&events, &head));
     let report = audit::verify(&events, head.as_ref());
     assert!(report.ok, "chain broken: {report:?}");
     assert_eq!(report.events, events.len());
@@ -964,4 +967,168 @@ pub async fn two_handles(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     }
     let events = a.audit_events(None).await.expect("events");
     assert_eq!(events.len(), 2 * (1 + COMMITS));
+}
+
+/// Webhook deliveries are remembered in the run's transaction (a repeat stores nothing),
+/// expire, and are purged; and the queries `cordon serve` sweeps with.
+pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
+    let key = |hook: &str, kind: &str, k: &str| DedupKey {
+        hook: hook.into(),
+        kind: kind.into(),
+        key: k.into(),
+    };
+    let since = "2026-10-26T00:00:00.000Z";
+    let once = |id: &'static str, keys: Vec<DedupKey>, since: &'static str| async move {
+        store
+            .create_run_once(
+                run(id, None, "2026-11-25T23:10:00.000Z"),
+                draft(Some(id), "run.created", json!({})),
+                &keys,
+                since,
+            )
+            .await
+            .expect("create_run_once")
+    };
+    let first = once(
+        "dd-1",
+        vec![
+            key("siem", "webhook-id", "msg-1"),
+            key("siem", "dedup_key", "A-1"),
+        ],
+        since,
+    )
+    .await;
+    assert!(
+        matches!(first, Triggered::Created(ref c) if matches!(**c, Created::New(ref r) if r.id == "dd-1"))
+    );
+    let events = store.audit_events(None).await.expect("events").len();
+    // A repeat by delivery id stores nothing, not even an audit event.
+    let again = once("dd-2", vec![key("siem", "webhook-id", "msg-1")], since).await;
+    assert!(
+        matches!(again, Triggered::Duplicate(ref id) if id == "dd-1"),
+        "{again:?}"
+    );
+    assert!(store.get_run("dd-2").await.expect("get").is_none());
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events
+    );
+    // A repeat by dedup key under a new delivery id: the new id is not remembered either.
+    let again = once(
+        "dd-3",
+        vec![
+            key("siem", "webhook-id", "msg-2"),
+            key("siem", "dedup_key", "A-1"),
+        ],
+        since,
+    )
+    .await;
+    assert!(
+        matches!(again, Triggered::Duplicate(ref id) if id == "dd-1"),
+        "{again:?}"
+    );
+    let fresh = once("dd-3", vec![key("siem", "webhook-id", "msg-2")], since).await;
+    assert!(
+        matches!(fresh, Triggered::Created(ref c) if matches!(**c, Created::New(_))),
+        "{fresh:?}"
+    );
+    // Keys are per hook.
+    let other = once("dd-4", vec![key("other", "webhook-id", "msg-1")], since).await;
+    assert!(
+        matches!(other, Triggered::Created(ref c) if matches!(**c, Created::New(_))),
+        "{other:?}"
+    );
+    // A key older than the remembering window is taken over by the new run.
+    let expired = once(
+        "dd-5",
+        vec![key("siem", "webhook-id", "msg-1")],
+        "2999-01-01T00:00:00.000Z",
+    )
+    .await;
+    assert!(
+        matches!(expired, Triggered::Created(ref c) if matches!(**c, Created::New(_))),
+        "{expired:?}"
+    );
+    let again = once("dd-6", vec![key("siem", "webhook-id", "msg-1")], since).await;
+    assert!(
+        matches!(again, Triggered::Duplicate(ref id) if id == "dd-5"),
+        "{again:?}"
+    );
+    // Purging forgets everything older than the bound.
+    let purged = store
+        .purge_dedup_keys("2999-01-01T00:00:00.000Z")
+        .await
+        .expect("purge");
+    assert!(purged >= 4, "{purged}");
+    let after = once("dd-6", vec![key("siem", "webhook-id", "msg-1")], since).await;
+    assert!(
+        matches!(after, Triggered::Created(ref c) if matches!(**c, Created::New(_))),
+        "{after:?}"
+    );
+
+    // Unfinished runs, with their leases.
+    let lease = store
+        .acquire_lease("dd-4", "host/1/x", 60_000, None)
+        .await
+        .expect("lease")
+        .expect("free");
+    let unfinished = store.unfinished_runs().await.expect("unfinished");
+    let dd1 = unfinished.iter().find(|u| u.id == "dd-1").expect("dd-1");
+    assert_eq!((dd1.status, dd1.lease.is_none()), (RunStatus::Queued, true));
+    let dd4 = unfinished.iter().find(|u| u.id == "dd-4").expect("dd-4");
+    assert_eq!(
+        dd4.lease.as_ref().map(|h| h.owner.as_str()),
+        Some("host/1/x")
+    );
+
+    // A waiting step past its deadline makes the run overdue.
+    let mut gate = step("dd-4", "approve", StepStatus::Waiting);
+    gate.deadline = Some("2026-11-25T23:30:00.000Z".into());
+    let ev = evidence("dd-4", "ev-dd-4");
+    store
+        .commit(
+            &lease,
+            vec![
+                Change::Run {
+                    status: RunStatus::Waiting,
+                    error: None,
+                    started_at: None,
+                    finished_at: None,
+                },
+                Change::Step(gate),
+                Change::Evidence(ev.clone()),
+            ],
+            vec![],
+        )
+        .await
+        .expect("commit");
+    let overdue = store
+        .overdue_runs("2026-11-26T00:00:00.000Z")
+        .await
+        .expect("overdue");
+    assert!(overdue.contains(&"dd-4".to_string()), "{overdue:?}");
+    let early = store
+        .overdue_runs("2026-11-25T23:00:00.000Z")
+        .await
+        .expect("overdue");
+    assert!(!early.contains(&"dd-4".to_string()), "{early:?}");
+    assert!(!store
+        .unfinished_runs()
+        .await
+        .expect("unfinished")
+        .iter()
+        .any(|u| u.id == "dd-4"));
+    assert_eq!(store.get_evidence("ev-dd-4").await.expect("get"), Some(ev));
+    assert_eq!(store.get_evidence("no-such").await.expect("get"), None);
+
+    let counts = store.run_counts().await.expect("counts");
+    let n = |s: RunStatus| counts.iter().find(|(st, _)| *st == s).map(|(_, n)| *n);
+    assert!(n(RunStatus::Waiting) >= Some(1), "{counts:?}");
+    assert!(n(RunStatus::Queued) >= Some(5), "{counts:?}");
+    let listed = store
+        .list_runs(&RunFilter::default())
+        .await
+        .expect("list")
+        .len() as u64;
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), listed);
 }

@@ -321,6 +321,35 @@ pub enum Created {
     Joined(RunRecord),
 }
 
+/// A key under which a trigger is remembered (webhook deliveries), scoped to its hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupKey {
+    /// The webhook's name.
+    pub hook: String,
+    /// `webhook-id` (the sender's delivery id) or `dedup_key` (the hook's template).
+    pub kind: String,
+    pub key: String,
+}
+
+/// What [`Store::create_run_once`] did.
+#[derive(Debug, Clone)]
+pub enum Triggered {
+    /// No key was known: the run was created (or joined an active one).
+    Created(Box<Created>),
+    /// A key was already remembered: nothing was stored; the first run's id.
+    Duplicate(String),
+}
+
+/// An unfinished run and who holds its lease, for the service's resume sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedRun {
+    pub id: String,
+    pub status: RunStatus,
+    pub created_at: String,
+    /// None when the lease is free or expired.
+    pub lease: Option<LeaseHolder>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The lease was taken by another process (or expired and was re-acquired): stop.
@@ -396,6 +425,27 @@ pub trait Store: Send + Sync {
     async fn joined_triggers(&self, run_id: &str) -> Result<Vec<Value>>;
 
     async fn evidence(&self, run_id: &str) -> Result<Vec<EvidenceRecord>>;
+    async fn get_evidence(&self, evidence_id: &str) -> Result<Option<EvidenceRecord>>;
+
+    /// [`Store::create_run`], remembering `keys` in the same transaction. When one of them
+    /// is already remembered (and newer than `remember_since`, an RFC 3339 time), nothing
+    /// is stored and the run it points to is returned. A UNIQUE constraint decides, so
+    /// concurrent identical deliveries create exactly one run.
+    async fn create_run_once(
+        &self,
+        run: RunRecord,
+        audit: AuditDraft,
+        keys: &[DedupKey],
+        remember_since: &str,
+    ) -> Result<Triggered>;
+    /// Forget remembered keys older than `before`; returns how many.
+    async fn purge_dedup_keys(&self, before: &str) -> Result<u64>;
+    /// Queued and running runs with their lease holders.
+    async fn unfinished_runs(&self) -> Result<Vec<UnfinishedRun>>;
+    /// Waiting runs with a waiting step whose deadline is before `now`.
+    async fn overdue_runs(&self, now: &str) -> Result<Vec<String>>;
+    /// How many runs are in each state (states with none are left out).
+    async fn run_counts(&self) -> Result<Vec<(RunStatus, u64)>>;
 
     /// A run's notification drafts, oldest first.
     async fn drafts(&self, run_id: &str) -> Result<Vec<DraftRecord>>;
@@ -405,4 +455,7 @@ pub trait Store: Send + Sync {
     /// Events in sequence order; all of them, or one run's.
     async fn audit_events(&self, run_id: Option<&str>) -> Result<Vec<AuditEvent>>;
     async fn audit_head(&self) -> Result<Option<AuditHead>>;
+    /// Every event and the head checkpoint, read from one snapshot, so that a verification
+    /// running beside writers sees a chain and a head that belong together.
+    async fn audit_chain(&self) -> Result<(Vec<AuditEvent>, Option<AuditHead>)>;
 }

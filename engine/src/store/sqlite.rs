@@ -26,9 +26,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
 use super::{
-    AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DraftRecord, EvidenceRecord,
+    AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord, EvidenceRecord,
     ItemRecord, Lease, LeaseHolder, Result, RunFilter, RunRecord, RunStatus, StepRecord,
-    StepStatus, Store, StoreError,
+    StepStatus, Store, StoreError, Triggered, UnfinishedRun,
 };
 use crate::audit::Chain;
 
@@ -396,53 +396,186 @@ async fn run_exists(conn: &mut SqliteConnection, run_id: &str) -> Result<bool> {
     Ok(row.is_some())
 }
 
+/// Create a run, or join the active run with its concurrency key, inside `tx`.
+async fn create_in(
+    tx: &mut SqliteConnection,
+    run: RunRecord,
+    audit: AuditDraft,
+) -> Result<Created> {
+    if let Some(key) = &run.concurrency_key {
+        let existing: Option<RunRow> = sqlx::query_as(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE concurrency_key = ? AND status IN ('queued', 'running', 'waiting')
+             ORDER BY created_at, id LIMIT 1"
+        ))
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            let existing = row.into_record()?;
+            let at = crate::time::now();
+            sqlx::query(
+                "INSERT INTO run_joins (run_id, trigger_source, started_by, inputs, at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&existing.id)
+            .bind(&run.trigger)
+            .bind(&run.started_by)
+            .bind(json_text(&run.inputs)?)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+            let joined = AuditDraft {
+                run_id: Some(existing.id.clone()),
+                actor: audit.actor,
+                action: "run.joined".into(),
+                details: serde_json::json!({
+                    "trigger": run.trigger,
+                    "started_by": run.started_by,
+                    "concurrency_key": key,
+                    "details": audit.details,
+                }),
+            };
+            append_events(&mut *tx, vec![joined]).await?;
+            return Ok(Created::Joined(existing));
+        }
+    }
+    insert_run(&mut *tx, &run).await?;
+    append_events(&mut *tx, vec![audit]).await?;
+    Ok(Created::New(run))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_run(&self, run: RunRecord, audit: AuditDraft) -> Result<Created> {
         let mut tx = self.begin_write().await?;
-        if let Some(key) = &run.concurrency_key {
-            let existing: Option<RunRow> = sqlx::query_as(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs
-                 WHERE concurrency_key = ? AND status IN ('queued', 'running', 'waiting')
-                 ORDER BY created_at, id LIMIT 1"
-            ))
-            .bind(key)
+        let created = create_in(&mut tx, run, audit).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn create_run_once(
+        &self,
+        run: RunRecord,
+        audit: AuditDraft,
+        keys: &[DedupKey],
+        remember_since: &str,
+    ) -> Result<Triggered> {
+        let mut tx = self.begin_write().await?;
+        let created = create_in(&mut tx, run, audit).await?;
+        let target = match &created {
+            Created::New(r) | Created::Joined(r) => r.id.clone(),
+        };
+        let at = crate::time::now();
+        for k in keys {
+            // Insert, or take over a row old enough to be forgotten; a row that is neither
+            // new nor stale returns nothing: a repeat.
+            let mine: Option<(String,)> = sqlx::query_as(
+                "INSERT INTO webhook_deliveries (hook, kind, key, run_id, at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (hook, kind, key) DO UPDATE
+                     SET run_id = excluded.run_id, at = excluded.at
+                     WHERE webhook_deliveries.at < ?
+                 RETURNING run_id",
+            )
+            .bind(&k.hook)
+            .bind(&k.kind)
+            .bind(&k.key)
+            .bind(&target)
+            .bind(&at)
+            .bind(remember_since)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(row) = existing {
-                let existing = row.into_record()?;
-                let at = crate::time::now();
-                sqlx::query(
-                    "INSERT INTO run_joins (run_id, trigger_source, started_by, inputs, at)
-                     VALUES (?, ?, ?, ?, ?)",
+            if mine.is_none() {
+                let (first,): (String,) = sqlx::query_as(
+                    "SELECT run_id FROM webhook_deliveries WHERE hook = ? AND kind = ? AND key = ?",
                 )
-                .bind(&existing.id)
-                .bind(&run.trigger)
-                .bind(&run.started_by)
-                .bind(json_text(&run.inputs)?)
-                .bind(&at)
-                .execute(&mut *tx)
+                .bind(&k.hook)
+                .bind(&k.kind)
+                .bind(&k.key)
+                .fetch_one(&mut *tx)
                 .await?;
-                let joined = AuditDraft {
-                    run_id: Some(existing.id.clone()),
-                    actor: audit.actor,
-                    action: "run.joined".into(),
-                    details: serde_json::json!({
-                        "trigger": run.trigger,
-                        "started_by": run.started_by,
-                        "concurrency_key": key,
-                        "details": audit.details,
-                    }),
-                };
-                append_events(&mut tx, vec![joined]).await?;
-                tx.commit().await?;
-                return Ok(Created::Joined(existing));
+                tx.rollback().await?;
+                return Ok(Triggered::Duplicate(first));
             }
         }
-        insert_run(&mut tx, &run).await?;
-        append_events(&mut tx, vec![audit]).await?;
         tx.commit().await?;
-        Ok(Created::New(run))
+        Ok(Triggered::Created(Box::new(created)))
+    }
+
+    async fn purge_dedup_keys(&self, before: &str) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM webhook_deliveries WHERE at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn unfinished_runs(&self) -> Result<Vec<UnfinishedRun>> {
+        let rows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT id, status, created_at, lease_owner, lease_until FROM runs
+             WHERE status IN ('queued', 'running') ORDER BY created_at, id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let now = crate::time::now();
+        rows.into_iter()
+            .map(|(id, status, created_at, owner, until)| {
+                let status = RunStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("runs.status of run {id} holds {status:?}"))
+                })?;
+                let lease = match (owner, until) {
+                    (Some(owner), Some(until)) if until > now => Some(LeaseHolder { owner, until }),
+                    _ => None,
+                };
+                Ok(UnfinishedRun {
+                    id,
+                    status,
+                    created_at,
+                    lease,
+                })
+            })
+            .collect()
+    }
+
+    async fn overdue_runs(&self, now: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT r.id FROM runs r JOIN steps s ON s.run_id = r.id
+             WHERE r.status = 'waiting' AND s.status = 'waiting'
+                 AND s.deadline IS NOT NULL AND s.deadline < ?
+             ORDER BY r.id",
+        )
+        .bind(now)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn run_counts(&self) -> Result<Vec<(RunStatus, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")
+                .fetch_all(&self.read)
+                .await?;
+        rows.into_iter()
+            .map(|(status, n)| {
+                let s = RunStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("runs.status holds unknown status {status:?}"))
+                })?;
+                Ok((s, to_u64(n, "count")?))
+            })
+            .collect()
+    }
+
+    async fn get_evidence(&self, evidence_id: &str) -> Result<Option<EvidenceRecord>> {
+        let row: Option<EvidenceRow> = sqlx::query_as(
+            "SELECT evidence_id, run_id, step_id, path, sha256, bytes, records, collected_at, meta
+             FROM evidence WHERE evidence_id = ?",
+        )
+        .bind(evidence_id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(EvidenceRow::into_record).transpose()
     }
 
     async fn acquire_lease(
@@ -773,6 +906,24 @@ impl Store for SqliteStore {
     async fn audit_head(&self) -> Result<Option<AuditHead>> {
         let mut conn = self.read.acquire().await?;
         read_head(&mut conn).await
+    }
+
+    async fn audit_chain(&self) -> Result<(Vec<AuditEvent>, Option<AuditHead>)> {
+        // One read transaction: in WAL mode its first read fixes the snapshot both see.
+        let mut tx = self.read.begin().await?;
+        let head = read_head(&mut tx).await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT seq, at, run_id, actor, action, details, prev_hash, hash
+             FROM audit_events ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let events = rows
+            .into_iter()
+            .map(AuditRow::into_record)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((events, head))
     }
 }
 

@@ -1,0 +1,255 @@
+//! Runs executed in the background of `cordon serve`.
+//!
+//! [`Executor::submit`] hands a run id to a task of this process: it waits for one of
+//! `max_concurrent_runs` slots (the queue depth metric counts the waiting), takes the run's
+//! lease and drives it until it finishes or waits for people. A run submitted again while
+//! it executes (a decision arrived as it was parking) is executed once more afterwards.
+//!
+//! [`Executor::sweep`], every few seconds: resumes queued and running runs that no live
+//! process holds (every unfinished run at start), continues waiting runs whose approval
+//! timed out, and forgets webhook deliveries older than 30 days.
+//!
+//! Shutdown: the engine's shutdown token makes run loops start nothing new and return once
+//! their calls in flight are done; tasks still waiting for a slot leave their runs queued.
+//! [`Executor::drain`] waits for all of that, up to a bound.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::metrics::{Metrics, StepTimer};
+use crate::exec::{owner_is_dead, Engine, ExecError};
+use crate::store::RunStatus;
+
+/// Queued runs younger than this are left to the process that created them (a `cordon run`
+/// about to take the lease), except at start.
+const FRESH_QUEUED: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+/// How often old webhook deliveries are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+pub struct Executor {
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    /// Runs submitted to this process → "submitted again while executing".
+    active: Mutex<HashMap<String, bool>>,
+    /// Step → connector type, per runbook text hash.
+    step_types: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
+    last_purge: Mutex<Option<Instant>>,
+}
+
+impl Executor {
+    pub fn new(engine: Engine, metrics: Arc<Metrics>, max_concurrent_runs: usize) -> Executor {
+        Executor {
+            engine,
+            metrics,
+            slots: Arc::new(Semaphore::new(max_concurrent_runs.max(1))),
+            tracker: TaskTracker::new(),
+            active: Mutex::new(HashMap::new()),
+            step_types: Mutex::new(HashMap::new()),
+            last_purge: Mutex::new(None),
+        }
+    }
+
+    fn shutdown(&self) -> &CancellationToken {
+        &self.engine.inner.shutdown
+    }
+
+    pub fn is_active(&self, run_id: &str) -> bool {
+        self.active
+            .lock()
+            .map(|m| m.contains_key(run_id))
+            .unwrap_or(false)
+    }
+
+    /// Execute `run_id` in the background (or once more, if it is executing now).
+    pub fn submit(self: &Arc<Self>, run_id: &str) {
+        if self.shutdown().is_cancelled() {
+            return; // left durable for the next start
+        }
+        {
+            let Ok(mut active) = self.active.lock() else {
+                return;
+            };
+            if let Some(again) = active.get_mut(run_id) {
+                *again = true;
+                return;
+            }
+            active.insert(run_id.to_string(), false);
+        }
+        let this = self.clone();
+        let id = run_id.to_string();
+        let span = tracing::info_span!("run", run_id = %id);
+        self.tracker
+            .spawn(async move { this.execute(id).await }.instrument(span));
+    }
+
+    async fn execute(self: Arc<Self>, id: String) {
+        self.metrics.queue_depth.inc();
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok(),
+            _ = self.shutdown().cancelled() => None,
+        };
+        self.metrics.queue_depth.dec();
+        let Some(_permit) = permit else {
+            self.forget(&id);
+            return;
+        };
+        self.metrics.executing.inc();
+        loop {
+            let observer = Arc::new(StepTimer::new(
+                self.metrics.clone(),
+                self.types_of(&id).await,
+            ));
+            match self.engine.execute(&id, observer).await {
+                Ok(run) => {
+                    tracing::info!(status = run.status.as_str(), "run executed");
+                    if run.status.is_active() && self.shutdown().is_cancelled() {
+                        tracing::info!(
+                            "run left {} for the next start (shutting down)",
+                            run.status.as_str()
+                        );
+                    }
+                }
+                Err(ExecError::Busy { owner, .. }) => {
+                    tracing::info!(%owner, "run is executed by another process");
+                }
+                Err(e) => tracing::warn!(error = %e, "run execution stopped"),
+            }
+            let again = match self.active.lock() {
+                Ok(mut active) => match active.get_mut(&id) {
+                    Some(again) if *again && !self.shutdown().is_cancelled() => {
+                        *again = false;
+                        true
+                    }
+                    _ => {
+                        active.remove(&id);
+                        false
+                    }
+                },
+                Err(_) => false,
+            };
+            if !again {
+                break;
+            }
+        }
+        self.metrics.executing.dec();
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(id);
+        }
+    }
+
+    /// Step id → connector type for the run's runbook, cached by runbook hash.
+    async fn types_of(&self, id: &str) -> Arc<HashMap<String, String>> {
+        let Ok(Some(run)) = self.engine.store().get_run(id).await else {
+            return Arc::default();
+        };
+        if let Some(t) = self
+            .step_types
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&run.runbook_sha256).cloned())
+        {
+            return t;
+        }
+        let Ok(rb) = crate::exec::runner::stored_runbook(&run) else {
+            return Arc::default();
+        };
+        let types: HashMap<String, String> = rb
+            .runbook
+            .steps
+            .iter()
+            .chain(rb.runbook.on_failure.iter())
+            .filter_map(|s| {
+                let uses = s.uses.as_deref()?;
+                let ty = uses.split_once('.').map(|(t, _)| t).unwrap_or(uses);
+                Some((s.id.clone(), ty.to_string()))
+            })
+            .collect();
+        let types = Arc::new(types);
+        if let Ok(mut m) = self.step_types.lock() {
+            m.insert(run.runbook_sha256.clone(), types.clone());
+        }
+        types
+    }
+
+    /// Pick up what needs this process: unfinished runs nobody executes, overdue approvals,
+    /// and the purge of old webhook deliveries. `at_start` takes every unfinished run.
+    pub async fn sweep(self: &Arc<Self>, at_start: bool) {
+        let store = self.engine.store();
+        let now = chrono::Utc::now();
+        match store.unfinished_runs().await {
+            Ok(runs) => {
+                let fresh_after = crate::time::format(now - FRESH_QUEUED);
+                for r in runs {
+                    if self.is_active(&r.id) {
+                        continue;
+                    }
+                    if !at_start && r.status == RunStatus::Queued && r.created_at > fresh_after {
+                        continue;
+                    }
+                    let free = match &r.lease {
+                        None => true,
+                        Some(h) => h.owner == self.engine.inner.owner || owner_is_dead(&h.owner),
+                    };
+                    if free {
+                        tracing::info!(run_id = %r.id, status = r.status.as_str(), "resuming run");
+                        self.submit(&r.id);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list unfinished runs"),
+        }
+        match store.overdue_runs(&crate::time::format(now)).await {
+            Ok(ids) => {
+                for id in ids {
+                    if !self.is_active(&id) {
+                        tracing::info!(run_id = %id, "deciding a timed-out approval");
+                        self.submit(&id);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list overdue approvals"),
+        }
+        let due = self
+            .last_purge
+            .lock()
+            .map(|mut last| {
+                let due = last.is_none_or(|t| t.elapsed() >= PURGE_EVERY);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            })
+            .unwrap_or(false);
+        if due {
+            let before = crate::time::format(
+                now - chrono::TimeDelta::days(crate::triggers::webhook::REMEMBER_DAYS),
+            );
+            match store.purge_dedup_keys(&before).await {
+                Ok(n) if n > 0 => tracing::info!(forgotten = n, "purged old webhook deliveries"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot purge old webhook deliveries"),
+            }
+        }
+    }
+
+    /// Wait for every background run to stop, up to `bound`. Returns false when the bound
+    /// was reached (the calls still in flight are repeated, under their idempotency keys,
+    /// by the next start).
+    pub async fn drain(&self, bound: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(bound, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
