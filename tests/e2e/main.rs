@@ -2,9 +2,9 @@
 
 mod drafts;
 mod harness;
+mod serve;
 mod shipped;
 mod streaming;
-mod serve;
 
 use std::time::{Duration, Instant};
 

@@ -690,6 +690,11 @@ fn api_authorisation_for_each_role() {
             [No, Yes, Yes, Yes],
         ),
         (
+            "run drafts",
+            get(format!("/api/v1/runs/{waiting}/drafts")),
+            [No, Yes, Yes, Yes],
+        ),
+        (
             "runbooks",
             get("/api/v1/runbooks".into()),
             [Yes, Yes, Yes, Yes],
@@ -1166,6 +1171,69 @@ steps:
 }
 
 #[test]
+fn drafts_are_listed_and_read_by_responders_not_viewers() {
+    let env = env_with("");
+    env.write_runbook(
+        "brief",
+        r#"version: 1
+name: brief
+inputs:
+  alert_id: { type: string, required: true }
+  subject_email: { type: string, required: true }
+steps:
+  - id: brief
+    uses: notify.draft
+    with: { template: executive-brief, to: "CISO" }
+"#,
+    );
+    let s = serve(&env);
+    let a = s.post(
+        "/api/v1/runs",
+        Some(token("rita")),
+        json!({"runbook": "brief", "inputs": {"alert_id": "d-1", "subject_email": "j.smith@example.com"}}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    s.wait_status(&id, "succeeded");
+    assert_eq!(
+        s.get(&format!("/api/v1/runs/{id}/drafts"), Some(token("vic")))
+            .status,
+        403
+    );
+    let list = s
+        .get(&format!("/api/v1/runs/{id}/drafts"), Some(token("dana")))
+        .json();
+    let d = &list[0];
+    assert_eq!(d["template"], "executive-brief", "{list:#}");
+    assert_eq!(d["to"], "CISO");
+    for k in ["draft_id", "subject", "created_at"] {
+        assert!(d[k].is_string(), "{k}: {d:#}");
+    }
+    let did = d["draft_id"].as_str().unwrap();
+    assert_eq!(
+        s.get(&format!("/api/v1/drafts/{did}"), Some(token("vic")))
+            .status,
+        403
+    );
+    let full = s.get(&format!("/api/v1/drafts/{did}"), Some(token("rita")));
+    assert_eq!(full.status, 200, "{full:?}");
+    let full = full.json();
+    assert!(full["body_markdown"]
+        .as_str()
+        .unwrap()
+        .starts_with("**DRAFT — PRIVILEGED"));
+    assert!(full["body_text"]
+        .as_str()
+        .unwrap()
+        .starts_with("DRAFT — PRIVILEGED"));
+    assert_eq!(
+        s.get("/api/v1/drafts/nope", Some(token("dana"))).status,
+        404
+    );
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
 fn the_openapi_document_parses_and_lists_every_path() {
     let env = env_with("");
     let s = serve_with(&env, &["--log-format", "json"]);
@@ -1186,6 +1254,8 @@ fn the_openapi_document_parses_and_lists_every_path() {
         "/api/v1/audit/verify",
         "/api/v1/runs/{id}/evidence",
         "/api/v1/evidence/{id}",
+        "/api/v1/runs/{id}/drafts",
+        "/api/v1/drafts/{id}",
         "/api/v1/runbooks",
         "/api/v1/connectors",
         "/api/v1/openapi.json",

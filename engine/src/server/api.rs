@@ -456,6 +456,59 @@ pub async fn run_evidence(
     ))
 }
 
+/// A draft as listed: `{draft_id, template, subject, to, created_at}` (and its audience).
+fn draft_summary(d: &crate::store::DraftRecord) -> Value {
+    json!({
+        "draft_id": d.draft_id, "template": d.template, "subject": d.subject, "to": d.to,
+        "created_at": d.created_at, "audience": d.audience, "step": d.step_id,
+    })
+}
+
+/// The run's notification drafts, oldest first.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/drafts", tag = "drafts", params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, description = "`{draft_id, template, subject, to, created_at}` per draft", body = [serde_json::Value]),
+        (status = 403, description = "Viewers may not read drafts", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_drafts(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(Permission::ReadEvidence)?;
+    get_run(&state, &id).await?;
+    let drafts = state.engine.store().drafts(&id).await?;
+    Ok(Json(Value::Array(
+        drafts.iter().map(draft_summary).collect(),
+    )))
+}
+
+/// One draft with its Markdown and plain-text bodies.
+#[utoipa::path(get, path = "/api/v1/drafts/{id}", tag = "drafts", params(("id" = String, Path, description = "Draft id")),
+    responses((status = 200, description = "The draft, with `body_markdown` and `body_text`", body = serde_json::Value),
+        (status = 403, description = "Viewers may not read drafts", body = ErrorBody),
+        (status = 404, description = "No such draft", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show_draft(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(Permission::ReadEvidence)?;
+    let d = state
+        .engine
+        .store()
+        .draft(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("draft {id} not found")))?;
+    let mut v = draft_summary(&d);
+    v["run_id"] = json!(d.run_id);
+    v["sha256"] = json!(d.body_sha256);
+    v["body_markdown"] = json!(d.body_markdown);
+    v["body_text"] = json!(d.body_text);
+    Ok(Json(v))
+}
+
 /// Download one artifact, byte for byte as stored (the bytes its `sha256` covers).
 #[utoipa::path(get, path = "/api/v1/evidence/{id}", tag = "evidence", params(("id" = String, Path, description = "Evidence id")),
     responses((status = 200, description = "The artifact's bytes; `x-content-sha256` carries the recorded hash", content_type = "application/octet-stream", body = Vec<u8>),
@@ -620,7 +673,7 @@ impl Modify for BearerAuth {
     info(title = "Cordon", description = "Runs, approvals, audit trail and evidence of the Cordon incident-response engine, and its webhooks."),
     paths(
         start_run, list_runs, show_run, cancel_run, undo_run, approve, reject, done,
-        run_audit, audit_verify, run_evidence, download_evidence, runbooks, connectors, openapi,
+        run_audit, audit_verify, run_evidence, download_evidence, run_drafts, show_draft, runbooks, connectors, openapi,
         healthz, readyz, metrics,
         super::hooks::receive, super::hooks::okta_challenge,
     ),

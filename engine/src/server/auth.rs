@@ -86,6 +86,7 @@ pub fn role_name(r: Role) -> &'static str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
     Read,
+    /// Evidence and draft contents (viewers see run metadata only).
     ReadEvidence,
     /// Start, cancel and undo runs.
     Operate,
@@ -99,7 +100,7 @@ impl Permission {
     fn describe(self) -> &'static str {
         match self {
             Permission::Read => "read",
-            Permission::ReadEvidence => "read evidence",
+            Permission::ReadEvidence => "read evidence or drafts",
             Permission::Operate => "start, cancel or undo runs",
             Permission::Decide => "decide approvals or tasks",
             Permission::Reveal => "see secret outputs",

@@ -301,6 +301,8 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/evidence", get(api::run_evidence))
         .route("/audit/verify", get(api::audit_verify))
         .route("/evidence/{id}", get(api::download_evidence))
+        .route("/runs/{id}/drafts", get(api::run_drafts))
+        .route("/drafts/{id}", get(api::show_draft))
         .route("/runbooks", get(api::runbooks))
         .route("/connectors", get(api::connectors))
         .route("/openapi.json", get(api::openapi))

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{
-    AuditDraft, Change, Created, Decision, DedupKey, DraftRecord, EvidenceRecord, ItemRecord, RunFilter,
-    RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, Triggered,
+    AuditDraft, Change, Created, Decision, DedupKey, DraftRecord, EvidenceRecord, ItemRecord,
+    RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, Triggered,
 };
 use crate::audit;
 use cordon_connectors::evidence::EvidenceMeta;

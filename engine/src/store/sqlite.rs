@@ -26,9 +26,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
 use super::{
-    AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord, EvidenceRecord,
-    ItemRecord, Lease, LeaseHolder, Result, RunFilter, RunRecord, RunStatus, StepRecord,
-    StepStatus, Store, StoreError, Triggered, UnfinishedRun,
+    AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord,
+    EvidenceRecord, ItemRecord, Lease, LeaseHolder, Result, RunFilter, RunRecord, RunStatus,
+    StepRecord, StepStatus, Store, StoreError, Triggered, UnfinishedRun,
 };
 use crate::audit::Chain;
 
