@@ -851,6 +851,7 @@ impl App {
                         runbook,
                         case_id: case,
                         limit: Some(limit),
+                        ..RunFilter::default()
                     })
                     .await?;
                 if json {

@@ -1,4 +1,4 @@
-//! Decisions on approval and task steps, from the command line (and later the API/UI).
+//! Decisions on approval and task steps, from the command line, the API and the review UI.
 //!
 //! A decision is recorded without the run's lease — the process executing the run (if any)
 //! picks it up — after the checks that must fail closed: the step is waiting, the decider
@@ -142,9 +142,11 @@ pub async fn decide(
     let previous = store.decisions(run_id).await?;
     let mine: Vec<&Decision> = previous.iter().filter(|d| d.step_id == step_id).collect();
     if verdict == Verdict::Approve {
+        // One person is one approver whatever the channel (`cli:dana`, `api:dana` and
+        // `ui:dana` are the same dana), so a quorum cannot be reached by one person twice.
         if mine
             .iter()
-            .any(|d| d.decision == "approve" && d.decided_by == decider.id())
+            .any(|d| d.decision == "approve" && name_of(&d.decided_by) == decider.name)
         {
             return Err(DecideError::Duplicate {
                 who: decider.id(),
@@ -154,15 +156,15 @@ pub async fn decide(
         let mut approvers: Vec<String> = mine
             .iter()
             .filter(|d| d.decision == "approve")
-            .map(|d| d.decided_by.clone())
+            .map(|d| name_of(&d.decided_by).to_string())
             .collect();
-        approvers.push(decider.id());
+        approvers.push(decider.name.clone());
         approvers.sort();
         approvers.dedup();
         let reaches_quorum = approvers.len() as u32 >= min;
         let starter = starter_name(&run.started_by);
-        let only_starter = approvers.iter().all(|a| name_of(a) == starter);
-        if name_of(&decider.id()) == starter && (min == 1 || (reaches_quorum && only_starter)) {
+        let only_starter = approvers.iter().all(|a| a == starter);
+        if decider.name == starter && (min == 1 || (reaches_quorum && only_starter)) {
             return Err(DecideError::SelfApproval { who: decider.id() });
         }
     }
@@ -205,7 +207,7 @@ pub async fn decide(
 
 /// `role:legal` admits members of group `legal`; any other entry names a person
 /// (`dana` or `user:dana`). With no identities configured, anyone may decide.
-fn allowed(decider: &Decider, list: &[String]) -> bool {
+pub fn allowed(decider: &Decider, list: &[String]) -> bool {
     let Some(groups) = &decider.groups else {
         return true;
     };

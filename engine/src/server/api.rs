@@ -231,6 +231,7 @@ pub async fn list_runs(
             runbook: q.runbook,
             case_id: q.case,
             limit: Some(q.limit.unwrap_or(100).clamp(1, 1000)),
+            ..RunFilter::default()
         })
         .await?;
     Ok(Json(Value::Array(runs.iter().map(summary).collect())))
@@ -521,9 +522,19 @@ pub async fn download_evidence(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     who.require(Permission::ReadEvidence)?;
+    evidence_response(&state, &id, &who.actor()).await
+}
+
+/// The artifact's bytes as a download, after recording `evidence.downloaded` by `actor`
+/// (the API's and the review UI's downloads alike). The caller checks the permission.
+pub(crate) async fn evidence_response(
+    state: &AppState,
+    id: &str,
+    actor: &str,
+) -> Result<Response, ApiError> {
     let store = state.engine.store();
     let rec = store
-        .get_evidence(&id)
+        .get_evidence(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("evidence {id} not found")))?;
     let path = state
@@ -542,7 +553,7 @@ pub async fn download_evidence(
     store
         .append_audit(vec![AuditDraft {
             run_id: Some(rec.run_id.clone()),
-            actor: who.actor(),
+            actor: actor.to_string(),
             action: "evidence.downloaded".into(),
             details: json!({"evidence_id": rec.evidence_id, "sha256": rec.sha256, "bytes": rec.bytes, "path": rec.path}),
         }])

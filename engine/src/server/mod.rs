@@ -10,7 +10,8 @@
 //!   decides timed-out approvals and purges old webhook deliveries.
 //! - [`hooks`]: `POST /hooks/{name}`; [`api`]: `/api/v1` and the OpenAPI document;
 //!   [`auth`]: bearer tokens and roles; [`error`]: the one mapping of errors to HTTP;
-//!   [`metrics`]: Prometheus.
+//!   [`metrics`]: Prometheus; [`ui`]: the review UI at `/ui/` (login with an API token,
+//!   runs, timelines, approval pages, drafts, audit).
 //!
 //! Shutdown (SIGTERM or Ctrl-C): stop accepting connections, let requests in flight finish,
 //! cancel the engine's shutdown token so run loops start nothing new and return once their
@@ -24,6 +25,7 @@ pub mod error;
 pub mod executor;
 pub mod hooks;
 pub mod metrics;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -59,6 +61,7 @@ pub struct Shared {
     pub hooks: HashMap<String, HookRuntime>,
     pub metrics: Arc<Metrics>,
     pub executor: Arc<Executor>,
+    pub ui: ui::Ui,
 }
 
 /// How to serve.
@@ -188,6 +191,7 @@ impl Server {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
+        let ui = ui::Ui::new(config.public_url.as_deref());
         let executor = Arc::new(Executor::new(
             engine.clone(),
             metrics.clone(),
@@ -202,6 +206,7 @@ impl Server {
                 hooks,
                 metrics,
                 executor,
+                ui,
             }),
             opts,
         })
@@ -313,6 +318,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .merge(ui::router())
         .fallback(error::not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -786,6 +786,7 @@ pub async fn list_filters(store: &dyn Store) {
     );
     b.runbook = "laptop-recovery".into();
     b.case_id = "case-1".into();
+    b.inputs = json!({"subject_email": "j.smith@example.com", "alert_id": "alert-b"});
     let c = run(
         "01LIST0000000000000000000C",
         None,
@@ -857,10 +858,38 @@ pub async fn list_filters(store: &dyn Store) {
         runbook: Some("nk-it-worker".into()),
         case_id: Some("case-1".into()),
         limit: Some(10),
+        ..RunFilter::default()
     };
     assert_eq!(
         ids(store.list_runs(&filter).await.expect("list")),
         [a.id.clone()]
+    );
+    // Subject: a case-insensitive part of the `subject_email` input; `%` is not a wildcard.
+    let filter = RunFilter {
+        subject: Some("J.Smith@Example".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_runs(&filter).await.expect("list")),
+        [b.id.clone()]
+    );
+    let filter = RunFilter {
+        subject: Some("%".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_runs(&filter).await.expect("list")),
+        Vec::<String>::new()
+    );
+    // Creation time: from inclusive, before exclusive.
+    let filter = RunFilter {
+        created_from: Some("2027-01-01T00:00:02.000Z".into()),
+        created_before: Some("2027-01-01T00:00:03.000Z".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_runs(&filter).await.expect("list")),
+        [b.id.clone()]
     );
 }
 

@@ -309,6 +309,13 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     pub runbook: Option<String>,
     pub case_id: Option<String>,
+    /// A case-insensitive part of the run's `subject_email` input.
+    pub subject: Option<String>,
+    /// Runs created at or after this RFC 3339 UTC time (compared as text, like every
+    /// timestamp of the store).
+    pub created_from: Option<String>,
+    /// Runs created strictly before this RFC 3339 UTC time.
+    pub created_before: Option<String>,
     pub limit: Option<u32>,
 }
 

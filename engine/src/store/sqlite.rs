@@ -721,6 +721,18 @@ impl Store for SqliteStore {
         if let Some(case_id) = &filter.case_id {
             q.push(" AND case_id = ").push_bind(case_id.clone());
         }
+        if let Some(subject) = &filter.subject {
+            // instr, not LIKE: `%` and `_` in what was typed are plain characters.
+            q.push(" AND instr(lower(COALESCE(json_extract(inputs, '$.subject_email'), '')), ")
+                .push_bind(subject.to_lowercase())
+                .push(") > 0");
+        }
+        if let Some(from) = &filter.created_from {
+            q.push(" AND created_at >= ").push_bind(from.clone());
+        }
+        if let Some(before) = &filter.created_before {
+            q.push(" AND created_at < ").push_bind(before.clone());
+        }
         q.push(" ORDER BY created_at DESC, id DESC");
         if let Some(limit) = filter.limit {
             q.push(" LIMIT ").push_bind(i64::from(limit));
