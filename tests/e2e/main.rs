@@ -5,6 +5,7 @@ mod harness;
 mod serve;
 mod shipped;
 mod streaming;
+mod ui;
 
 use std::time::{Duration, Instant};
 

@@ -1038,7 +1038,7 @@ async fn step_view(
                         "step": step,
                         "href": step_href(run_id, step),
                         "uses": what.get("uses").and_then(Value::as_str),
-                        "with": what.get("with").map(pretty),
+                        "resolved": what.get("with").map(pretty),
                         "for_each": what.get("for_each").map(pretty),
                         "unresolved": what.get("unresolved").and_then(Value::as_str),
                     })
