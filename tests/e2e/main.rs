@@ -6,6 +6,7 @@ mod serve;
 mod shipped;
 mod streaming;
 mod ui;
+mod ui_browser;
 
 use std::time::{Duration, Instant};
 

@@ -255,31 +255,48 @@ fn ui_login_logout_and_cookie_attributes() {
         assert!(login_cookie.contains(attr), "{login_cookie}");
     }
     let csp = form.headers["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
     assert_eq!(form.headers["x-frame-options"], "DENY");
     let csrf = form.csrf();
 
     // A wrong token: 401, no session.
     let p = c.post(
         "/ui/login",
-        &[("csrf", &csrf), ("next", "/ui/pending"), ("token", "tok-wrong")],
+        &[
+            ("csrf", &csrf),
+            ("next", "/ui/pending"),
+            ("token", "tok-wrong"),
+        ],
     );
     assert_eq!(p.status, 401, "{p:?}");
     assert!(p.body.contains("not one of this server"), "{p:?}");
     assert!(p.set_cookie("cordon_session").is_none(), "{p:?}");
 
     // No CSRF value, or one that is not the cookie's: refused, even with a good token.
-    let p = c.post("/ui/login", &[("next", "/ui/pending"), ("token", token("dana"))]);
-    assert_eq!(p.status, 403, "{p:?}");
-    assert!(p.set_cookie("cordon_session").is_none(), "{p:?}");
-    let csrf = field(&p.body, "csrf").unwrap();
     let p = c.post(
         "/ui/login",
-        &[("csrf", "forged"), ("next", "/ui/pending"), ("token", token("dana"))],
+        &[("next", "/ui/pending"), ("token", token("dana"))],
     );
     assert_eq!(p.status, 403, "{p:?}");
     assert!(p.set_cookie("cordon_session").is_none(), "{p:?}");
-    let _ = csrf;
+    // The refusal offers a fresh form (new CSRF value and cookie).
+    assert!(
+        field(&p.body, "csrf").is_some() && p.set_cookie("cordon_login").is_some(),
+        "{p:?}"
+    );
+    let p = c.post(
+        "/ui/login",
+        &[
+            ("csrf", "forged"),
+            ("next", "/ui/pending"),
+            ("token", token("dana")),
+        ],
+    );
+    assert_eq!(p.status, 403, "{p:?}");
+    assert!(p.set_cookie("cordon_session").is_none(), "{p:?}");
 
     // The real thing: back to `next`, with an HttpOnly, Lax, /ui session cookie.
     let p = c.login_to(token("dana"), "/ui/pending");
@@ -289,14 +306,26 @@ fn ui_login_logout_and_cookie_attributes() {
     for attr in ["HttpOnly", "SameSite=Lax", "Path=/ui", "Max-Age="] {
         assert!(session.contains(attr), "{session}");
     }
-    assert!(!session.contains("Secure"), "no https public_url: {session}");
-    let value = session.split(';').next().unwrap().split_once('=').unwrap().1;
+    assert!(
+        !session.contains("Secure"),
+        "no https public_url: {session}"
+    );
+    let value = session
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1;
     assert!(value.len() >= 43, "{session}");
     assert!(!session.contains(token("dana")), "{session}");
 
     let home = c.get("/ui/");
     assert_eq!(home.status, 200, "{home:?}");
-    assert!(home.body.contains("dana") && home.body.contains("approver"), "{home:?}");
+    assert!(
+        home.body.contains("dana") && home.body.contains("approver"),
+        "{home:?}"
+    );
     assert_eq!(home.headers["cache-control"], "no-store");
     // Only the cookie logs in: a bearer token is not a UI session.
     let bare = srv.send(
@@ -304,7 +333,10 @@ fn ui_login_logout_and_cookie_attributes() {
             .get(format!("{}/ui/", srv.base))
             .bearer_auth(token("dana")),
     );
-    assert_eq!(bare.status, 200, "reqwest follows redirects to the login form");
+    assert_eq!(
+        bare.status, 200,
+        "reqwest follows redirects to the login form"
+    );
     assert!(String::from_utf8_lossy(&bare.body).contains("name=\"token\""));
 
     // Logout needs the session's CSRF token.
@@ -330,7 +362,10 @@ fn ui_next_redirect_never_leaves_the_site_and_https_cookies_are_secure() {
     let env = env_with("public_url: https://cordon.example.com/\n");
     let srv = serve(&env);
     for (next, expect) in [
-        ("/ui/runs/01ABC/steps/approve-suspend", "/ui/runs/01ABC/steps/approve-suspend"),
+        (
+            "/ui/runs/01ABC/steps/approve-suspend",
+            "/ui/runs/01ABC/steps/approve-suspend",
+        ),
         ("/ui/?status=waiting", "/ui/?status=waiting"),
         ("https://evil.example/ui/", "/ui/"),
         ("//evil.example/ui/", "/ui/"),
@@ -357,16 +392,26 @@ fn ui_next_redirect_never_leaves_the_site_and_https_cookies_are_secure() {
     let csrf = form.csrf();
     let p = c.post(
         "/ui/login",
-        &[("csrf", &csrf), ("next", "https://evil.example"), ("token", token("vic"))],
+        &[
+            ("csrf", &csrf),
+            ("next", "https://evil.example"),
+            ("token", token("vic")),
+        ],
     );
     assert_eq!(p.location(), "/ui/", "{p:?}");
     // The step page shows the link to share, built from public_url.
-    let rid = start(&srv, "rita", "gate", json!({"alert_id": "A-L", "subject_email": "l@example.com"}));
+    let rid = start(
+        &srv,
+        "rita",
+        "gate",
+        json!({"alert_id": "A-L", "subject_email": "l@example.com"}),
+    );
     srv.wait_status(&rid, "waiting");
     let p = c.get(&format!("/ui/runs/{rid}/steps/approve-suspend"));
     assert!(
-        p.body
-            .contains(&format!("https://cordon.example.com/ui/runs/{rid}/steps/approve-suspend")),
+        p.body.contains(&format!(
+            "https://cordon.example.com/ui/runs/{rid}/steps/approve-suspend"
+        )),
         "{p:?}"
     );
 }
@@ -384,10 +429,14 @@ fn ui_roles_decide_what_pages_show_and_downloads_are_audited() {
         json!({"alert_id": "A-R", "subject_email": "j.smith+<script>@example.com", "base": logs.url()}),
     );
     srv.wait_status(&rid, "waiting");
-    let ev = srv.get(&format!("/api/v1/runs/{rid}/evidence"), Some(token("rita"))).json();
+    let ev = srv
+        .get(&format!("/api/v1/runs/{rid}/evidence"), Some(token("rita")))
+        .json();
     let evidence_id = ev[0]["evidence_id"].as_str().unwrap().to_string();
     let sha = ev[0]["sha256"].as_str().unwrap().to_string();
-    let drafts = srv.get(&format!("/api/v1/runs/{rid}/drafts"), Some(token("rita"))).json();
+    let drafts = srv
+        .get(&format!("/api/v1/runs/{rid}/drafts"), Some(token("rita")))
+        .json();
     let draft_id = drafts[0]["draft_id"].as_str().unwrap().to_string();
     let draft_subject = drafts[0]["subject"].as_str().unwrap().to_string();
 
@@ -395,16 +444,28 @@ fn ui_roles_decide_what_pages_show_and_downloads_are_audited() {
     let mut vic = UiClient::login(&srv, "vic");
     let p = vic.get(&format!("/ui/runs/{rid}"));
     assert_eq!(p.status, 200, "{p:?}");
-    assert!(p.body.contains(&rid) && p.body.contains("approve-suspend"), "{p:?}");
+    assert!(
+        p.body.contains(&rid) && p.body.contains("approve-suspend"),
+        "{p:?}"
+    );
     // (Step outputs, as in the API's run document, name the evidence and the draft by id
     // and hash; their contents are what a viewer may not open.)
-    assert!(!p.body.contains("/ui/evidence/") && !p.body.contains("/ui/drafts/"), "{p:?}");
+    assert!(
+        !p.body.contains("/ui/evidence/") && !p.body.contains("/ui/drafts/"),
+        "{p:?}"
+    );
     assert!(p.body.contains("Evidence is shown to responders"), "{p:?}");
     assert!(p.body.contains("Drafts are shown to responders"), "{p:?}");
     // Every value is escaped.
-    assert!(p.body.contains("j.smith+&lt;script&gt;@example.com"), "{p:?}");
+    assert!(
+        p.body.contains("j.smith+&lt;script&gt;@example.com"),
+        "{p:?}"
+    );
     assert!(!p.body.contains("<script"), "{p:?}");
-    for path in [format!("/ui/drafts/{draft_id}"), format!("/ui/evidence/{evidence_id}")] {
+    for path in [
+        format!("/ui/drafts/{draft_id}"),
+        format!("/ui/evidence/{evidence_id}"),
+    ] {
         let p = vic.get(&path);
         assert_eq!(p.status, 403, "{path}: {p:?}");
         assert!(p.content_type().starts_with("text/html"), "{p:?}");
@@ -415,18 +476,30 @@ fn ui_roles_decide_what_pages_show_and_downloads_are_audited() {
     assert_eq!(p.status, 403, "{p:?}");
     assert!(p.body.contains("Only admins"), "{p:?}");
     // No cancel or undo form for a viewer.
-    assert!(!vic.get(&format!("/ui/runs/{rid}")).body.contains("Cancel run"));
+    assert!(!vic
+        .get(&format!("/ui/runs/{rid}"))
+        .body
+        .contains("Cancel run"));
 
     // A responder: evidence with hashes and a download link, drafts rendered for reading.
     let mut rita = UiClient::login(&srv, "rita");
     let p = rita.get(&format!("/ui/runs/{rid}"));
-    assert!(p.body.contains(&sha) && p.body.contains(&format!("/ui/evidence/{evidence_id}")), "{p:?}");
+    assert!(
+        p.body.contains(&sha) && p.body.contains(&format!("/ui/evidence/{evidence_id}")),
+        "{p:?}"
+    );
     assert!(p.body.contains(&format!("/ui/drafts/{draft_id}")), "{p:?}");
     assert!(p.body.contains("Cancel run"), "{p:?}");
     let d = rita.get(&format!("/ui/drafts/{draft_id}"));
     assert_eq!(d.status, 200, "{d:?}");
-    assert!(d.body.contains(&draft_subject.replace('&', "&amp;")), "{d:?}");
-    assert!(d.body.contains("<h1>") || d.body.contains("<h2>"), "Markdown rendered: {d:?}");
+    assert!(
+        d.body.contains(&draft_subject.replace('&', "&amp;")),
+        "{d:?}"
+    );
+    assert!(
+        d.body.contains("<h1>") || d.body.contains("<h2>"),
+        "Markdown rendered: {d:?}"
+    );
     assert!(d.body.contains("CEO &lt;script&gt;"), "{d:?}");
     assert!(!d.body.contains("<script"), "{d:?}");
     let dl = rita.get(&format!("/ui/evidence/{evidence_id}"));
@@ -448,21 +521,37 @@ fn ui_roles_decide_what_pages_show_and_downloads_are_audited() {
     let a = vic.get("/ui/audit");
     assert_eq!(a.status, 200, "{a:?}");
     assert!(a.body.contains("Intact"), "{a:?}");
-    assert!(a.body.contains(&format!("/ui/runs/{rid}/audit.jsonl")), "{a:?}");
+    assert!(
+        a.body.contains(&format!("/ui/runs/{rid}/audit.jsonl")),
+        "{a:?}"
+    );
     let html = vic.get(&format!("/ui/runs/{rid}/audit.html"));
     assert_eq!(html.status, 200, "{html:?}");
     assert!(html.body.contains("Audit chain verified"), "{html:?}");
     let jsonl = vic.get(&format!("/ui/runs/{rid}/audit.jsonl"));
     assert_eq!(jsonl.status, 200, "{jsonl:?}");
-    assert!(jsonl.content_type().starts_with("application/x-ndjson"), "{jsonl:?}");
-    let lines: Vec<Value> = jsonl.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.iter().any(|e| e["action"] == "run.created"), "{lines:?}");
+    assert!(
+        jsonl.content_type().starts_with("application/x-ndjson"),
+        "{jsonl:?}"
+    );
+    let lines: Vec<Value> = jsonl
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|e| e["action"] == "run.created"),
+        "{lines:?}"
+    );
     let exported: Vec<Value> = audit(&srv, &rid)
         .into_iter()
         .filter(|e| e["action"] == "audit.exported")
         .collect();
     assert_eq!(exported.len(), 2, "{exported:?}");
-    assert!(exported.iter().all(|e| e["actor"] == "ui:vic"), "{exported:?}");
+    assert!(
+        exported.iter().all(|e| e["actor"] == "ui:vic"),
+        "{exported:?}"
+    );
 
     // An admin may reveal secret outputs; that view is recorded.
     let mut root = UiClient::login(&srv, "root");
@@ -495,7 +584,12 @@ fn ui_roles_decide_what_pages_show_and_downloads_are_audited() {
 fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
     let env = env_with("");
     let srv = serve(&env);
-    let rid = start(&srv, "rita", "gate", json!({"alert_id": "A-G", "subject_email": "g@example.com"}));
+    let rid = start(
+        &srv,
+        "rita",
+        "gate",
+        json!({"alert_id": "A-G", "subject_email": "g@example.com"}),
+    );
     srv.wait_status(&rid, "waiting");
     let page_path = format!("/ui/runs/{rid}/steps/approve-suspend");
 
@@ -506,8 +600,14 @@ fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
         assert_eq!(p.status, 200, "{p:?}");
         assert!(p.body.contains("Suspend g@example.com?"), "{p:?}");
         assert!(p.body.contains("What this approval releases"), "{p:?}");
-        assert!(p.body.contains(">suspend</a>"), "releases the suspend step: {p:?}");
-        assert!(p.body.contains("id=\"approve\"") && p.body.contains("id=\"reject\""), "{p:?}");
+        assert!(
+            p.body.contains(">suspend</a>"),
+            "releases the suspend step: {p:?}"
+        );
+        assert!(
+            p.body.contains("id=\"approve\"") && p.body.contains("id=\"reject\""),
+            "{p:?}"
+        );
     }
     let head = srv.send(srv.http.head(format!("{}{page_path}", srv.base)));
     assert!(head.status == 200 || head.status == 303, "{}", head.status);
@@ -529,12 +629,20 @@ fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
     let mut fin = UiClient::login(&srv, "fin");
     let p = fin.get(&page_path);
     assert!(!p.body.contains("id=\"approve\""), "{p:?}");
-    assert!(p.body.contains("You are not among this step&#x27;s approvers") || p.body.contains("not among this step"), "{p:?}");
+    assert!(
+        p.body
+            .contains("You are not among this step&#x27;s approvers")
+            || p.body.contains("not among this step"),
+        "{p:?}"
+    );
     let csrf = fin.csrf();
     let p = fin.post(&format!("{page_path}/approve"), &[("csrf", &csrf)]);
     assert_eq!(p.status, 403, "{p:?}");
     assert!(p.content_type().starts_with("text/html"), "{p:?}");
-    assert!(p.body.contains("Refused") && p.body.contains("may not decide"), "{p:?}");
+    assert!(
+        p.body.contains("Refused") && p.body.contains("may not decide"),
+        "{p:?}"
+    );
     assert!(!p.body.trim_start().starts_with('{'), "{p:?}");
     // A viewer may not decide at all.
     let mut vic = UiClient::login(&srv, "vic");
@@ -554,7 +662,10 @@ fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
     srv.wait_status(&rid, "succeeded");
     let p = dana.get(p.location());
     assert!(p.body.contains("Your approval was recorded"), "{p:?}");
-    assert!(p.body.contains("ui:dana") && p.body.contains("evidence is clear &lt;b&gt;"), "{p:?}");
+    assert!(
+        p.body.contains("ui:dana") && p.body.contains("evidence is clear &lt;b&gt;"),
+        "{p:?}"
+    );
     let d = decisions(&srv, &rid);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0]["actor"], "ui:dana");
@@ -562,18 +673,29 @@ fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
     assert_eq!(d[0]["details"]["decision"], "approve");
     // The timeline shows who decided, when, and the comment.
     let t = dana.get(&format!("/ui/runs/{rid}"));
-    assert!(t.body.contains("ui:dana") && t.body.contains("succeeded"), "{t:?}");
+    assert!(
+        t.body.contains("ui:dana") && t.body.contains("succeeded"),
+        "{t:?}"
+    );
     // A decided step takes no more decisions: 409 on the page.
     let p = dana.post(&format!("{page_path}/approve"), &[("csrf", &csrf)]);
     assert_eq!(p.status, 409, "{p:?}");
     assert!(p.body.contains("not waiting"), "{p:?}");
 
     // The starter alone may not approve (an admin who started the run).
-    let own = start(&srv, "root", "gate", json!({"alert_id": "A-S", "subject_email": "s@example.com"}));
+    let own = start(
+        &srv,
+        "root",
+        "gate",
+        json!({"alert_id": "A-S", "subject_email": "s@example.com"}),
+    );
     srv.wait_status(&own, "waiting");
     let mut root = UiClient::login(&srv, "root");
     let csrf = root.csrf();
-    let p = root.post(&format!("/ui/runs/{own}/steps/approve-suspend/approve"), &[("csrf", &csrf)]);
+    let p = root.post(
+        &format!("/ui/runs/{own}/steps/approve-suspend/approve"),
+        &[("csrf", &csrf)],
+    );
     assert_eq!(p.status, 403, "{p:?}");
     assert!(p.body.contains("cannot approve it alone"), "{p:?}");
     assert_eq!(srv.run(&own)["status"], "waiting");
@@ -588,7 +710,10 @@ fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
     );
     assert_eq!(a.status, 200, "{a:?}");
     let csrf = dana.csrf();
-    let p = dana.post(&format!("/ui/runs/{q}/steps/approve-both/approve"), &[("csrf", &csrf)]);
+    let p = dana.post(
+        &format!("/ui/runs/{q}/steps/approve-both/approve"),
+        &[("csrf", &csrf)],
+    );
     assert_eq!(p.status, 409, "{p:?}");
     assert!(p.body.contains("already approved"), "{p:?}");
     assert_eq!(srv.run(&q)["status"], "waiting");
@@ -598,9 +723,15 @@ fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
     assert!(mine.contains(&q), "{p:?}");
     let p = dana.get("/ui/pending");
     let (mine, others) = p.body.split_once("Waiting for others").unwrap();
-    assert!(!mine.contains(&q) && others.contains(&q) && others.contains("you approved"), "{p:?}");
+    assert!(
+        !mine.contains(&q) && others.contains(&q) && others.contains("you approved"),
+        "{p:?}"
+    );
     let csrf = sam.csrf();
-    let p = sam.post(&format!("/ui/runs/{q}/steps/approve-both/approve"), &[("csrf", &csrf)]);
+    let p = sam.post(
+        &format!("/ui/runs/{q}/steps/approve-both/approve"),
+        &[("csrf", &csrf)],
+    );
     assert_eq!(p.status, 303, "{p:?}");
     srv.wait_status(&q, "succeeded");
 
@@ -612,9 +743,15 @@ fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
     assert!(others.contains("hold-payments"), "{p:?}");
     let p = dana.get("/ui/pending");
     let mine = p.body.split("Waiting for others").next().unwrap();
-    assert!(mine.contains("hold-payments") && mine.contains("Hold payments for A-T"), "{p:?}");
+    assert!(
+        mine.contains("hold-payments") && mine.contains("Hold payments for A-T"),
+        "{p:?}"
+    );
     let task = dana.get(&format!("/ui/runs/{t}/steps/hold-payments"));
-    assert!(task.body.contains("id=\"done\"") && !task.body.contains("id=\"approve\""), "{task:?}");
+    assert!(
+        task.body.contains("id=\"done\"") && !task.body.contains("id=\"approve\""),
+        "{task:?}"
+    );
     let csrf = dana.csrf();
     let p = dana.post(
         &format!("/ui/runs/{t}/steps/hold-payments/done"),
@@ -633,9 +770,24 @@ fn ui_approval_page_never_decides_on_get_and_shows_refusals_on_the_page() {
 fn ui_runs_list_filters_and_groups_by_case() {
     let env = env_with("");
     let srv = serve(&env);
-    let a1 = start(&srv, "rita", "plain", json!({"alert_id": "CASE-1", "subject_email": "ann@example.com"}));
-    let a2 = start(&srv, "rita", "plain", json!({"alert_id": "CASE-1", "subject_email": "ann@example.com"}));
-    let b = start(&srv, "rita", "gate", json!({"alert_id": "CASE-2", "subject_email": "bob@example.com"}));
+    let a1 = start(
+        &srv,
+        "rita",
+        "plain",
+        json!({"alert_id": "CASE-1", "subject_email": "ann@example.com"}),
+    );
+    let a2 = start(
+        &srv,
+        "rita",
+        "plain",
+        json!({"alert_id": "CASE-1", "subject_email": "ann@example.com"}),
+    );
+    let b = start(
+        &srv,
+        "rita",
+        "gate",
+        json!({"alert_id": "CASE-2", "subject_email": "bob@example.com"}),
+    );
     srv.wait_status(&a1, "succeeded");
     srv.wait_status(&a2, "succeeded");
     srv.wait_status(&b, "waiting");
@@ -648,7 +800,10 @@ fn ui_runs_list_filters_and_groups_by_case() {
     let case2 = all.body.find("<code>CASE-2</code>").expect("case 2");
     assert!(case2 < case1, "the newest case first");
     let group1 = &all.body[case1..];
-    assert!(group1.contains(&a1) && group1.contains(&a2) && !group1.contains(&b), "{all:?}");
+    assert!(
+        group1.contains(&a1) && group1.contains(&a2) && !group1.contains(&b),
+        "{all:?}"
+    );
 
     let ids = |p: &Page| [&a1, &a2, &b].map(|id| p.body.contains(id.as_str()));
     assert_eq!(ids(&vic.get("/ui/?status=waiting")), [false, false, true]);
@@ -656,16 +811,32 @@ fn ui_runs_list_filters_and_groups_by_case() {
     assert_eq!(ids(&vic.get("/ui/?subject=BOB")), [false, false, true]);
     assert_eq!(ids(&vic.get("/ui/?case=CASE-1")), [true, true, false]);
     let today = chrono::Utc::now().date_naive();
-    assert_eq!(ids(&vic.get(&format!("/ui/?from={today}&to={today}"))), [true, true, true]);
+    assert_eq!(
+        ids(&vic.get(&format!("/ui/?from={today}&to={today}"))),
+        [true, true, true]
+    );
     let tomorrow = today.succ_opt().unwrap();
     let yesterday = today.pred_opt().unwrap();
-    assert_eq!(ids(&vic.get(&format!("/ui/?from={tomorrow}"))), [false, false, false]);
-    assert_eq!(ids(&vic.get(&format!("/ui/?to={yesterday}"))), [false, false, false]);
+    assert_eq!(
+        ids(&vic.get(&format!("/ui/?from={tomorrow}"))),
+        [false, false, false]
+    );
+    assert_eq!(
+        ids(&vic.get(&format!("/ui/?to={yesterday}"))),
+        [false, false, false]
+    );
     // A bad filter is said on the page.
     let p = vic.get("/ui/?status=sleeping&from=yesterday");
     assert_eq!(p.status, 200, "{p:?}");
-    assert!(p.body.contains("unknown status &#x60;sleeping&#x60;"), "{p:?}");
-    assert!(p.body.contains("from: &#x60;yesterday&#x60; is neither a day"), "{p:?}");
+    assert!(
+        p.body.contains("unknown status &#x60;sleeping&#x60;"),
+        "{p:?}"
+    );
+    assert!(
+        p.body
+            .contains("from: &#x60;yesterday&#x60; is neither a day"),
+        "{p:?}"
+    );
     // The undo run of a run shares its case and is listed with it.
     let mut rita = UiClient::login(&srv, "rita");
     let csrf = rita.csrf();
@@ -674,5 +845,8 @@ fn ui_runs_list_filters_and_groups_by_case() {
     let undo = p.location().rsplit('/').next().unwrap().to_string();
     srv.wait_status(&undo, "succeeded");
     let p = vic.get("/ui/?case=CASE-1");
-    assert!(p.body.contains(&undo) && p.body.contains("undo of"), "{p:?}");
+    assert!(
+        p.body.contains(&undo) && p.body.contains("undo of"),
+        "{p:?}"
+    );
 }

@@ -744,8 +744,17 @@ async fn run_page(
             .map_err(fail)?;
     }
     let mut secrets_withheld = false;
-    let step_rows: Vec<Value> = steps
-        .iter()
+    // A timeline: steps in the order they started; those that never did, last, in the
+    // order the store keeps them.
+    let mut ordered: Vec<&crate::store::StepRecord> = steps.iter().collect();
+    ordered.sort_by(|a, b| match (&a.started_at, &b.started_at) {
+        (Some(x), Some(y)) => x.cmp(y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    let step_rows: Vec<Value> = ordered
+        .into_iter()
         .map(|st| {
             let def = rb.as_ref().and_then(|rb| rb.step(&st.step_id));
             let kind = def.map(|d| d.kind()).unwrap_or(StepKind::Action);
