@@ -139,10 +139,22 @@ impl<'a> UiClient<'a> {
     }
 
     pub(crate) fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let r = self
+        self.post_with(path, fields, &[])
+    }
+
+    pub(crate) fn post_with(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let mut r = self
             .http
             .post(format!("{}{path}", self.srv.base))
             .form(fields);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
         self.send(r)
     }
 
@@ -275,18 +287,7 @@ fn ui_login_logout_and_cookie_attributes() {
     assert!(p.body.contains("not one of this server"), "{p:?}");
     assert!(p.set_cookie("cordon_session").is_none(), "{p:?}");
 
-    // No CSRF value, or one that is not the cookie's: refused, even with a good token.
-    let p = c.post(
-        "/ui/login",
-        &[("next", "/ui/pending"), ("token", token("dana"))],
-    );
-    assert_eq!(p.status, 403, "{p:?}");
-    assert!(p.set_cookie("cordon_session").is_none(), "{p:?}");
-    // The refusal offers a fresh form (new CSRF value and cookie).
-    assert!(
-        field(&p.body, "csrf").is_some() && p.set_cookie("cordon_login").is_some(),
-        "{p:?}"
-    );
+    // A CSRF value that is not the cookie's: refused, even with a good token.
     let p = c.post(
         "/ui/login",
         &[
@@ -297,6 +298,36 @@ fn ui_login_logout_and_cookie_attributes() {
     );
     assert_eq!(p.status, 403, "{p:?}");
     assert!(p.set_cookie("cordon_session").is_none(), "{p:?}");
+    // The refusal offers a fresh form (new CSRF value and cookie).
+    assert!(
+        field(&p.body, "csrf").is_some() && p.set_cookie("cordon_login").is_some(),
+        "{p:?}"
+    );
+    // No CSRF value from another site (a browser says so): refused.
+    for (k, v) in [
+        ("origin", "https://evil.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let p = c.post_with(
+            "/ui/login",
+            &[("next", "/ui/pending"), ("token", token("dana"))],
+            &[(k, v)],
+        );
+        assert_eq!(p.status, 403, "{k}: {v}: {p:?}");
+        assert!(p.set_cookie("cordon_session").is_none(), "{p:?}");
+    }
+    // A script (no form, nothing cross-site) may log in with the token alone.
+    let mut script = UiClient::new(&srv);
+    let origin = srv.base.clone();
+    let p = script.post_with(
+        "/ui/login",
+        &[("token", token("vic"))],
+        &[("origin", origin.as_str())],
+    );
+    assert_eq!(p.status, 303, "{p:?}");
+    assert!(p.set_cookie("cordon_session").is_some(), "{p:?}");
+    assert!(script.get("/ui/").body.contains("vic"));
 
     // The real thing: back to `next`, with an HttpOnly, Lax, /ui session cookie.
     let p = c.login_to(token("dana"), "/ui/pending");
@@ -327,17 +358,23 @@ fn ui_login_logout_and_cookie_attributes() {
         "{home:?}"
     );
     assert_eq!(home.headers["cache-control"], "no-store");
-    // Only the cookie logs in: a bearer token is not a UI session.
-    let bare = srv.send(
-        srv.http
-            .get(format!("{}/ui/", srv.base))
-            .bearer_auth(token("dana")),
+    // A script may read pages with the bearer token (no cookie involved), but a change
+    // needs a session and its CSRF token.
+    let mut script = UiClient::new(&srv);
+    let url = format!("{}/ui/pending", srv.base);
+    let p = script.send(script.http.get(&url).bearer_auth(token("dana")));
+    assert_eq!(p.status, 200, "{p:?}");
+    assert!(
+        p.body.contains("Pending approvals and tasks") && p.body.contains("dana"),
+        "{p:?}"
     );
-    assert_eq!(
-        bare.status, 200,
-        "reqwest follows redirects to the login form"
-    );
-    assert!(String::from_utf8_lossy(&bare.body).contains("name=\"token\""));
+    let url = format!("{}/ui/logout", srv.base);
+    let p = script.send(script.http.post(&url).bearer_auth(token("dana")));
+    assert_eq!(p.status, 303, "{p:?}");
+    assert!(p.location().starts_with("/ui/login"), "{p:?}");
+    let url = format!("{}/ui/", srv.base);
+    let p = script.send(script.http.get(&url).bearer_auth("tok-wrong"));
+    assert_eq!(p.status, 303, "{p:?}");
 
     // Logout needs the session's CSRF token.
     let p = c.post("/ui/logout", &[]);

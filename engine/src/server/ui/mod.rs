@@ -298,7 +298,16 @@ impl FromRequestParts<AppState> for UiUser {
         if let Some(s) = state.ui.sessions.get(&parts.headers) {
             return Ok(UiUser(s));
         }
-        let next = if parts.method == Method::GET || parts.method == Method::HEAD {
+        let read = parts.method == Method::GET || parts.method == Method::HEAD;
+        // Scripts may read pages with the API's bearer token instead of a session (no
+        // cookie, so nothing for another site to ride on); changes need a session and its
+        // CSRF token.
+        if read {
+            if let Some(who) = bearer(&parts.headers).and_then(|t| state.tokens.authenticate(t)) {
+                return Ok(UiUser(Session::transient(who.clone())));
+            }
+        }
+        let next = if read {
             parts
                 .uri
                 .path_and_query()
@@ -446,8 +455,15 @@ async fn login(
 ) -> Result<Response, UiError> {
     let form = Form::parse(&body);
     let next = safe_next(form.get("next"));
+    // The form's CSRF value must match its cookie. A client that sends no value at all (a
+    // script, not this form) is accepted only when nothing says the request came from
+    // another site (browsers send `Origin` and `Sec-Fetch-Site` with a form's POST).
     let expected = session::cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if !form.get("csrf").is_some_and(|c| same_secret(c, &expected)) {
+    let ok = match form.get("csrf") {
+        Some(c) => same_secret(c, &expected),
+        None => !cross_site(&headers, state.ui.public_url.as_deref()),
+    };
+    if !ok {
         return login_form(
             &state,
             StatusCode::FORBIDDEN,
@@ -486,6 +502,36 @@ async fn login(
         }
     }
     Ok(resp)
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let h = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    h.strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the browser says this request came from another site: `Sec-Fetch-Site` other
+/// than same-origin or none, or an `Origin` that is neither this host nor `public_url`.
+fn cross_site(headers: &HeaderMap, public_url: Option<&str>) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
+            return true;
+        }
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let authority = origin.split_once("://").map(|(_, a)| a);
+    let same_host = authority.is_some() && authority == host;
+    let same_public = public_url.is_some_and(|p| p.trim_end_matches('/') == origin);
+    !(same_host || same_public)
 }
 
 async fn logout(

@@ -7,7 +7,9 @@
 //!   `public_url` is `https://`.
 //! - Each session has one CSRF token, put in every form and compared in constant time.
 //!   The login form, which has no session yet, is protected the same way by a short-lived
-//!   `cordon_login` cookie whose value the form repeats (double submit).
+//!   `cordon_login` cookie whose value the form repeats (double submit); a client that
+//!   sends no value (a script) is refused when the browser's headers say another site
+//!   sent it.
 //! - Sessions live for [`SESSION_TTL`] from login and end at logout or when the process
 //!   stops (they are not stored: a restart asks everyone to log in again).
 
@@ -41,6 +43,16 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session for one request authenticated by a bearer token (never stored, so its
+    /// CSRF token admits nothing).
+    pub fn transient(identity: Identity) -> Session {
+        Session {
+            identity,
+            csrf: random_token(),
+            expires: Instant::now(),
+        }
+    }
+
     /// Whether `presented` is this session's CSRF token (constant time).
     pub fn csrf_ok(&self, presented: Option<&str>) -> bool {
         presented.is_some_and(|p| same_secret(p, &self.csrf))
