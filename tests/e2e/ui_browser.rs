@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 
 use crate::harness::Env;
 use crate::serve::{serve, token, tokens_yaml, Serving, TOKENS};
+use crate::ui::UiClient;
 
 const DRIVER_ENV: &str = "CORDON_CHROMEDRIVER";
 const CHROMIUM_ENV: &str = "CORDON_CHROMIUM";
@@ -579,6 +580,33 @@ fn ui_browser_login_approve_and_see_the_run_finish() {
     }
     assert_eq!(decided.len(), 4, "{decided:?}");
 
+    // Lock PINs are secret outputs: withheld from everyone's timeline, shown to an admin
+    // who asks (and that view is audited).
+    let revealed = srv
+        .get(
+            &format!("/api/v1/runs/{run}?reveal=true"),
+            Some(token("root")),
+        )
+        .json();
+    let secrets: Vec<Value> = revealed["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["items"].as_array().cloned().unwrap_or_default())
+        .filter_map(|i| i.get("secret_output").cloned())
+        .collect();
+    let pin_digits = secrets
+        .iter()
+        .find_map(find_pin)
+        .unwrap_or_else(|| panic!("the device locks set PINs: {revealed:#}"));
+    let mut root = UiClient::login(&srv, "root");
+    let page = root.get(&format!("/ui/runs/{run}"));
+    assert!(page.body.contains("Reveal them"), "{page:?}");
+    assert!(!page.body.contains(&pin_digits), "a PIN in the timeline");
+    let page = root.get(&format!("/ui/runs/{run}?reveal=1"));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains(&pin_digits), "{page:?}");
+
     // Screenshots for the README, on request.
     let names = [
         "login",
@@ -601,6 +629,19 @@ fn ui_browser_login_approve_and_see_the_run_finish() {
     }
     drop(driver);
     drop(sandbox);
+}
+
+/// The first `pin` string anywhere in a value.
+fn find_pin(v: &Value) -> Option<String> {
+    match v {
+        Value::Object(m) => m
+            .get("pin")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| m.values().find_map(find_pin)),
+        Value::Array(a) => a.iter().find_map(find_pin),
+        _ => None,
+    }
 }
 
 /// Reload the step's page until the step waits for a decision.

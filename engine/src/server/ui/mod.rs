@@ -851,7 +851,7 @@ async fn run_page(
                 "waiting": st.status == StepStatus::Waiting,
                 "attempts": attempts,
                 "started": st.started_at.as_deref().map(|t| time(Some(t))),
-                "finished": st.finished_at.as_deref().map(|t| time(Some(t))),
+                "finished": st.finished_at.as_deref().map(|t| view::time_after(st.started_at.as_deref(), t)),
                 "duration": view::duration(st.started_at.as_deref(), st.finished_at.as_deref()),
                 "message": gate.and_then(|g| g.get("message")).and_then(Value::as_str),
                 "output": st.output.as_ref().map(pretty),

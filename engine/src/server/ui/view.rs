@@ -15,6 +15,16 @@ pub fn time(t: Option<&str>) -> String {
     }
 }
 
+/// A finishing time after `start`: only the time of day when it is the same day.
+pub fn time_after(start: Option<&str>, end: &str) -> String {
+    match (start.and_then(crate::time::parse), crate::time::parse(end)) {
+        (Some(a), Some(b)) if a.date_naive() == b.date_naive() => {
+            b.format("%H:%M:%S UTC").to_string()
+        }
+        _ => time(Some(end)),
+    }
+}
+
 /// The time between two stored timestamps, for people: `850 ms`, `4.2 s`, `3 min 4 s`,
 /// `2 h 5 min`, `3 d 4 h`.
 pub fn duration(start: Option<&str>, end: Option<&str>) -> Option<String> {
