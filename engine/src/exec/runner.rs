@@ -925,19 +925,15 @@ impl Runner {
         }
         let rec = done.record;
         let step = rec.step_id.clone();
-        for ev in &done.evidence {
-            self.changes.push(Change::Evidence(ev.clone()));
-            self.audit.push(AuditDraft {
-                run_id: Some(self.run.id.clone()),
-                actor: format!("connector:{}", rec.connector),
-                action: "evidence.collected".into(),
-                details: json!({
-                    "evidence_id": ev.evidence_id, "sha256": ev.sha256, "bytes": ev.bytes,
-                    "records": ev.records, "path": ev.path, "collected_at": ev.collected_at,
-                    "collector": {"run": self.run.id, "step": step, "index": rec.idx, "connector": rec.connector},
-                    "source": ev.meta,
-                }),
-            });
+        for c in &done.evidence {
+            self.changes.push(Change::Evidence(c.record.clone()));
+            self.audit.push(collected_event(
+                &self.run.id,
+                c,
+                &step,
+                rec.idx,
+                &rec.connector,
+            ));
         }
         let action = match rec.status {
             StepStatus::Succeeded => "step.succeeded",
@@ -1885,5 +1881,29 @@ mod tests {
         assert_eq!(b.len(), 3);
         let e = check_guards(&g, &b, &[json!({"device": "d3"})]).unwrap_err();
         assert!(e.contains("4 distinct targets (limit 3)"), "{e}");
+    }
+}
+
+/// The `evidence.collected` audit event of one artifact: the first link of its chain of
+/// custody (who collected what, from where, when, and where it was stored).
+pub fn collected_event(
+    run_id: &str,
+    c: &crate::evidence::Collected,
+    step: &str,
+    index: u32,
+    connector: &str,
+) -> AuditDraft {
+    let ev = &c.record;
+    AuditDraft {
+        run_id: Some(run_id.to_string()),
+        actor: format!("connector:{connector}"),
+        action: "evidence.collected".into(),
+        details: json!({
+            "evidence_id": ev.evidence_id, "sha256": ev.sha256, "bytes": ev.bytes,
+            "records": ev.records, "path": ev.path, "collected_at": ev.collected_at,
+            "collector": {"run": run_id, "step": step, "index": index, "connector": connector},
+            "source": ev.meta,
+            "storage": c.stored,
+        }),
     }
 }
