@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `cordon` binary against a local HTTP server.
 
+mod evidence;
 mod harness;
+#[path = "../support/s3_server.rs"]
+mod s3_server;
 
 use std::time::{Duration, Instant};
 

@@ -1017,12 +1017,8 @@ impl App {
                     }
                     Some(x) => {
                         println!("{}", x.path.display());
-                        eprintln!(
-                            "{} artifact(s), {} bytes, sha256 {}",
-                            x.artifacts.len(),
-                            x.bytes,
-                            x.sha256
-                        );
+                        println!("  {} artifact(s), {} bytes", x.artifacts.len(), x.bytes);
+                        println!("  sha256 {}", x.sha256);
                         eprintln!(
                             "check it with: tar -xf {} && cd {} && sha256sum -c SHA256SUMS",
                             x.path.display(),

@@ -1832,6 +1832,30 @@ pub async fn prepare_retry(
     Ok(())
 }
 
+/// The `evidence.collected` audit event of one artifact: the first link of its chain of
+/// custody (who collected what, from where, when, and where it was stored).
+pub fn collected_event(
+    run_id: &str,
+    c: &crate::evidence::Collected,
+    step: &str,
+    index: u32,
+    connector: &str,
+) -> AuditDraft {
+    let ev = &c.record;
+    AuditDraft {
+        run_id: Some(run_id.to_string()),
+        actor: format!("connector:{connector}"),
+        action: "evidence.collected".into(),
+        details: json!({
+            "evidence_id": ev.evidence_id, "sha256": ev.sha256, "bytes": ev.bytes,
+            "records": ev.records, "path": ev.path, "collected_at": ev.collected_at,
+            "collector": {"run": run_id, "step": step, "index": index, "connector": connector},
+            "source": ev.meta,
+            "storage": c.stored,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1881,29 +1905,5 @@ mod tests {
         assert_eq!(b.len(), 3);
         let e = check_guards(&g, &b, &[json!({"device": "d3"})]).unwrap_err();
         assert!(e.contains("4 distinct targets (limit 3)"), "{e}");
-    }
-}
-
-/// The `evidence.collected` audit event of one artifact: the first link of its chain of
-/// custody (who collected what, from where, when, and where it was stored).
-pub fn collected_event(
-    run_id: &str,
-    c: &crate::evidence::Collected,
-    step: &str,
-    index: u32,
-    connector: &str,
-) -> AuditDraft {
-    let ev = &c.record;
-    AuditDraft {
-        run_id: Some(run_id.to_string()),
-        actor: format!("connector:{connector}"),
-        action: "evidence.collected".into(),
-        details: json!({
-            "evidence_id": ev.evidence_id, "sha256": ev.sha256, "bytes": ev.bytes,
-            "records": ev.records, "path": ev.path, "collected_at": ev.collected_at,
-            "collector": {"run": run_id, "step": step, "index": index, "connector": connector},
-            "source": ev.meta,
-            "storage": c.stored,
-        }),
     }
 }
