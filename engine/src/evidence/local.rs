@@ -7,9 +7,9 @@
 //! ```
 //!
 //! Artifacts stream through a writer that hashes as it writes (nothing is held whole),
-//! into `<file>.partial`; `finish` fsyncs the file, renames it into place, fsyncs the
-//! folder and appends the manifest lines. A snapshot that fails half-way leaves only a
-//! `.partial` file, which is never listed as evidence.
+//! into `<file>.partial`; `finish` fsyncs the file, appends (and fsyncs) its manifest and
+//! checksum lines, renames it into place and fsyncs the folder. A snapshot that fails
+//! half-way leaves only a `.partial` file, which is never listed as evidence.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -222,11 +222,11 @@ impl EvidenceWriter for LocalWriter {
             .await
             .map_err(|e| io_err("fsync", &partial_path, e))?;
         drop(file);
-        let final_path = dir.join(&file_name);
-        tokio::fs::rename(&partial_path, &final_path)
-            .await
-            .map_err(|e| io_err("rename", &partial_path, e))?;
 
+        // The manifest lines go first and the artifact appears last: a process killed in
+        // between leaves a manifest line whose file is still `.partial` (an incomplete,
+        // unrecorded write that verification reports and tolerates), never a file that no
+        // line accounts for.
         let record = sink.record(
             evidence_id,
             &file_name,
@@ -243,6 +243,10 @@ impl EvidenceWriter for LocalWriter {
             append_line(&dir.join(MANIFEST), &line).await?;
             append_line(&dir.join(SHA256SUMS), &sums_line).await?;
         }
+        let final_path = dir.join(&file_name);
+        tokio::fs::rename(&partial_path, &final_path)
+            .await
+            .map_err(|e| io_err("rename", &partial_path, e))?;
         // The rename and any newly created manifest files are durable only once the
         // folder itself is synced.
         let d = tokio::fs::File::open(&dir)

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Nothing is ever appended to or rewritten: each artifact brings its own manifest and
-//! checksum objects, so every object can be locked at its first write. After downloading a
+//! checksum objects, so every object can be locked at its first write. They are written
+//! before the artifact is completed, so an artifact never exists without them. After downloading a
 //! run's prefix, `cat manifest.d/*.json` is the run's `manifest.jsonl` and
 //! `cat SHA256SUMS.d/* > SHA256SUMS && sha256sum -c SHA256SUMS` checks the artifacts.
 //!
@@ -144,10 +145,27 @@ pub fn build_client(s: &ClientSettings<'_>) -> Client {
 /// An SDK error with its cause chain (service code and message included; never credentials).
 fn sdk_err<E, R>(what: &str, e: SdkError<E, R>) -> EvidenceError
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,
 {
-    err(format!("{what}: {}", DisplayErrorContext(&e)))
+    let mut text = match &e {
+        SdkError::ServiceError(s) => match (s.err().code(), s.err().message()) {
+            (Some(code), Some(msg)) => format!("{code}: {msg}"),
+            (Some(code), None) => code.to_string(),
+            _ => e.to_string(),
+        },
+        _ => e.to_string(),
+    };
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    err(format!("{what}: {text}"))
 }
 
 fn service_code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
@@ -730,22 +748,18 @@ impl S3Writer {
     }
 
     async fn finish_inner(&mut self) -> Result<EvidenceRecord, EvidenceError> {
-        let version_id = match self.commit_object().await {
-            Ok(v) => v,
-            Err(e) => {
+        // The last part goes up first (the bytes are all known now), then the manifest and
+        // checksum objects, and the artifact becomes visible last: a process killed in
+        // between leaves manifest objects without their artifact (an incomplete, unrecorded
+        // write that verification reports and tolerates), never an artifact that no
+        // manifest accounts for.
+        if self.upload.is_some() && !self.buf.is_empty() {
+            if let Err(e) = self.flush_part().await {
                 self.abort().await;
                 return Err(e);
             }
-        };
+        }
         let store = self.store.clone();
-        let applied = match &self.lock {
-            Some(lock) => Some(
-                store
-                    .ensure_locked(&self.key, version_id.as_deref(), lock)
-                    .await?,
-            ),
-            None => None,
-        };
         let hasher = std::mem::take(&mut self.hasher);
         let record = self.sink.record(
             self.evidence_id.clone(),
@@ -765,13 +779,35 @@ impl S3Writer {
             (&manifest_key, line.into_bytes(), "application/json"),
             (&sums_key, sums.into_bytes(), "text/plain"),
         ] {
-            let v = store
-                .put_small(key, body, media, self.lock.as_ref())
-                .await?;
+            let written = match store.put_small(key, body, media, self.lock.as_ref()).await {
+                Ok(v) => v,
+                Err(e) => {
+                    self.abort().await;
+                    return Err(e);
+                }
+            };
             if let Some(lock) = &self.lock {
-                store.ensure_locked(key, v.as_deref(), lock).await?;
+                if let Err(e) = store.ensure_locked(key, written.as_deref(), lock).await {
+                    self.abort().await;
+                    return Err(e);
+                }
             }
         }
+        let version_id = match self.commit_object().await {
+            Ok(v) => v,
+            Err(e) => {
+                self.abort().await;
+                return Err(e);
+            }
+        };
+        let applied = match &self.lock {
+            Some(lock) => Some(
+                store
+                    .ensure_locked(&self.key, version_id.as_deref(), lock)
+                    .await?,
+            ),
+            None => None,
+        };
         self.sink.push(Collected {
             record: record.clone(),
             stored: Stored::S3 {
@@ -1031,10 +1067,20 @@ pub(crate) mod tests {
         let e = w.finish().await.unwrap_err().to_string();
         assert!(e.contains("cannot complete"), "{e}");
 
+        // Nothing is evidence: no artifact, no open upload; the failed write's manifest and
+        // checksum objects (written before the artifact) remain, which verification reports
+        // as an incomplete write.
         let listing = ev.listing("run-abort").await.unwrap();
         assert!(listing.files.is_empty(), "{:?}", listing.files);
-        assert!(listing.manifest.is_empty() && listing.sums.is_empty());
         assert!(listing.partial.is_empty(), "{:?}", listing.partial);
+        assert_eq!((listing.manifest.len(), listing.sums.len()), (1, 1));
+        let fx = super::super::verify::tests::Fixture::new().await;
+        let r = super::super::verify_run(fx.store.as_ref(), &ev, "run-abort")
+            .await
+            .unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.unrecorded.len(), 1);
+        assert!(!r.unrecorded[0].complete);
         assert!(sink.take_collected().is_empty());
         assert!(sink2.take_collected().is_empty());
     }

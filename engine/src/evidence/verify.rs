@@ -8,11 +8,14 @@
 //! and the bytes themselves (streamed and re-hashed). Every file the backend holds must
 //! belong to a record.
 //!
-//! A file that has a manifest line and matching bytes but no audit event and no database
-//! row is `unrecorded`: the process stopped (kill -9, power loss) between writing the
-//! artifact and committing its record; the step ran again and wrote a new artifact. It is
-//! reported, is not evidence, is never exported, and does not fail verification. Anything
-//! else without a record (a planted file, a stray manifest or checksum line) fails it.
+//! Backends write an artifact's manifest line before the artifact itself appears. A manifest
+//! line with no audit event and no database row is `unrecorded` when its file is absent
+//! (the write stopped before the artifact was complete) or present with exactly the bytes the
+//! line describes (the process stopped, kill -9 or power loss, between the write and the
+//! commit of its record; the step then ran again and wrote a new artifact). It is reported,
+//! is not evidence, is never exported, and does not fail verification. Anything else without
+//! a record (a file no line accounts for, an unrecorded file whose bytes differ from its
+//! line, an unreadable line) fails it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -157,6 +160,8 @@ impl ArtifactCheck {
 pub struct Unrecorded {
     pub evidence_id: String,
     pub file: String,
+    /// False when the artifact itself was never completed (only its manifest line exists).
+    pub complete: bool,
 }
 
 /// What `cordon evidence verify RUN` reports.
@@ -246,9 +251,14 @@ impl fmt::Display for EvidenceVerifyReport {
             writeln!(f, "{p}")?;
         }
         for u in &self.unrecorded {
+            let what = if u.complete {
+                "written, but the process stopped before recording it"
+            } else {
+                "its write stopped before the artifact was complete; only its manifest line exists"
+            };
             writeln!(
                 f,
-                "{}/{}: unrecorded (written, but the process stopped before recording it; not evidence)",
+                "{}/{}: unrecorded ({what}; not evidence)",
                 self.run_id, u.file
             )?;
         }
@@ -579,17 +589,39 @@ pub async fn verify_run(
             report.unrecorded.push(Unrecorded {
                 evidence_id: rec.evidence_id.clone(),
                 file: file.clone(),
+                complete: true,
             });
         } else {
             report.unlisted.push(file.clone());
         }
     }
     for (i, line) in listing.manifest.iter().enumerate() {
-        if !manifest_used[i] {
-            report.problems.push(format!(
+        if manifest_used[i] {
+            continue;
+        }
+        // A manifest line whose artifact never appeared: the write stopped between the two.
+        let incomplete = line.record.as_ref().ok().and_then(|r| {
+            let file = record_file_name(r).ok()?;
+            (r.run_id == run_id && !listing.files.iter().any(|f| f == file))
+                .then(|| (r.evidence_id.clone(), file.to_string()))
+        });
+        match incomplete {
+            Some((evidence_id, file)) => {
+                for (j, s) in listing.sums.iter().enumerate() {
+                    if s.parsed.as_ref().is_some_and(|(_, f)| *f == file) {
+                        sums_used[j] = true;
+                    }
+                }
+                report.unrecorded.push(Unrecorded {
+                    evidence_id,
+                    file,
+                    complete: false,
+                });
+            }
+            None => report.problems.push(format!(
                 "{}: a manifest line that no recorded artifact matches",
                 line.origin
-            ));
+            )),
         }
     }
     for (i, s) in listing.sums.iter().enumerate() {
@@ -859,6 +891,24 @@ pub(crate) mod tests {
         assert_eq!(r.unrecorded[0].evidence_id, orphan.evidence_id);
         assert_eq!(r.artifacts.len(), 1);
         assert_eq!(r.artifacts[0].evidence_id, recs[0].evidence_id);
+        // A write that stopped between its manifest line and the artifact's appearance.
+        std::fs::rename(
+            dir.path().join(&orphan.path),
+            dir.path().join(format!("{}.partial", orphan.path)),
+        )
+        .unwrap();
+        let r = verify_run(fx.store.as_ref(), &ev, &fx.run_id)
+            .await
+            .unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.unrecorded.len(), 1);
+        assert!(!r.unrecorded[0].complete);
+        assert_eq!(r.partial.len(), 1);
+        std::fs::rename(
+            dir.path().join(format!("{}.partial", orphan.path)),
+            dir.path().join(&orphan.path),
+        )
+        .unwrap();
         // Tampered with, it is no longer a harmless leftover.
         std::fs::write(dir.path().join(&orphan.path), b"changed\n").unwrap();
         let r = verify_run(fx.store.as_ref(), &ev, &fx.run_id)
