@@ -949,9 +949,9 @@ impl App {
                 if json {
                     let mut doc = serde_json::to_value(&report)?;
                     doc["ok"] = json!(report.ok());
-                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                    print_out(&serde_json::to_string_pretty(&doc)?)?;
                 } else {
-                    println!("{report}");
+                    print_out(&report.to_string())?;
                 }
                 self.store()
                     .append_audit(vec![AuditDraft {
@@ -966,9 +966,9 @@ impl App {
             EvidenceCommand::Custody { json, .. } => {
                 let custody = crate::evidence::custody::custody(self.store(), &run).await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&custody)?);
+                    print_out(&serde_json::to_string_pretty(&custody)?)?;
                 } else {
-                    println!("{custody}");
+                    print_out(&custody.to_string())?;
                 }
                 Ok(0)
             }
@@ -1011,14 +1011,18 @@ impl App {
                 self.store().append_audit(audit).await?;
                 match exported {
                     None => {
-                        println!("{report}");
+                        print_out(&report.to_string())?;
                         eprintln!("error: verification failed: no bundle was written");
                         Ok(1)
                     }
                     Some(x) => {
-                        println!("{}", x.path.display());
-                        println!("  {} artifact(s), {} bytes", x.artifacts.len(), x.bytes);
-                        println!("  sha256 {}", x.sha256);
+                        print_out(&format!(
+                            "{}\n  {} artifact(s), {} bytes\n  sha256 {}",
+                            x.path.display(),
+                            x.artifacts.len(),
+                            x.bytes,
+                            x.sha256
+                        ))?;
                         eprintln!(
                             "check it with: tar -xf {} && cd {} && sha256sum -c SHA256SUMS",
                             x.path.display(),
@@ -1029,6 +1033,17 @@ impl App {
                 }
             }
         }
+    }
+}
+
+/// One block of text and a newline on stdout; a reader that went away (`| head`) is not an
+/// error.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

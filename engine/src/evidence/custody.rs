@@ -164,8 +164,12 @@ fn summary(e: &CustodyEvent, id: &str) -> String {
                 ),
                 _ => s("path"),
             };
+            let via = c["via"]
+                .as_str()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default();
             format!(
-                "collected by step {} [{}] via {}; stored at {stored}",
+                "collected by step {} [{}] through {}{via}; stored at {stored}",
                 c["step"].as_str().unwrap_or("?"),
                 c["index"],
                 c["connector"].as_str().unwrap_or("?"),

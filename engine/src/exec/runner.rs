@@ -1842,14 +1842,25 @@ pub fn collected_event(
     connector: &str,
 ) -> AuditDraft {
     let ev = &c.record;
+    // A role action (`identity.snapshot_logs`) collects through one vendor instance: the
+    // instance that wrote the artifact is the collector.
+    let instance = if ev.meta.instance.is_empty() {
+        connector
+    } else {
+        ev.meta.instance.as_str()
+    };
+    let mut collector = json!({"run": run_id, "step": step, "index": index, "connector": instance});
+    if instance != connector {
+        collector["via"] = json!(connector);
+    }
     AuditDraft {
         run_id: Some(run_id.to_string()),
-        actor: format!("connector:{connector}"),
+        actor: format!("connector:{instance}"),
         action: "evidence.collected".into(),
         details: json!({
             "evidence_id": ev.evidence_id, "sha256": ev.sha256, "bytes": ev.bytes,
             "records": ev.records, "path": ev.path, "collected_at": ev.collected_at,
-            "collector": {"run": run_id, "step": step, "index": index, "connector": connector},
+            "collector": collector,
             "source": ev.meta,
             "storage": c.stored,
         }),
