@@ -7,7 +7,6 @@ mod harness;
 mod s3_server;
 mod serve;
 mod shipped;
-mod streaming;
 
 use std::time::{Duration, Instant};
 
