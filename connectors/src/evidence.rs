@@ -1,5 +1,5 @@
-//! The evidence sink snapshot actions stream into. The engine implements it (local
-//! directory, later object storage); connectors only see these traits.
+//! The evidence sink snapshot actions stream into. The engine implements it (a local folder
+//! or S3-compatible object storage); connectors only see these traits.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ pub struct EvidenceRecord {
     pub evidence_id: String,
     pub run_id: String,
     pub step_id: String,
-    /// Path relative to the evidence root, e.g. `<run>/<evidence id>.jsonl`.
+    /// `<run>/<evidence id>.<ext>`: relative to the evidence folder, or to the S3 key prefix.
     pub path: String,
     /// Lowercase hex SHA-256 of the bytes, computed while writing.
     pub sha256: String,

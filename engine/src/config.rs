@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use cordon_connectors::secret::SecretRef;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -72,11 +73,132 @@ pub enum LogFormat {
     Json,
 }
 
+/// `evidence:`: a local folder (`dir`, the default) or S3-compatible storage (`s3`), never both.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvidenceSettings {
+    /// The evidence folder (default `./evidence`).
     #[serde(default)]
     pub dir: Option<String>,
+    /// S3-compatible object storage instead of a folder.
+    #[serde(default)]
+    pub s3: Option<S3Settings>,
+}
+
+/// `evidence.s3`: where artifacts go in S3-compatible object storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// The bucket; it must exist (with Object Lock enabled when `object_lock` is set).
+    pub bucket: String,
+    /// Endpoint URL of an S3-compatible service; AWS S3 when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Signing region (default `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Prepended to every key; empty or ending with `/` (e.g. `evidence/`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers want.
+    #[serde(default)]
+    pub path_style: bool,
+    pub access_key_id: SecretRef,
+    pub secret_access_key: SecretRef,
+    /// For temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<SecretRef>,
+    /// Write every object under Object Lock (WORM) with this retention.
+    #[serde(default)]
+    pub object_lock: Option<ObjectLockSettings>,
+}
+
+/// `evidence.s3.object_lock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockSettings {
+    pub mode: LockMode,
+    /// Days from the write until the object may be deleted or overwritten (1 to 36500).
+    pub retain_days: u32,
+}
+
+/// S3 Object Lock retention modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Nobody, the root account included, can delete the version before its date.
+    Compliance,
+    /// Users with `s3:BypassGovernanceRetention` can.
+    Governance,
+}
+
+impl LockMode {
+    pub fn as_s3(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        }
+    }
+}
+
+impl S3Settings {
+    /// The region, with its default.
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or("us-east-1")
+    }
+
+    /// The key prefix, possibly empty.
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or("")
+    }
+
+    /// Every problem with these settings (pure: no network, no secrets read).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let b = &self.bucket;
+        if b.len() < 3
+            || b.len() > 63
+            || !b
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            || b.starts_with(['-', '.'])
+            || b.ends_with(['-', '.'])
+        {
+            out.push(format!(
+                "evidence.s3.bucket: `{b}` is not a bucket name (3 to 63 lowercase letters, digits, `-` and `.`)"
+            ));
+        }
+        if let Some(ep) = &self.endpoint {
+            match url::Url::parse(ep) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => out.push(format!(
+                    "evidence.s3.endpoint: `{ep}` is not an http:// or https:// URL"
+                )),
+            }
+        }
+        if self.region().is_empty() {
+            out.push("evidence.s3.region must not be empty".into());
+        }
+        let p = self.prefix();
+        if !p.is_empty()
+            && (!p.ends_with('/')
+                || p.starts_with('/')
+                || p.split('/').any(|seg| seg == "." || seg == ".."))
+        {
+            out.push(format!(
+                "evidence.s3.prefix: `{p}` must end with `/` and must not start with `/` or contain `.`/`..` segments (e.g. `evidence/`)"
+            ));
+        }
+        if let Some(lock) = &self.object_lock {
+            if !(1..=36_500).contains(&lock.retain_days) {
+                out.push(format!(
+                    "evidence.s3.object_lock.retain_days: {} is outside 1 to 36500",
+                    lock.retain_days
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// Blast-radius limits, enforced by the engine before any call.
@@ -144,7 +266,10 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
+    /// The local evidence folder (used when `evidence_s3` is `None`).
     pub evidence_dir: PathBuf,
+    /// S3-compatible evidence storage, when configured (then `evidence_dir` is unused).
+    pub evidence_s3: Option<S3Settings>,
     pub runbooks_dir: PathBuf,
     pub templates_dir: PathBuf,
     pub listen: String,
@@ -232,6 +357,24 @@ impl Config {
             file.evidence.as_ref().and_then(|e| e.dir.as_deref()),
             "evidence",
         );
+        let evidence_s3 = file.evidence.as_ref().and_then(|e| e.s3.clone());
+        if let Some(e) = &file.evidence {
+            if e.dir.is_some() && e.s3.is_some() {
+                return Err(ConfigError::Invalid {
+                    path: shown,
+                    message: "evidence: `dir` and `s3` are exclusive: evidence goes to one store, a local folder or S3-compatible storage".into(),
+                });
+            }
+        }
+        if let Some(s3) = &evidence_s3 {
+            let problems = s3.problems();
+            if !problems.is_empty() {
+                return Err(ConfigError::Invalid {
+                    path: shown,
+                    message: problems.join("; "),
+                });
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for t in &file.api.tokens {
             if !names.insert(t.name.clone()) {
@@ -245,6 +388,7 @@ impl Config {
             runbooks_dir: rel(file.runbooks.as_deref(), "runbooks"),
             templates_dir: rel(file.templates.as_deref(), "templates"),
             evidence_dir,
+            evidence_s3,
             database_url,
             listen: file.listen.unwrap_or_else(|| "127.0.0.1:8480".into()),
             connectors: file.connectors,
@@ -336,6 +480,61 @@ mod tests {
         let err = Config::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("databse"), "{err}");
         assert!(err.contains("c.yaml"), "{err}");
+    }
+
+    #[test]
+    fn s3_evidence_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "evidence:\n  s3:\n    bucket: cordon-evidence\n    endpoint: http://127.0.0.1:9000\n    prefix: evidence/\n    path_style: true\n    access_key_id: { env: AK }\n    secret_access_key: { file: sk }\n    object_lock: { mode: compliance, retain_days: 3650 }\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&path).unwrap();
+        let s3 = c.evidence_s3.unwrap();
+        assert_eq!(s3.bucket, "cordon-evidence");
+        assert_eq!(s3.region(), "us-east-1");
+        assert_eq!(s3.prefix(), "evidence/");
+        assert!(s3.path_style);
+        assert_eq!(s3.access_key_id, SecretRef::Env("AK".into()));
+        assert_eq!(
+            s3.object_lock,
+            Some(ObjectLockSettings {
+                mode: LockMode::Compliance,
+                retain_days: 3650
+            })
+        );
+
+        let bad = |yaml: &str| {
+            std::fs::write(&path, yaml).unwrap();
+            Config::from_file(&path).unwrap_err().to_string()
+        };
+        let keys = "access_key_id: { env: AK }, secret_access_key: { env: SK }";
+        let err = bad(&format!(
+            "evidence: {{ dir: ev, s3: {{ bucket: b-1, {keys} }} }}\n"
+        ));
+        assert!(err.contains("`dir` and `s3` are exclusive"), "{err}");
+        assert!(err.contains("c.yaml"), "{err}");
+        let err = bad(&format!(
+            "evidence: {{ s3: {{ bucket: Bad_Name, prefix: ev, endpoint: ftp://x, {keys}, object_lock: {{ mode: compliance, retain_days: 0 }} }} }}\n"
+        ));
+        for needle in [
+            "evidence.s3.bucket",
+            "evidence.s3.prefix",
+            "evidence.s3.endpoint",
+            "retain_days",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        // Inline secrets are refused without echoing them.
+        let err = bad("evidence: { s3: { bucket: b-1, access_key_id: AKIAINLINE, secret_access_key: { env: SK } } }\n");
+        assert!(err.contains("inline secret refused"), "{err}");
+        assert!(!err.contains("AKIAINLINE"), "{err}");
+        let err = bad(&format!(
+            "evidence: {{ s3: {{ bucket: b-1, {keys}, object_lock: {{ mode: legal }} }} }}\n"
+        ));
+        assert!(err.contains("legal") || err.contains("mode"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - [`exec`]: the executor: ready set, `for_each`, retries, timeouts, approvals, undo.
 //! - [`store`]: durable state behind one trait (SQLite today).
 //! - [`audit`]: the hash chain: hashing, verification, export.
-//! - [`evidence`]: the local evidence store and its manifests.
+//! - [`evidence`]: the evidence store (local folder or S3 with Object Lock), verification
+//!   against the audit trail, chain of custody and export bundles.
 //! - [`notify`]: the incident-facts schema, notification templates, drafts, and sending
 //!   drafts.
 //! - [`triggers`]: webhooks (signature schemes, payload mapping).

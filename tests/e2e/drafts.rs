@@ -265,7 +265,7 @@ fn templates_commands_list_preview_and_check_given_facts() {
     assert_eq!(list.code, 0, "{list:?}");
     let rows = list.json();
     let rows = rows.as_array().expect("list");
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), 10);
     assert!(rows.iter().all(|r| r["problems"] == json!([])), "{rows:#?}");
     assert!(rows
         .iter()

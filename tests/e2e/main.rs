@@ -1,10 +1,12 @@
 //! End-to-end tests: the real `cordon` binary against a local HTTP server.
 
 mod drafts;
+mod evidence;
 mod harness;
+#[path = "../support/s3_server.rs"]
+mod s3_server;
 mod serve;
 mod shipped;
-mod streaming;
 mod ui;
 mod ui_browser;
 

@@ -85,7 +85,8 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
     let display = Arc::new(progress::Display::new(json_out));
     let run = run_to_the_end(engine, &rb, &run.id, display).await?;
     let evidence = engine.store().evidence(&run.id).await?;
-    let ev_report = engine.inner.evidence.verify_run(&run.id, &evidence);
+    let ev_report =
+        crate::evidence::verify_run(engine.store(), &engine.inner.evidence, &run.id).await?;
     let events = engine.store().audit_events(None).await?;
     let head = engine.store().audit_head().await?;
     let audit = crate::audit::verify(&events, head.as_ref());

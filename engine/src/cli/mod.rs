@@ -22,6 +22,7 @@ use cordon_connectors::secret::Redactor;
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
+use crate::evidence::EvidenceStore;
 use crate::exec::decide::{decide, Decider, Verdict};
 use crate::exec::{Engine, ExecError, StartRequest};
 use crate::notify::DraftTemplates;
@@ -128,7 +129,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Verify collected evidence.
+    /// Verify, trace or export collected evidence.
     Evidence {
         #[command(subcommand)]
         command: EvidenceCommand,
@@ -259,8 +260,33 @@ pub enum ExportFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum EvidenceCommand {
-    /// Re-hash every evidence file of RUN against its manifest.
-    Verify { run: String },
+    /// Re-hash every artifact of RUN and compare it with its database record, its audit
+    /// event and the manifest; exit 1 on any difference.
+    Verify {
+        run: String,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Who verifies (default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// Each artifact of RUN with its record and chain-of-custody events.
+    Custody {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify RUN, then write a tar bundle a third party checks with `sha256sum -c`.
+    Export {
+        run: String,
+        /// The bundle (default: cordon-evidence-RUN.tar in the current folder).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Who exports (default: the operating-system user).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -426,9 +452,11 @@ impl App {
                         .join("\n"),
                 )
             })?;
+        let evidence = EvidenceStore::from_config(&config, &redactor)
+            .map_err(|e| bad_input(format!("{}: {}", config_origin(&config), e.0)))?;
         let store: Arc<dyn Store> = open_store(&config.database_url).await?;
         Ok(App {
-            engine: Engine::new(config, store, registry, redactor),
+            engine: Engine::with_evidence(config, store, registry, redactor, evidence),
         })
     }
 
@@ -461,6 +489,23 @@ impl App {
     }
 
     async fn command(&self, cmd: Command) -> Result<u8> {
+        if matches!(
+            cmd,
+            Command::Run(_)
+                | Command::Approve { .. }
+                | Command::Done { .. }
+                | Command::Retry { .. }
+                | Command::Resume { .. }
+                | Command::Undo { .. }
+        ) {
+            // A run may collect evidence: a store that cannot take it is a start-up error.
+            self.engine
+                .inner
+                .evidence
+                .check()
+                .await
+                .map_err(|e| Exit(1, e.0))?;
+        }
         match cmd {
             Command::Run(args) => self.cmd_run(args).await,
             Command::Approve {
@@ -546,9 +591,7 @@ impl App {
             }
             Command::Runs { command } => self.cmd_runs(command).await,
             Command::Audit { command } => self.cmd_audit(command).await,
-            Command::Evidence {
-                command: EvidenceCommand::Verify { run },
-            } => self.cmd_evidence_verify(&run).await,
+            Command::Evidence { command } => self.cmd_evidence(command).await,
             Command::Drafts { command } => drafts::cmd_drafts(self, command).await,
             Command::Validate { .. }
             | Command::Schema { .. }
@@ -997,23 +1040,118 @@ impl App {
         }
     }
 
-    async fn cmd_evidence_verify(&self, run: &str) -> Result<u8> {
+    async fn cmd_evidence(&self, cmd: EvidenceCommand) -> Result<u8> {
+        let run = match &cmd {
+            EvidenceCommand::Verify { run, .. }
+            | EvidenceCommand::Custody { run, .. }
+            | EvidenceCommand::Export { run, .. } => run.clone(),
+        };
         self.store()
-            .get_run(run)
+            .get_run(&run)
             .await?
             .ok_or_else(|| bad_input(format!("run {run} not found")))?;
-        let records = self.store().evidence(run).await?;
-        let report = self.engine.inner.evidence.verify_run(run, &records);
-        println!("{report}");
-        self.store()
-            .append_audit(vec![AuditDraft {
-                run_id: Some(run.to_string()),
-                actor: "cli".into(),
-                action: "evidence.verified".into(),
-                details: json!({"artifacts": records.len(), "ok": report.ok()}),
-            }])
-            .await?;
-        Ok(if report.ok() { 0 } else { 1 })
+        let evidence = &self.engine.inner.evidence;
+        match cmd {
+            EvidenceCommand::Verify { json, actor, .. } => {
+                let report = crate::evidence::verify_run(self.store(), evidence, &run).await?;
+                if json {
+                    let mut doc = serde_json::to_value(&report)?;
+                    doc["ok"] = json!(report.ok());
+                    print_out(&serde_json::to_string_pretty(&doc)?)?;
+                } else {
+                    print_out(&report.to_string())?;
+                }
+                self.store()
+                    .append_audit(vec![AuditDraft {
+                        run_id: Some(run.clone()),
+                        actor: format!("cli:{}", actor_name(actor)),
+                        action: "evidence.verified".into(),
+                        details: report.audit_details(),
+                    }])
+                    .await?;
+                Ok(if report.ok() { 0 } else { 1 })
+            }
+            EvidenceCommand::Custody { json, .. } => {
+                let custody = crate::evidence::custody::custody(self.store(), &run).await?;
+                if json {
+                    print_out(&serde_json::to_string_pretty(&custody)?)?;
+                } else {
+                    print_out(&custody.to_string())?;
+                }
+                Ok(0)
+            }
+            EvidenceCommand::Export { out, actor, .. } => {
+                let who = format!("cli:{}", actor_name(actor));
+                let out = out.unwrap_or_else(|| {
+                    PathBuf::from(crate::evidence::export::bundle_dir(&run) + ".tar")
+                });
+                use crate::evidence::export::{export_run, ExportOutcome};
+                let outcome = export_run(self.store(), evidence, &run, &out, &who)
+                    .await
+                    .map_err(|e| Exit(1, e.to_string()))?;
+                let (report, exported) = match &outcome {
+                    ExportOutcome::Refused(r) => (r, None),
+                    ExportOutcome::Written(x) => (&x.report, Some(x)),
+                };
+                let mut verified = report.audit_details();
+                verified["for"] = json!("export");
+                let mut audit = vec![AuditDraft {
+                    run_id: Some(run.clone()),
+                    actor: who.clone(),
+                    action: "evidence.verified".into(),
+                    details: verified,
+                }];
+                if let Some(x) = exported {
+                    let abs = std::path::absolute(&x.path).unwrap_or_else(|_| x.path.clone());
+                    audit.push(AuditDraft {
+                        run_id: Some(run.clone()),
+                        actor: who,
+                        action: "evidence.exported".into(),
+                        details: json!({
+                            "file": x.path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                            "path": abs.display().to_string(),
+                            "bytes": x.bytes,
+                            "sha256": x.sha256,
+                            "artifacts": x.artifacts,
+                        }),
+                    });
+                }
+                self.store().append_audit(audit).await?;
+                match exported {
+                    None => {
+                        print_out(&report.to_string())?;
+                        eprintln!("error: verification failed: no bundle was written");
+                        Ok(1)
+                    }
+                    Some(x) => {
+                        print_out(&format!(
+                            "{}\n  {} artifact(s), {} bytes\n  sha256 {}",
+                            x.path.display(),
+                            x.artifacts.len(),
+                            x.bytes,
+                            x.sha256
+                        ))?;
+                        eprintln!(
+                            "check it with: tar -xf {} && cd {} && sha256sum -c SHA256SUMS",
+                            x.path.display(),
+                            crate::evidence::export::bundle_dir(&run)
+                        );
+                        Ok(0)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One block of text and a newline on stdout; a reader that went away (`| head`) is not an
+/// error.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

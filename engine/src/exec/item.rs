@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cordon_connectors::{
-    ActionCall, ActionDecl, Connector, ConnectorError, Effect, EvidenceRecord, RequestLog,
-    RequestSummary, ResumeSlot,
+    ActionCall, ActionDecl, Connector, ConnectorError, Effect, RequestLog, RequestSummary,
+    ResumeSlot,
 };
 use rand::Rng;
 use serde_json::{Map, Value};
@@ -85,7 +85,7 @@ pub struct ItemJob {
 /// What came of it.
 pub struct ItemDone {
     pub record: ItemRecord,
-    pub evidence: Vec<EvidenceRecord>,
+    pub evidence: Vec<crate::evidence::Collected>,
     pub requests: Vec<RequestSummary>,
     /// Drafts `notify.draft` rendered, stored with the item's result.
     pub drafts: Vec<DraftRecord>,
@@ -169,7 +169,7 @@ impl ItemJob {
         self.record.finished_at = Some(now);
         ItemDone {
             record: self.record,
-            evidence: sink.take_records(),
+            evidence: sink.take_collected(),
             requests: requests.take(),
             drafts,
             lease_lost,

@@ -24,7 +24,7 @@ use cordon_connectors::secret::Redactor;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, Guards};
-use crate::evidence::LocalEvidence;
+use crate::evidence::{EvidenceStore, LocalEvidence};
 use crate::expr::Templates;
 use crate::runbook::validate::{ValidatedRunbook, ValidationContext};
 use crate::store::{AuditDraft, Created, RunRecord, RunStatus, Store, StoreError};
@@ -108,7 +108,7 @@ pub struct EngineInner {
     pub templates: Templates,
     /// Notification templates (the configured folder, the shipped ones as a fallback).
     pub drafts: crate::notify::DraftTemplates,
-    pub evidence: LocalEvidence,
+    pub evidence: EvidenceStore,
     pub redactor: Redactor,
     /// This process's lease owner id: `host/pid/nonce`.
     pub owner: String,
@@ -130,13 +130,26 @@ pub struct StartRequest {
 }
 
 impl Engine {
+    /// An engine whose evidence goes to the local folder `config.evidence_dir`. The command
+    /// line opens the configured store (S3 included) with [`Engine::with_evidence`].
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
         registry: Registry,
         redactor: Redactor,
     ) -> Engine {
-        let evidence = LocalEvidence::new(config.evidence_dir.clone());
+        let evidence = EvidenceStore::Local(LocalEvidence::new(config.evidence_dir.clone()));
+        Engine::with_evidence(config, store, registry, redactor, evidence)
+    }
+
+    /// An engine with the given evidence store.
+    pub fn with_evidence(
+        config: Config,
+        store: Arc<dyn Store>,
+        registry: Registry,
+        redactor: Redactor,
+        evidence: EvidenceStore,
+    ) -> Engine {
         let drafts = crate::notify::DraftTemplates::new(Some(config.templates_dir.clone()));
         let host = hostname();
         let owner = format!("{host}/{}/{}", std::process::id(), ulid::Ulid::new());

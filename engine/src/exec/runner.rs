@@ -938,19 +938,15 @@ impl Runner {
         }
         let rec = done.record;
         let step = rec.step_id.clone();
-        for ev in &done.evidence {
-            self.changes.push(Change::Evidence(ev.clone()));
-            self.audit.push(AuditDraft {
-                run_id: Some(self.run.id.clone()),
-                actor: format!("connector:{}", rec.connector),
-                action: "evidence.collected".into(),
-                details: json!({
-                    "evidence_id": ev.evidence_id, "sha256": ev.sha256, "bytes": ev.bytes,
-                    "records": ev.records, "path": ev.path, "collected_at": ev.collected_at,
-                    "collector": {"run": self.run.id, "step": step, "index": rec.idx, "connector": rec.connector},
-                    "source": ev.meta,
-                }),
-            });
+        for c in &done.evidence {
+            self.changes.push(Change::Evidence(c.record.clone()));
+            self.audit.push(collected_event(
+                &self.run.id,
+                c,
+                &step,
+                rec.idx,
+                &rec.connector,
+            ));
         }
         for d in &done.drafts {
             self.changes.push(Change::Draft(d.clone()));
@@ -1856,6 +1852,41 @@ pub async fn prepare_retry(
     }];
     store.commit(lease, changes, audit).await?;
     Ok(())
+}
+
+/// The `evidence.collected` audit event of one artifact: the first link of its chain of
+/// custody (who collected what, from where, when, and where it was stored).
+pub fn collected_event(
+    run_id: &str,
+    c: &crate::evidence::Collected,
+    step: &str,
+    index: u32,
+    connector: &str,
+) -> AuditDraft {
+    let ev = &c.record;
+    // A role action (`identity.snapshot_logs`) collects through one vendor instance: the
+    // instance that wrote the artifact is the collector.
+    let instance = if ev.meta.instance.is_empty() {
+        connector
+    } else {
+        ev.meta.instance.as_str()
+    };
+    let mut collector = json!({"run": run_id, "step": step, "index": index, "connector": instance});
+    if instance != connector {
+        collector["via"] = json!(connector);
+    }
+    AuditDraft {
+        run_id: Some(run_id.to_string()),
+        actor: format!("connector:{instance}"),
+        action: "evidence.collected".into(),
+        details: json!({
+            "evidence_id": ev.evidence_id, "sha256": ev.sha256, "bytes": ev.bytes,
+            "records": ev.records, "path": ev.path, "collected_at": ev.collected_at,
+            "collector": collector,
+            "source": ev.meta,
+            "storage": c.stored,
+        }),
+    }
 }
 
 #[cfg(test)]

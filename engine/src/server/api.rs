@@ -537,18 +537,20 @@ pub(crate) async fn evidence_response(
         .get_evidence(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("evidence {id} not found")))?;
-    let path = state
+    // Local folder or S3 alike: the bytes exactly as stored.
+    let reader = state
         .engine
         .inner
         .evidence
-        .artifact_path(&rec)
-        .map_err(ApiError::internal)?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::internal(format!(
-            "evidence {id}: cannot open {}: {e}",
-            path.display()
-        ))
-    })?;
+        .open_artifact(&rec)
+        .await
+        .map_err(|e| ApiError::internal(format!("evidence {id}: {e}")))?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "evidence {id}: the artifact is missing from the evidence store (run `cordon evidence verify {}`)",
+                rec.run_id
+            ))
+        })?;
     // Chain of custody: the download is recorded before the first byte leaves.
     store
         .append_audit(vec![AuditDraft {
@@ -563,7 +565,7 @@ pub(crate) async fn evidence_response(
         .and_then(|f| f.to_str())
         .unwrap_or("evidence")
         .replace('"', "");
-    let stream = tokio_util::io::ReaderStream::new(file);
+    let stream = tokio_util::io::ReaderStream::new(reader);
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream")
