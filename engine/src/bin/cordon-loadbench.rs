@@ -86,11 +86,9 @@ fn start_server(dir: &std::path::Path, steps: u64) -> Result<Server> {
     std::fs::write(dir.join("runbooks/bench.yaml"), runbook)?;
     std::fs::write(
         dir.join("config.yaml"),
-        format!(
-            "database: sqlite://bench.db\nevidence: {{ dir: evidence }}\nrunbooks: runbooks\n\
-             webhooks:\n  bench:\n    runbook: bench\n    scheme: token\n    secret: {{ env: BENCH_HOOK_TOKEN }}\n    inputs: {{ alert_id: \"{{{{ payload.id }}}}\" }}\n\
-             api:\n  tokens:\n    - {{ name: bench, token: {{ env: BENCH_API_TOKEN }}, role: viewer }}\n"
-        ),
+        "database: sqlite://bench.db\nevidence: { dir: evidence }\nrunbooks: runbooks\n\
+         webhooks:\n  bench:\n    runbook: bench\n    scheme: token\n    secret: { env: BENCH_HOOK_TOKEN }\n    inputs: { alert_id: \"{{ payload.id }}\" }\n\
+         api:\n  tokens:\n    - { name: bench, token: { env: BENCH_API_TOKEN }, role: viewer }\n",
     )?;
     let mut child = Command::new(cordon_binary()?)
         .args([
