@@ -147,7 +147,27 @@ impl Driver {
 }
 
 impl Drop for Driver {
+    /// chromedriver's `/shutdown` first: it quits the browsers it started (a test that
+    /// panicked did not close its session; a signal would leave them running); SIGKILL if
+    /// it lingers.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://").to_string();
+        if let Ok(mut conn) = std::net::TcpStream::connect(&addr) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = conn.write_all(
+                format!("GET /shutdown HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            let _ = conn.read_to_end(&mut Vec::new());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -211,7 +231,7 @@ impl Browser {
         match self
             .c
             .wait()
-            .at_most(Duration::from_secs(10))
+            .at_most(Duration::from_secs(30))
             .for_element(Locator::Css(css))
             .await
         {
@@ -244,7 +264,7 @@ impl Browser {
 
     /// Wait until the browser shows a page whose path (and query) starts with `prefix`.
     async fn wait_path(&self, prefix: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let now = self.path().await;
             if now.starts_with(prefix) {
@@ -264,7 +284,7 @@ impl Browser {
         );
         self.type_into("#token", token(name)).await;
         self.click("form button[type=submit]").await;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while self.path().await.starts_with("/ui/login") {
             assert!(Instant::now() < deadline, "still on the login page");
             tokio::time::sleep(Duration::from_millis(50)).await;
