@@ -402,7 +402,10 @@ pub enum NoticeOutcome {
     /// The step no longer waits: nothing was sent.
     Skipped(String),
     /// Try again at `next_at` (RFC 3339).
-    Retry { next_at: String, error: String },
+    Retry {
+        next_at: String,
+        error: String,
+    },
     /// Gave up.
     Failed(String),
 }

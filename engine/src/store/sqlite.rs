@@ -28,8 +28,8 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 use super::{
     AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord,
     EvidenceRecord, Fired, ItemRecord, Lease, LeaseHolder, NoticeOutcome, Result, RunFilter,
-    RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, StepStatus, Store,
-    StoreError, Triggered, UnfinishedRun, WaitingNotice,
+    RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, StepStatus, Store, StoreError,
+    Triggered, UnfinishedRun, WaitingNotice,
 };
 use crate::audit::Chain;
 
@@ -694,7 +694,9 @@ impl Store for SqliteStore {
             NoticeOutcome::Retry { next_at, error } => {
                 ("pending", Some(next_at.clone()), Some(error.clone()), None)
             }
-            NoticeOutcome::Failed(error) => ("failed", None, Some(error.clone()), Some(now.clone())),
+            NoticeOutcome::Failed(error) => {
+                ("failed", None, Some(error.clone()), Some(now.clone()))
+            }
         };
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(

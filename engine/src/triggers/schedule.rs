@@ -172,7 +172,8 @@ fn build(index: usize, v: &Value) -> Result<ScheduleDef, Vec<ScheduleError>> {
         field: field.into(),
         message,
     };
-    let raw: RawSchedule = serde_json::from_value(v.clone()).map_err(|e| vec![err("", e.to_string())])?;
+    let raw: RawSchedule =
+        serde_json::from_value(v.clone()).map_err(|e| vec![err("", e.to_string())])?;
     let mut problems = Vec::new();
     if raw.runbook.trim().is_empty() {
         problems.push(err("runbook", "must name a runbook".into()));
@@ -207,8 +208,7 @@ fn build(index: usize, v: &Value) -> Result<ScheduleDef, Vec<ScheduleError>> {
     if let Some(n) = &raw.name {
         let ok = !n.is_empty()
             && n.len() <= 100
-            && n
-                .chars()
+            && n.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !ok {
             problems.push(err(
@@ -254,7 +254,12 @@ pub fn parse_timezone(name: &str) -> Result<Tz, String> {
     }
     let best = chrono_tz::TZ_VARIANTS
         .iter()
-        .map(|tz| (strsim::jaro_winkler(&name.to_lowercase(), &tz.name().to_lowercase()), tz))
+        .map(|tz| {
+            (
+                strsim::jaro_winkler(&name.to_lowercase(), &tz.name().to_lowercase()),
+                tz,
+            )
+        })
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .filter(|(score, _)| *score > 0.85)
         .map(|(_, tz)| format!("; did you mean `{}`?", tz.name()))
@@ -370,11 +375,9 @@ impl Unit {
             }
             let (base, step) = match item.split_once('/') {
                 Some((b, s)) => {
-                    let step: u32 = s
-                        .parse()
-                        .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| format!("`{item}`: the step `{s}` is not a number of at least 1"))?;
+                    let step: u32 = s.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        format!("`{item}`: the step `{s}` is not a number of at least 1")
+                    })?;
                     (b, Some(step))
                 }
                 None => (item, None),
@@ -529,7 +532,10 @@ impl CronSpec {
     /// When `t`'s wall-clock time happens twice (clocks fell back): whether `t` is the
     /// first occurrence, and how far apart the two are.
     fn twin(&self, t: DateTime<Utc>) -> Option<(bool, TimeDelta)> {
-        match self.tz.from_local_datetime(&t.with_timezone(&self.tz).naive_local()) {
+        match self
+            .tz
+            .from_local_datetime(&t.with_timezone(&self.tz).naive_local())
+        {
             LocalResult::Ambiguous(earlier, later) => Some((
                 earlier.with_timezone(&Utc) == t,
                 later.with_timezone(&Utc) - earlier.with_timezone(&Utc),
@@ -708,7 +714,11 @@ mod tests {
         // 2026-03-06 is a Friday.
         assert_eq!(
             next_n("0 9 * * 1-5", Tz::UTC, "2026-03-06T08:00:00Z", 3),
-            ["2026-03-06T09:00:00Z", "2026-03-09T09:00:00Z", "2026-03-10T09:00:00Z"]
+            [
+                "2026-03-06T09:00:00Z",
+                "2026-03-09T09:00:00Z",
+                "2026-03-10T09:00:00Z"
+            ]
         );
         // Names mean the same, in any case.
         assert_eq!(
@@ -759,7 +769,11 @@ mod tests {
         // `*/2` days of month that are Mondays.
         assert_eq!(
             next_n("0 0 */2 * 1", Tz::UTC, "2026-03-01T00:00:00Z", 3),
-            ["2026-03-09T00:00:00Z", "2026-03-23T00:00:00Z", "2026-04-13T00:00:00Z"]
+            [
+                "2026-03-09T00:00:00Z",
+                "2026-03-23T00:00:00Z",
+                "2026-04-13T00:00:00Z"
+            ]
         );
         // Day of month alone.
         assert_eq!(
@@ -773,10 +787,20 @@ mod tests {
         let zero = next_n("0 12 * * 0", Tz::UTC, "2026-03-02T00:00:00Z", 3);
         assert_eq!(
             zero,
-            ["2026-03-08T12:00:00Z", "2026-03-15T12:00:00Z", "2026-03-22T12:00:00Z"]
+            [
+                "2026-03-08T12:00:00Z",
+                "2026-03-15T12:00:00Z",
+                "2026-03-22T12:00:00Z"
+            ]
         );
-        assert_eq!(next_n("0 12 * * 7", Tz::UTC, "2026-03-02T00:00:00Z", 3), zero);
-        assert_eq!(next_n("0 12 * * SUN", Tz::UTC, "2026-03-02T00:00:00Z", 3), zero);
+        assert_eq!(
+            next_n("0 12 * * 7", Tz::UTC, "2026-03-02T00:00:00Z", 3),
+            zero
+        );
+        assert_eq!(
+            next_n("0 12 * * SUN", Tz::UTC, "2026-03-02T00:00:00Z", 3),
+            zero
+        );
         // Friday to Sunday, through 7.
         assert_eq!(
             next_n("0 12 * * 5-7", Tz::UTC, "2026-03-02T00:00:00Z", 4),
@@ -819,7 +843,11 @@ mod tests {
     fn six_and_seven_fields_are_the_crates() {
         assert_eq!(
             next_n("*/20 * * * * *", Tz::UTC, "2026-03-02T10:00:05Z", 3),
-            ["2026-03-02T10:00:20Z", "2026-03-02T10:00:40Z", "2026-03-02T10:01:00Z"]
+            [
+                "2026-03-02T10:00:20Z",
+                "2026-03-02T10:00:40Z",
+                "2026-03-02T10:01:00Z"
+            ]
         );
         // In the crate's form, day of week 1 is Sunday.
         assert_eq!(
@@ -835,14 +863,22 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = |expr: &str| CronSpec::parse(expr, Tz::UTC).unwrap_err();
-        assert!(e("0 9 * * 8").contains("field 5 (day of week): `8` is out of range 0-7"), "{}", e("0 9 * * 8"));
+        assert!(
+            e("0 9 * * 8").contains("field 5 (day of week): `8` is out of range 0-7"),
+            "{}",
+            e("0 9 * * 8")
+        );
         assert!(e("60 * * * *").contains("field 1 (minute): `60` is out of range 0-59"));
         assert!(e("0 24 * * *").contains("field 2 (hour)"));
         assert!(e("0 0 0 * *").contains("field 3 (day of month): `0` is out of range 1-31"));
         assert!(e("0 0 * 13 *").contains("field 4 (month)"));
         assert!(e("0 0 * FOO *").contains("month name"));
         assert!(e("0 0 * * FUN").contains("day name"));
-        assert!(e("5/15 * * * *").contains("write `5-59/15`"), "{}", e("5/15 * * * *"));
+        assert!(
+            e("5/15 * * * *").contains("write `5-59/15`"),
+            "{}",
+            e("5/15 * * * *")
+        );
         assert!(e("*/0 * * * *").contains("step"));
         assert!(e("10-5 * * * *").contains("runs backwards"));
         assert!(e("1,,2 * * * *").contains("empty list item"));
@@ -859,12 +895,20 @@ mod tests {
         assert_eq!(
             next_n("30 2 * * *", ny, "2026-03-07T12:00:00Z", 3),
             // 02:30 EDT on the 9th and after: the 8th has no 02:30.
-            ["2026-03-09T06:30:00Z", "2026-03-10T06:30:00Z", "2026-03-11T06:30:00Z"]
+            [
+                "2026-03-09T06:30:00Z",
+                "2026-03-10T06:30:00Z",
+                "2026-03-11T06:30:00Z"
+            ]
         );
         // Every 30 minutes runs on through the change with no gap in real time.
         assert_eq!(
             next_n("*/30 * * * *", ny, "2026-03-08T06:15:00Z", 3),
-            ["2026-03-08T06:30:00Z", "2026-03-08T07:00:00Z", "2026-03-08T07:30:00Z"]
+            [
+                "2026-03-08T06:30:00Z",
+                "2026-03-08T07:00:00Z",
+                "2026-03-08T07:30:00Z"
+            ]
         );
     }
 
@@ -874,7 +918,11 @@ mod tests {
         // 2026-11-01: 02:00 EDT falls back to 01:00 EST; 01:30 happens at 05:30Z and 06:30Z.
         assert_eq!(
             next_n("30 1 * * *", ny, "2026-10-31T12:00:00Z", 3),
-            ["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z", "2026-11-03T06:30:00Z"]
+            [
+                "2026-11-01T05:30:00Z",
+                "2026-11-02T06:30:00Z",
+                "2026-11-03T06:30:00Z"
+            ]
         );
         // Every hour: both 01:30s, since they are an hour apart.
         assert_eq!(
@@ -935,7 +983,9 @@ mod tests {
             next_n("0 9 * * *", Tz::Asia__Tokyo, "2026-03-02T00:00:00Z", 2),
             ["2026-03-03T00:00:00Z", "2026-03-04T00:00:00Z"]
         );
-        assert!(parse_timezone("Europe/Berln").unwrap_err().contains("did you mean `Europe/Berlin`"));
+        assert!(parse_timezone("Europe/Berln")
+            .unwrap_err()
+            .contains("did you mean `Europe/Berlin`"));
         assert!(parse_timezone("Nowhere").is_err());
     }
 
@@ -965,19 +1015,34 @@ mod tests {
     #[test]
     fn plan_fires_on_time_and_nothing_twice() {
         let s = spec("*/15 * * * *");
-        let d = plan(&s, utc("2026-03-02T10:00:00Z"), utc("2026-03-02T10:15:00.200Z"), DEFAULT_CATCH_UP).unwrap();
+        let d = plan(
+            &s,
+            utc("2026-03-02T10:00:00Z"),
+            utc("2026-03-02T10:15:00.200Z"),
+            DEFAULT_CATCH_UP,
+        )
+        .unwrap();
         assert_eq!(d.fire, Some(utc("2026-03-02T10:15:00Z")));
         assert_eq!(d.missed, None);
         assert_eq!(d.through, utc("2026-03-02T10:15:00Z"));
         // Once handled, nothing is due until the next time.
-        assert_eq!(plan(&s, d.through, utc("2026-03-02T10:29:59Z"), DEFAULT_CATCH_UP), None);
+        assert_eq!(
+            plan(&s, d.through, utc("2026-03-02T10:29:59Z"), DEFAULT_CATCH_UP),
+            None
+        );
     }
 
     #[test]
     fn plan_catches_up_once_for_the_most_recent_within_the_window() {
         let s = spec("*/15 * * * *");
         // Down from 10:00 to 10:50: 10:15, 10:30 and 10:45 came due; 10:45 is 5 min old.
-        let d = plan(&s, utc("2026-03-02T10:00:00Z"), utc("2026-03-02T10:50:00Z"), DEFAULT_CATCH_UP).unwrap();
+        let d = plan(
+            &s,
+            utc("2026-03-02T10:00:00Z"),
+            utc("2026-03-02T10:50:00Z"),
+            DEFAULT_CATCH_UP,
+        )
+        .unwrap();
         assert_eq!(d.fire, Some(utc("2026-03-02T10:45:00Z")));
         assert_eq!(
             d.missed,
@@ -989,19 +1054,37 @@ mod tests {
             })
         );
         // With a 2-minute window, 10:45 is too old: all three are missed.
-        let d = plan(&s, utc("2026-03-02T10:00:00Z"), utc("2026-03-02T10:50:00Z"), Duration::from_secs(120)).unwrap();
+        let d = plan(
+            &s,
+            utc("2026-03-02T10:00:00Z"),
+            utc("2026-03-02T10:50:00Z"),
+            Duration::from_secs(120),
+        )
+        .unwrap();
         assert_eq!(d.fire, None);
         assert_eq!(d.missed.as_ref().map(|m| m.count), Some(3));
         assert_eq!(d.through, utc("2026-03-02T10:45:00Z"));
         // `catch_up: 0s` still fires what is reached within 30 s.
-        let d = plan(&s, utc("2026-03-02T10:00:00Z"), utc("2026-03-02T10:15:10Z"), Duration::ZERO).unwrap();
+        let d = plan(
+            &s,
+            utc("2026-03-02T10:00:00Z"),
+            utc("2026-03-02T10:15:10Z"),
+            Duration::ZERO,
+        )
+        .unwrap();
         assert_eq!(d.fire, Some(utc("2026-03-02T10:15:00Z")));
     }
 
     #[test]
     fn plan_counts_a_long_outage_up_to_the_cap() {
         let s = spec("* * * * * *");
-        let d = plan(&s, utc("2026-03-02T00:00:00Z"), utc("2026-03-03T00:00:00Z"), DEFAULT_CATCH_UP).unwrap();
+        let d = plan(
+            &s,
+            utc("2026-03-02T00:00:00Z"),
+            utc("2026-03-03T00:00:00Z"),
+            DEFAULT_CATCH_UP,
+        )
+        .unwrap();
         assert_eq!(d.fire, Some(utc("2026-03-03T00:00:00Z")));
         let m = d.missed.unwrap();
         assert_eq!((m.count, m.capped), (MISSED_COUNT_CAP, true));
@@ -1025,7 +1108,10 @@ mod tests {
         assert_eq!(defs[0].cron.timezone(), Tz::UTC);
         assert!(defs[0].key.starts_with("sweep@"));
         let has = |needle: &str| {
-            assert!(text.iter().any(|t| t.contains(needle)), "no `{needle}` in {text:#?}")
+            assert!(
+                text.iter().any(|t| t.contains(needle)),
+                "no `{needle}` in {text:#?}"
+            )
         };
         has("schedules[1] (runbook `sweep`): timezone: `Mars/Base` is not an IANA time zone");
         has("schedules[2] (runbook `other`): unknown field `bogus`");
@@ -1038,17 +1124,41 @@ mod tests {
             "schedules[0] (runbook `r`): cron: field 5 (day of week): `8` is out of range 0-7 (0 and 7 are Sunday)"
         );
         let (_, p) = build_all(&[json!({"runbook": "r", "cron": "* * * * *", "catch_up": "soon"})]);
-        assert!(p[0].to_string().starts_with("schedules[0] (runbook `r`): catch_up: `soon`"), "{}", p[0]);
+        assert!(
+            p[0].to_string()
+                .starts_with("schedules[0] (runbook `r`): catch_up: `soon`"),
+            "{}",
+            p[0]
+        );
     }
 
     #[test]
     fn keys_are_stable_and_depend_on_what_fires() {
         let key = |v: Value| build_all(&[v]).0.remove(0).key;
         let a = key(json!({"runbook": "s", "cron": "*/15 * * * *", "inputs": {"a": 1, "b": 2}}));
-        assert_eq!(a, key(json!({"runbook": "s", "cron": "*/15 * * * *", "inputs": {"b": 2, "a": 1}})));
-        assert_eq!(a, key(json!({"runbook": "s", "cron": "*/15 * * * *", "inputs": {"a": 1, "b": 2}, "catch_up": "5m"})));
-        assert_ne!(a, key(json!({"runbook": "s", "cron": "*/10 * * * *", "inputs": {"a": 1, "b": 2}})));
-        assert_ne!(a, key(json!({"runbook": "s", "cron": "*/15 * * * *", "timezone": "Europe/Paris", "inputs": {"a": 1, "b": 2}})));
-        assert_eq!(key(json!({"runbook": "s", "cron": "* * * * *", "name": "nightly"})), "nightly");
+        assert_eq!(
+            a,
+            key(json!({"runbook": "s", "cron": "*/15 * * * *", "inputs": {"b": 2, "a": 1}}))
+        );
+        assert_eq!(
+            a,
+            key(
+                json!({"runbook": "s", "cron": "*/15 * * * *", "inputs": {"a": 1, "b": 2}, "catch_up": "5m"})
+            )
+        );
+        assert_ne!(
+            a,
+            key(json!({"runbook": "s", "cron": "*/10 * * * *", "inputs": {"a": 1, "b": 2}}))
+        );
+        assert_ne!(
+            a,
+            key(
+                json!({"runbook": "s", "cron": "*/15 * * * *", "timezone": "Europe/Paris", "inputs": {"a": 1, "b": 2}})
+            )
+        );
+        assert_eq!(
+            key(json!({"runbook": "s", "cron": "* * * * *", "name": "nightly"})),
+            "nightly"
+        );
     }
 }
