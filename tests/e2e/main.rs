@@ -2,6 +2,7 @@
 
 mod drafts;
 mod harness;
+mod schedules;
 mod serve;
 mod shipped;
 mod streaming;
