@@ -25,7 +25,7 @@ fn schedule_env(schedules: &str) -> Env {
 
 /// Rows of a read-only query on the installation's database.
 fn rows(env: &Env, sql: &str) -> Vec<Vec<Option<String>>> {
-    use sqlx::{Column, Connection, Row};
+    use sqlx::{Connection, Row};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -458,4 +458,71 @@ fn a_notice_that_cannot_be_sent_is_audited_and_never_fails_the_run() {
     assert!(log.contains("cannot tell that the run waits"), "{log}");
     assert!(!log.contains("revoked-webhook-secret"), "{log}");
     assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn notify_waiting_emails_the_configured_recipients_through_smtp() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = rt.enter();
+    let Some((_child, port, received, _dir)) = crate::drafts::smtp_server() else {
+        return;
+    };
+    let env = env_with(&format!(
+        "public_url: https://cordon.test.example\nconnectors:\n  mail: {{ type: smtp, host: 127.0.0.1, port: {port}, tls: none, from: \"Cordon <soc@example.com>\" }}\nnotify_waiting: {{ connector: mail, to: [legal@example.com, counsel@example.com] }}\n"
+    ));
+    let s = serve(&env);
+    let a = s.post(
+        "/api/v1/runs",
+        Some(token("rita")),
+        json!({"runbook": "quorum", "inputs": {"alert_id": "M-1"}}),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    s.wait_status(&id, "waiting");
+    let link = format!("https://cordon.test.example/ui/runs/{id}/steps/approve-both");
+    crate::drafts::wait_for(&received, "END MESSAGE");
+    let mail = unfold_quoted_printable(&std::fs::read_to_string(&received).unwrap());
+    assert!(mail.contains(&link), "{mail}");
+    assert!(
+        mail.contains(&format!(
+            "Subject: Approval needed: quorum / approve-both (run {id})"
+        )),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("role:legal (2 distinct approvals needed)"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("legal@example.com") && mail.contains("counsel@example.com"),
+        "{mail}"
+    );
+    let sent = audit_of(&s, &id, "notify.waiting_sent");
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0]["details"]["connector"], "mail");
+    assert_eq!(s.stop(), 0);
+}
+
+/// The mail as aiosmtpd printed it, with folded headers unfolded and quoted-printable
+/// soft line breaks and `=XX` escapes decoded.
+fn unfold_quoted_printable(raw: &str) -> String {
+    let text = raw
+        .replace("\r\n", "\n")
+        .replace("\n ", " ")
+        .replace("=\n", "");
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
