@@ -25,7 +25,7 @@ const TOKENS: &[(&str, &str, &str, &str)] = &[
     ("root", "tok-admin", "admin", ""),
 ];
 
-fn token(name: &str) -> &'static str {
+pub(crate) fn token(name: &str) -> &'static str {
     TOKENS
         .iter()
         .find(|t| t.0 == name)
@@ -44,7 +44,7 @@ fn tokens_yaml() -> String {
     s
 }
 
-const GATE: &str = r#"version: 1
+pub(crate) const GATE: &str = r#"version: 1
 name: gate
 inputs:
   alert_id: { type: string, required: true }
@@ -101,7 +101,7 @@ steps:
 "#;
 
 /// A scratch installation with the test runbooks, the API tokens and `extra` YAML.
-fn env_with(extra: &str) -> Env {
+pub(crate) fn env_with(extra: &str) -> Env {
     let mut env = Env::new(&format!("{}{extra}", tokens_yaml()));
     for (name, body) in [
         ("gate", GATE),
@@ -123,18 +123,18 @@ fn env_with(extra: &str) -> Env {
 }
 
 /// A running `cordon serve`.
-struct Serving {
+pub(crate) struct Serving {
     child: Option<Child>,
     base: String,
     log: Arc<Mutex<String>>,
     http: reqwest::blocking::Client,
 }
 
-fn serve(env: &Env) -> Serving {
+pub(crate) fn serve(env: &Env) -> Serving {
     serve_with(env, &[])
 }
 
-fn serve_with(env: &Env, extra: &[&str]) -> Serving {
+pub(crate) fn serve_with(env: &Env, extra: &[&str]) -> Serving {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "20s"];
     args.extend_from_slice(extra);
     let mut cmd = env.command(&args);
@@ -179,14 +179,14 @@ fn serve_with(env: &Env, extra: &[&str]) -> Serving {
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "status {}: not JSON ({e}): {}",
@@ -213,7 +213,7 @@ impl Serving {
         }
     }
 
-    fn get(&self, path: &str, tok: Option<&str>) -> Answer {
+    pub(crate) fn get(&self, path: &str, tok: Option<&str>) -> Answer {
         let mut r = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = tok {
             r = r.bearer_auth(t);
@@ -221,7 +221,7 @@ impl Serving {
         self.send(r)
     }
 
-    fn post(&self, path: &str, tok: Option<&str>, body: Value) -> Answer {
+    pub(crate) fn post(&self, path: &str, tok: Option<&str>, body: Value) -> Answer {
         let mut r = self.http.post(format!("{}{path}", self.base)).json(&body);
         if let Some(t) = tok {
             r = r.bearer_auth(t);
@@ -242,14 +242,14 @@ impl Serving {
         self.send(r)
     }
 
-    fn run(&self, id: &str) -> Value {
+    pub(crate) fn run(&self, id: &str) -> Value {
         let a = self.get(&format!("/api/v1/runs/{id}"), Some(token("root")));
         assert_eq!(a.status, 200, "{a:?}");
         a.json()
     }
 
     /// Poll until the run has `status`.
-    fn wait_status(&self, id: &str, status: &str) -> Value {
+    pub(crate) fn wait_status(&self, id: &str, status: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let doc = self.run(id);
@@ -267,12 +267,12 @@ impl Serving {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// SIGTERM, then the exit code.
-    fn stop(mut self) -> i32 {
+    pub(crate) fn stop(mut self) -> i32 {
         let mut child = self.child.take().expect("running");
         // SAFETY: sending a signal to our own child process.
         unsafe {
