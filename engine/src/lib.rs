@@ -15,8 +15,10 @@
 //!   against the audit trail, chain of custody and export bundles.
 //! - [`notify`]: the incident-facts schema, notification templates, drafts, and sending
 //!   drafts.
-//! - [`triggers`]: webhooks (signature schemes, payload mapping).
-//! - [`server`]: `cordon serve`: webhooks, the API, approvals over HTTP, metrics, shutdown.
+//! - [`triggers`]: webhooks (signature schemes, payload mapping) and schedules (cron in a
+//!   time zone, catch-up).
+//! - [`server`]: `cordon serve`: webhooks, schedules, the API, approvals over HTTP, notices
+//!   that runs wait (`notify_waiting`), metrics, shutdown.
 //! - [`cli`]: the `cordon` command line and its progress display.
 
 pub mod audit;

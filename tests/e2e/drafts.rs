@@ -345,7 +345,7 @@ fn templates_commands_list_preview_and_check_given_facts() {
 }
 
 /// Start `CORDON_SMTP_SERVER` (aiosmtpd) on a free port, printing what it receives to a file.
-fn smtp_server() -> Option<(
+pub(crate) fn smtp_server() -> Option<(
     tokio::process::Child,
     u16,
     std::path::PathBuf,
@@ -394,7 +394,7 @@ fn smtp_server() -> Option<(
     panic!("the SMTP server did not start listening on {port}");
 }
 
-fn wait_for(path: &Path, needle: &str) -> String {
+pub(crate) fn wait_for(path: &Path, needle: &str) -> String {
     let mut seen = String::new();
     for _ in 0..50 {
         seen = std::fs::read_to_string(path).unwrap_or_default();

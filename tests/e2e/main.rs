@@ -5,6 +5,7 @@ mod evidence;
 mod harness;
 #[path = "../support/s3_server.rs"]
 mod s3_server;
+mod schedules;
 mod serve;
 mod shipped;
 mod ui;

@@ -44,7 +44,7 @@ pub(crate) fn tokens_yaml() -> String {
     s
 }
 
-const GATE: &str = r#"version: 1
+pub(crate) const GATE: &str = r#"version: 1
 name: gate
 inputs:
   alert_id: { type: string, required: true }
@@ -134,7 +134,7 @@ pub(crate) fn serve(env: &Env) -> Serving {
     serve_with(env, &[])
 }
 
-fn serve_with(env: &Env, extra: &[&str]) -> Serving {
+pub(crate) fn serve_with(env: &Env, extra: &[&str]) -> Serving {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "20s"];
     args.extend_from_slice(extra);
     let mut cmd = env.command(&args);
@@ -272,7 +272,7 @@ impl Serving {
     }
 
     /// SIGTERM, then the exit code.
-    fn stop(mut self) -> i32 {
+    pub(crate) fn stop(mut self) -> i32 {
         let mut child = self.child.take().expect("running");
         // SAFETY: sending a signal to our own child process.
         unsafe {

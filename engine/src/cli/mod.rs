@@ -161,6 +161,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// The configured schedules: next fire times, the last fire and its run.
+    Schedules {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
     /// Run the demonstration runbook end to end against the local vendor sandbox.
     Demo {
         #[arg(long)]
@@ -593,6 +598,9 @@ impl App {
             Command::Audit { command } => self.cmd_audit(command).await,
             Command::Evidence { command } => self.cmd_evidence(command).await,
             Command::Drafts { command } => drafts::cmd_drafts(self, command).await,
+            Command::Schedules {
+                command: ListCommand::List { json },
+            } => self.cmd_schedules(json).await,
             Command::Validate { .. }
             | Command::Schema { .. }
             | Command::Templates { .. }
@@ -1038,6 +1046,56 @@ impl App {
                 Ok(0)
             }
         }
+    }
+
+    /// `cordon schedules list`: every schedule checked as `cordon serve` checks them (exit 2
+    /// naming each problem), with its next fire times and its last fire.
+    async fn cmd_schedules(&self, json: bool) -> Result<u8> {
+        let (scheduled, problems) = crate::server::load_schedules(&self.engine);
+        if !problems.is_empty() {
+            let origin = config_origin(&self.engine.inner.config);
+            return Err(bad_input(
+                problems
+                    .iter()
+                    .map(|p| format!("{origin}: {p}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ));
+        }
+        let defs: Vec<_> = scheduled.iter().map(|s| s.def.clone()).collect();
+        let list =
+            crate::server::scheduler::describe(&self.engine, &defs, chrono::Utc::now()).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            return Ok(0);
+        }
+        if list.is_empty() {
+            println!("no schedules configured");
+        }
+        let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+        for d in &list {
+            println!(
+                "{:<28} runbook {}  cron `{}` ({})",
+                s(&d["key"]),
+                s(&d["runbook"]),
+                s(&d["cron"]),
+                s(&d["timezone"])
+            );
+            let next: Vec<String> = d["next"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
+            println!("  next      {}", next.join(", "));
+            match d["last_fire"].as_object() {
+                Some(f) => println!(
+                    "  last fire {}  run {}",
+                    s(&f["fire_time"]),
+                    s(&f["run_id"])
+                ),
+                None => println!("  last fire -"),
+            }
+        }
+        Ok(0)
     }
 
     async fn cmd_evidence(&self, cmd: EvidenceCommand) -> Result<u8> {

@@ -763,6 +763,13 @@ impl Runner {
             s.deadline = deadline;
             self.changes.push(Change::Step(s.clone()));
         }
+        if self.engine.inner.config.notify_waiting.is_some() {
+            // Sent once by `cordon serve`: queued in the commit that makes the step wait.
+            self.changes.push(Change::WaitingNotice {
+                id: ulid::Ulid::new().to_string(),
+                step_id: id.to_string(),
+            });
+        }
         self.audit.push(AuditDraft {
             run_id: Some(self.run.id.clone()),
             actor: "engine".into(),

@@ -7,6 +7,8 @@
 //! - [`templates`]: `templates/<name>.md.hbs` with front matter, checked against the schema
 //!   before rendering; the shipped templates are embedded.
 //! - [`markdown`]: escaping values for Markdown, and the plain-text version of a draft.
+//! - [`waiting`]: `notify_waiting`: the message that tells a chat channel or a mailbox a
+//!   run waits for a person, with the approval link built from `public_url`.
 //!
 //! `notify.draft` is executed here, by the engine ([`draft_item`]): it reads the run's state
 //! from the store, builds the facts, merges the step's `data`, renders the subject and body,
@@ -19,6 +21,7 @@ pub mod builder;
 pub mod facts;
 pub mod markdown;
 pub mod templates;
+pub mod waiting;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};

@@ -617,6 +617,22 @@ pub async fn connectors(
     })))
 }
 
+/// The configured schedules: next fire times, and the last fire with its run.
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "reference",
+    responses((status = 200, description = "One entry per schedule: `index`, `key`, `name`, `runbook`, `cron`, `timezone`, `catch_up_seconds`, `inputs`, `trigger`, `next` (the next fire times, RFC 3339 UTC), `last_fire` (`{fire_time, run_id, outcome, at}` or null) and `handled_through`", body = [serde_json::Value]),
+        (status = 401, description = "No or unknown token", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn schedules(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Value>, ApiError> {
+    who.require(Permission::Read)?;
+    let list =
+        crate::server::scheduler::describe(&state.engine, &state.schedules, chrono::Utc::now())
+            .await?;
+    Ok(Json(Value::Array(list)))
+}
+
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "reference",
     responses((status = 200, description = "The OpenAPI document of this API", body = serde_json::Value)))]
@@ -686,7 +702,7 @@ impl Modify for BearerAuth {
     info(title = "Cordon", description = "Runs, approvals, audit trail and evidence of the Cordon incident-response engine, and its webhooks."),
     paths(
         start_run, list_runs, show_run, cancel_run, undo_run, approve, reject, done,
-        run_audit, audit_verify, run_evidence, download_evidence, run_drafts, show_draft, runbooks, connectors, openapi,
+        run_audit, audit_verify, run_evidence, download_evidence, run_drafts, show_draft, runbooks, connectors, schedules, openapi,
         healthz, readyz, metrics,
         super::hooks::receive, super::hooks::okta_challenge,
     ),

@@ -7,7 +7,8 @@
 //!
 //! [`Executor::sweep`], every few seconds: resumes queued and running runs that no live
 //! process holds (every unfinished run at start), continues waiting runs whose approval
-//! timed out, and forgets webhook deliveries older than 30 days.
+//! timed out, and forgets webhook deliveries and schedule fires older than 30 days (each
+//! schedule's newest fire is kept: it is where the schedule resumes).
 //!
 //! Shutdown: the engine's shutdown token makes run loops start nothing new and return once
 //! their calls in flight are done; tasks still waiting for a slot leave their runs queued.
@@ -239,6 +240,11 @@ impl Executor {
                 Ok(n) if n > 0 => tracing::info!(forgotten = n, "purged old webhook deliveries"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot purge old webhook deliveries"),
+            }
+            match store.purge_schedule_fires(&before).await {
+                Ok(n) if n > 0 => tracing::info!(forgotten = n, "purged old schedule fires"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot purge old schedule fires"),
             }
         }
     }

@@ -1,4 +1,5 @@
-//! `cordon serve`: webhooks, the `/api/v1` API, approvals over HTTP, health and metrics.
+//! `cordon serve`: webhooks, schedules, the `/api/v1` API, approvals over HTTP, notices
+//! that runs wait, health and metrics.
 //!
 //! A tour:
 //! - [`Server::build`] reads what the service needs beyond the engine (API tokens, webhooks
@@ -8,6 +9,9 @@
 //! - [`executor`]: runs execute in background tasks of this process (bounded concurrency);
 //!   a periodic sweep resumes unfinished runs nobody executes (all of them at start),
 //!   decides timed-out approvals and purges old webhook deliveries.
+//! - [`scheduler`]: `schedules:`, one task per schedule; each fire time is claimed in the
+//!   transaction that creates its run. [`notifier`]: `notify_waiting`, sending the notices
+//!   queued when steps start waiting.
 //! - [`hooks`]: `POST /hooks/{name}`; [`api`]: `/api/v1` and the OpenAPI document;
 //!   [`auth`]: bearer tokens and roles; [`error`]: the one mapping of errors to HTTP;
 //!   [`metrics`]: Prometheus; [`ui`]: the review UI at `/ui/` (login with an API token,
@@ -25,6 +29,8 @@ pub mod error;
 pub mod executor;
 pub mod hooks;
 pub mod metrics;
+pub mod notifier;
+pub mod scheduler;
 pub mod ui;
 
 use std::collections::HashMap;
@@ -49,8 +55,11 @@ use self::auth::Tokens;
 use self::executor::Executor;
 use self::hooks::HookRuntime;
 use self::metrics::Metrics;
+use self::notifier::Notifier;
+use self::scheduler::{Scheduled, Scheduler, SystemClock};
 use crate::exec::Engine;
 use crate::runbook::validate::validate_file;
+use crate::triggers::schedule::ScheduleDef;
 
 /// Shared by every handler.
 pub type AppState = Arc<Shared>;
@@ -61,6 +70,8 @@ pub struct Shared {
     pub hooks: HashMap<String, HookRuntime>,
     pub metrics: Arc<Metrics>,
     pub executor: Arc<Executor>,
+    /// The configured schedules (checked at start).
+    pub schedules: Vec<ScheduleDef>,
     pub ui: ui::Ui,
 }
 
@@ -103,6 +114,8 @@ pub struct Server {
     addr: SocketAddr,
     state: AppState,
     opts: ServeOptions,
+    scheduler: Option<Arc<Scheduler>>,
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl Server {
@@ -124,13 +137,30 @@ impl Server {
                     .to_string(),
             );
         }
-        if !config.schedules.is_empty() {
-            tracing::warn!(
-                "`schedules` are not run by this version of cordon serve; they are ignored"
-            );
-        }
-        if config.notify_waiting.is_some() {
-            tracing::warn!("`notify_waiting` is not implemented by this version of cordon serve; nobody is told when a run waits");
+        let (scheduled, schedule_problems) = load_schedules(&engine);
+        problems.extend(schedule_problems);
+        let public_url = match config.public_url.as_deref() {
+            Some(u) => match crate::notify::waiting::check_public_url(u) {
+                Ok(u) => Some(u),
+                Err(p) => {
+                    problems.push(p);
+                    None
+                }
+            },
+            None => None,
+        };
+        let notify = match &config.notify_waiting {
+            Some(v) => match crate::notify::waiting::build(v, &engine.inner.registry) {
+                Ok(n) => Some(n),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            },
+            None => None,
+        };
+        if notify.is_some() && config.public_url.is_none() {
+            tracing::warn!("notify_waiting without public_url: notices carry no approval link");
         }
         let tokens = match Tokens::from_config(&config.api_tokens, &config.base_dir, redactor) {
             Ok(t) => Some(t),
@@ -197,6 +227,18 @@ impl Server {
             metrics.clone(),
             opts.max_concurrent_runs,
         ));
+        let schedules = scheduled.iter().map(|s| s.def.clone()).collect();
+        let scheduler = (!scheduled.is_empty()).then(|| {
+            let ex = executor.clone();
+            Arc::new(Scheduler::new(
+                engine.clone(),
+                scheduled,
+                Arc::new(SystemClock),
+                Arc::new(move |id: &str| ex.submit(id)),
+            ))
+        });
+        let notifier =
+            notify.map(|n| Arc::new(Notifier::new(engine.clone(), n, public_url.clone())));
         Ok(Server {
             listener,
             addr,
@@ -206,9 +248,12 @@ impl Server {
                 hooks,
                 metrics,
                 executor,
+                schedules,
                 ui,
             }),
             opts,
+            scheduler,
+            notifier,
         })
     }
 
@@ -224,6 +269,8 @@ impl Server {
             listener,
             state,
             opts,
+            scheduler,
+            notifier,
             ..
         } = self;
         let token = state.engine.inner.shutdown.clone();
@@ -252,6 +299,12 @@ impl Server {
                 }
             })
         };
+        // Schedules and waiting notices stop between turns at shutdown.
+        let background: Vec<_> = scheduler
+            .map(|s| tokio::spawn(s.run(token.clone())))
+            .into_iter()
+            .chain(notifier.map(|n| tokio::spawn(n.run(token.clone()))))
+            .collect();
         let app = router(state.clone());
         let graceful = token.clone().cancelled_owned();
         let http = tokio::spawn(async move {
@@ -265,6 +318,14 @@ impl Server {
             "shutting down: no new connections or runs; letting steps in flight finish"
         );
         let _ = sweeper.await;
+        for task in background {
+            if tokio::time::timeout(opts.drain_timeout, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a schedule or notice task did not stop within the drain bound");
+            }
+        }
         let drained = state.executor.drain(opts.drain_timeout).await;
         match tokio::time::timeout(HTTP_DRAIN, http).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
@@ -279,6 +340,48 @@ impl Server {
         }
         Ok(drained)
     }
+}
+
+/// Check `schedules:` (every problem at once), load and validate each schedule's runbook and
+/// check its inputs against it.
+pub fn load_schedules(engine: &Engine) -> (Vec<Arc<Scheduled>>, Vec<String>) {
+    let config = &engine.inner.config;
+    let (defs, errors) = crate::triggers::schedule::build_all(&config.schedules);
+    let mut problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let ctx = engine.validation_context();
+    let mut out = Vec::new();
+    for def in defs {
+        let at = format!(
+            "schedules[{}] (runbook `{}`): runbook",
+            def.index, def.runbook
+        );
+        let path = match crate::cli::find_runbook(&config.runbooks_dir, &def.runbook) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(format!("{at}: {e}"));
+                continue;
+            }
+        };
+        match validate_file(&path, &ctx) {
+            Ok(rb) => match def.check_inputs(&rb) {
+                Ok(()) => out.push(Arc::new(Scheduled {
+                    def,
+                    runbook: Arc::new(rb),
+                })),
+                Err(e) => problems.push(e.to_string()),
+            },
+            Err(diags) => problems.push(format!(
+                "{at}: `{}` is not valid: {}",
+                def.runbook,
+                diags
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        }
+    }
+    (out, problems)
 }
 
 #[derive(Clone, Default)]
@@ -310,6 +413,7 @@ pub fn router(state: AppState) -> Router {
         .route("/drafts/{id}", get(api::show_draft))
         .route("/runbooks", get(api::runbooks))
         .route("/connectors", get(api::connectors))
+        .route("/schedules", get(api::schedules))
         .route("/openapi.json", get(api::openapi))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     Router::new()

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{
-    AuditDraft, Change, Created, Decision, DedupKey, DraftRecord, EvidenceRecord, ItemRecord,
-    RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, Triggered,
+    AuditDraft, Change, Created, Decision, DedupKey, DraftRecord, EvidenceRecord, Fired,
+    ItemRecord, NoticeOutcome, RunFilter, RunRecord, RunStatus, ScheduleFire, StepRecord,
+    StepStatus, Store, StoreError, Triggered,
 };
 use crate::audit;
 use cordon_connectors::evidence::EvidenceMeta;
@@ -24,6 +25,8 @@ pub async fn run_all(store: &dyn Store) {
     drafts_round_trip(store).await;
     list_filters(store).await;
     dedup_keys_and_service_queries(store).await;
+    schedule_fires(store).await;
+    waiting_notices(store).await;
     assert_chain_intact(store).await;
 }
 
@@ -1160,4 +1163,308 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
         .expect("list")
         .len() as u64;
     assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), listed);
+}
+
+/// Fire times are claimed once, with their run; marks never replace a fire; the state and
+/// the purge keep the newest.
+pub async fn schedule_fires(store: &dyn Store) {
+    let sched = "sweep@abc";
+    let t1 = "2026-11-25T10:15:00.000Z";
+    let events = store.audit_events(None).await.expect("events").len();
+    let fired = store
+        .fire_schedule(
+            sched,
+            t1,
+            run("sf-1", None, "2026-11-25T10:15:00.010Z"),
+            draft(Some("sf-1"), "run.created", json!({})),
+            Some(draft(None, "schedule.missed", json!({"count": 2}))),
+        )
+        .await
+        .expect("fire");
+    assert!(
+        matches!(fired, Fired::Claimed(ref c) if matches!(**c, Created::New(ref r) if r.id == "sf-1"))
+    );
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events + 2,
+        "run.created and schedule.missed in the same transaction"
+    );
+    // The same fire time again (a restart, another process): nothing stored.
+    let again = store
+        .fire_schedule(
+            sched,
+            t1,
+            run("sf-2", None, "2026-11-25T10:15:00.020Z"),
+            draft(Some("sf-2"), "run.created", json!({})),
+            Some(draft(None, "schedule.missed", json!({"count": 1}))),
+        )
+        .await
+        .expect("fire again");
+    assert!(
+        matches!(again, Fired::Duplicate(Some(ref id)) if id == "sf-1"),
+        "{again:?}"
+    );
+    assert!(store.get_run("sf-2").await.expect("get").is_none());
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events + 2
+    );
+    // Another schedule may fire at the same time.
+    let other = store
+        .fire_schedule(
+            "other",
+            t1,
+            run("sf-3", None, "2026-11-25T10:15:00.030Z"),
+            draft(Some("sf-3"), "run.created", json!({})),
+            None,
+        )
+        .await
+        .expect("other");
+    assert!(matches!(other, Fired::Claimed(_)));
+    // A mark never replaces a fire; a new mark is stored with its event.
+    let mark = |t: &str, outcome: &str, at: &str| ScheduleFire {
+        schedule: sched.into(),
+        fire_time: t.into(),
+        outcome: outcome.into(),
+        run_id: None,
+        missed: 3,
+        at: at.into(),
+    };
+    assert!(!store
+        .mark_schedule(
+            mark(t1, "missed", "2026-11-25T10:16:00.000Z"),
+            Some(draft(None, "schedule.missed", json!({})))
+        )
+        .await
+        .expect("mark"));
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events + 3
+    );
+    let t2 = "2026-11-25T11:00:00.000Z";
+    assert!(store
+        .mark_schedule(
+            mark(t2, "missed", "2026-11-25T11:30:00.000Z"),
+            Some(draft(None, "schedule.missed", json!({})))
+        )
+        .await
+        .expect("mark"));
+    assert_eq!(
+        store.audit_events(None).await.expect("events").len(),
+        events + 4
+    );
+    let state = store.schedule_state(sched).await.expect("state");
+    assert_eq!(
+        state.through.as_deref(),
+        Some(t2),
+        "missed rows count as handled"
+    );
+    let last = state.last_fire.expect("a fire");
+    assert_eq!(
+        (
+            last.fire_time.as_str(),
+            last.run_id.as_deref(),
+            last.outcome.as_str()
+        ),
+        (t1, Some("sf-1"), "fired")
+    );
+    assert_eq!(
+        store.schedule_state("never").await.expect("state"),
+        Default::default()
+    );
+    // A fire joining an active run with the same concurrency key is recorded as joined.
+    store
+        .create_run(
+            run("sf-k1", Some("K-1"), "2026-11-25T12:00:00.000Z"),
+            draft(Some("sf-k1"), "run.created", json!({})),
+        )
+        .await
+        .expect("create");
+    let joined = store
+        .fire_schedule(
+            "keyed",
+            "2026-11-25T12:00:00.000Z",
+            run("sf-k2", Some("K-1"), "2026-11-25T12:00:00.010Z"),
+            draft(Some("sf-k2"), "run.created", json!({})),
+            None,
+        )
+        .await
+        .expect("joined");
+    assert!(
+        matches!(joined, Fired::Claimed(ref c) if matches!(**c, Created::Joined(ref r) if r.id == "sf-k1"))
+    );
+    let state = store.schedule_state("keyed").await.expect("state");
+    assert_eq!(
+        state.last_fire.map(|f| (f.outcome, f.run_id)),
+        Some(("joined".into(), Some("sf-k1".into())))
+    );
+    // The purge forgets old rows but keeps each schedule's newest.
+    let purged = store
+        .purge_schedule_fires("2999-01-01T00:00:00.000Z")
+        .await
+        .expect("purge");
+    assert_eq!(purged, 1, "only sweep@abc's older row");
+    assert_eq!(
+        store
+            .schedule_state(sched)
+            .await
+            .expect("state")
+            .through
+            .as_deref(),
+        Some(t2)
+    );
+    assert_eq!(
+        store
+            .schedule_state("other")
+            .await
+            .expect("state")
+            .through
+            .as_deref(),
+        Some(t1)
+    );
+}
+
+/// A notice is queued by the commit that makes a step wait, claimed by one owner, and
+/// settled once with its event; a stale claim is taken over.
+pub async fn waiting_notices(store: &dyn Store) {
+    let id = "01NOTICE00000000000000000A";
+    new_run(store, id).await;
+    let lease = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("acquire")
+        .expect("free");
+    store
+        .commit(
+            &lease,
+            vec![
+                Change::Step(step(id, "approve", StepStatus::Waiting)),
+                Change::WaitingNotice {
+                    id: "n-1".into(),
+                    step_id: "approve".into(),
+                },
+            ],
+            vec![],
+        )
+        .await
+        .expect("commit");
+    store.release_lease(&lease).await.expect("release");
+    let now = "2999-01-01T00:00:00.000Z";
+    let stale = "2998-12-31T23:55:00.000Z";
+    let due = store.due_notices(now, stale, 10).await.expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (
+            due[0].run_id.as_str(),
+            due[0].step_id.as_str(),
+            due[0].status.as_str()
+        ),
+        (id, "approve", "pending")
+    );
+    // One claimant wins.
+    assert_eq!(
+        store
+            .claim_notice("n-1", "proc-a", now, stale)
+            .await
+            .expect("claim"),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .claim_notice("n-1", "proc-b", now, stale)
+            .await
+            .expect("claim"),
+        None
+    );
+    assert!(store
+        .due_notices(now, stale, 10)
+        .await
+        .expect("due")
+        .is_empty());
+    // A failure to retry later: due again only at next_at.
+    let events = store.audit_events(Some(id)).await.expect("events").len();
+    assert!(store
+        .settle_notice(
+            "n-1",
+            "proc-a",
+            NoticeOutcome::Retry {
+                next_at: "2999-01-01T00:01:00.000Z".into(),
+                error: "503".into()
+            },
+            Some(draft(
+                Some(id),
+                "notify.waiting_failed",
+                json!({"will_retry": true})
+            )),
+        )
+        .await
+        .expect("settle"));
+    assert!(store
+        .due_notices(now, stale, 10)
+        .await
+        .expect("due")
+        .is_empty());
+    let later = "2999-01-01T00:01:00.000Z";
+    assert_eq!(
+        store
+            .claim_notice("n-1", "proc-b", later, stale)
+            .await
+            .expect("claim"),
+        Some(2)
+    );
+    // Only the claimant settles.
+    assert!(!store
+        .settle_notice(
+            "n-1",
+            "proc-a",
+            NoticeOutcome::Sent,
+            Some(draft(Some(id), "notify.waiting_sent", json!({})))
+        )
+        .await
+        .expect("settle"));
+    // A claim older than the stale bound is taken over (its process died mid-send).
+    let much_later = "2999-01-01T00:10:00.000Z";
+    let stale_now = "2999-01-01T00:05:00.000Z";
+    assert_eq!(
+        store
+            .due_notices(much_later, stale_now, 10)
+            .await
+            .expect("due")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .claim_notice("n-1", "proc-c", much_later, stale_now)
+            .await
+            .expect("claim"),
+        Some(3)
+    );
+    assert!(store
+        .settle_notice(
+            "n-1",
+            "proc-c",
+            NoticeOutcome::Sent,
+            Some(draft(Some(id), "notify.waiting_sent", json!({})))
+        )
+        .await
+        .expect("settle"));
+    assert!(!store
+        .settle_notice("n-1", "proc-b", NoticeOutcome::Sent, None)
+        .await
+        .expect("settle"));
+    let all = store.notices(id).await.expect("notices");
+    assert_eq!(all.len(), 1);
+    assert_eq!((all[0].status.as_str(), all[0].attempts), ("sent", 3));
+    assert!(all[0].finished_at.is_some());
+    // Sent is final: never due again.
+    assert!(store
+        .due_notices("3999-01-01T00:00:00.000Z", "3999-01-01T00:00:00.000Z", 10)
+        .await
+        .expect("due")
+        .is_empty());
+    assert_eq!(
+        store.audit_events(Some(id)).await.expect("events").len(),
+        events + 2
+    );
 }

@@ -301,6 +301,9 @@ pub enum Change {
     /// Delete the step's item rows with `idx >= from_idx` (a retried `for_each` whose list
     /// is rendered again).
     TruncateItems { step_id: String, from_idx: u32 },
+    /// Queue a notice that the step now waits (`notify_waiting`), in the commit that makes
+    /// it wait: `cordon serve` sends it once.
+    WaitingNotice { id: String, step_id: String },
 }
 
 /// Filters for [`Store::list_runs`].
@@ -345,6 +348,73 @@ pub enum Triggered {
     Created(Box<Created>),
     /// A key was already remembered: nothing was stored; the first run's id.
     Duplicate(String),
+}
+
+/// One fire time a schedule handled (`schedule_fires`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleFire {
+    /// The schedule's key (its `name`, or one derived from its runbook, cron, zone, inputs).
+    pub schedule: String,
+    /// RFC 3339 UTC.
+    pub fire_time: String,
+    /// `fired`, `joined`, `missed` or `registered`.
+    pub outcome: String,
+    pub run_id: Option<String>,
+    /// For `missed`: how many fire times the row stands for.
+    pub missed: u64,
+    /// When the row was written.
+    pub at: String,
+}
+
+/// Where a schedule stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleState {
+    /// The newest fire time handled (fired, joined, missed or registered): the schedule
+    /// resumes after it.
+    pub through: Option<String>,
+    /// The newest fire that started (or joined) a run.
+    pub last_fire: Option<ScheduleFire>,
+}
+
+/// What [`Store::fire_schedule`] did.
+#[derive(Debug, Clone)]
+pub enum Fired {
+    /// This call claimed the fire time: the run was created (or joined an active one).
+    Claimed(Box<Created>),
+    /// The fire time was handled already (another process, or before a restart); its run,
+    /// if it made one.
+    Duplicate(Option<String>),
+}
+
+/// A queued notice that a step waits (`waiting_notices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingNotice {
+    pub id: String,
+    pub run_id: String,
+    pub step_id: String,
+    /// `pending`, `sending`, `sent`, `failed` or `skipped`.
+    pub status: String,
+    /// Attempts made so far (a claim counts as one).
+    pub attempts: u32,
+    pub next_at: String,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// How a claimed notice ends (or waits for another attempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoticeOutcome {
+    Sent,
+    /// The step no longer waits: nothing was sent.
+    Skipped(String),
+    /// Try again at `next_at` (RFC 3339).
+    Retry {
+        next_at: String,
+        error: String,
+    },
+    /// Gave up.
+    Failed(String),
 }
 
 /// An unfinished run and who holds its lease, for the service's resume sweep.
@@ -453,6 +523,55 @@ pub trait Store: Send + Sync {
     async fn overdue_runs(&self, now: &str) -> Result<Vec<String>>;
     /// How many runs are in each state (states with none are left out).
     async fn run_counts(&self) -> Result<Vec<(RunStatus, u64)>>;
+
+    /// Claim `fire_time` of `schedule` and create the run for it (or join the active run with
+    /// its concurrency key), with `audit` (and `missed`, a `schedule.missed` event for the
+    /// earlier fire times this one stands in for), all in one transaction. A primary key on
+    /// (schedule, fire time) decides: when the fire time is handled already, nothing is
+    /// stored.
+    async fn fire_schedule(
+        &self,
+        schedule: &str,
+        fire_time: &str,
+        run: RunRecord,
+        audit: AuditDraft,
+        missed: Option<AuditDraft>,
+    ) -> Result<Fired>;
+    /// Record a fire time that makes no run (`missed` or `registered`) with its audit event,
+    /// unless that fire time is handled already (returns false then; nothing is stored).
+    async fn mark_schedule(&self, mark: ScheduleFire, audit: Option<AuditDraft>) -> Result<bool>;
+    /// Where `schedule` stands.
+    async fn schedule_state(&self, schedule: &str) -> Result<ScheduleState>;
+    /// Forget handled fire times older than `before`, keeping each schedule's newest.
+    async fn purge_schedule_fires(&self, before: &str) -> Result<u64>;
+
+    /// Notices due for sending: pending ones whose `next_at` is at most `now`, and claims
+    /// older than `stale_before` (their process died mid-send), oldest first.
+    async fn due_notices(
+        &self,
+        now: &str,
+        stale_before: &str,
+        limit: u32,
+    ) -> Result<Vec<WaitingNotice>>;
+    /// Claim a due notice for `owner`; Some(attempt number) when this call got it.
+    async fn claim_notice(
+        &self,
+        id: &str,
+        owner: &str,
+        now: &str,
+        stale_before: &str,
+    ) -> Result<Option<u32>>;
+    /// Settle a notice `owner` claimed, with its audit event, in one transaction. False
+    /// (and nothing stored) when the claim was taken over meanwhile.
+    async fn settle_notice(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: NoticeOutcome,
+        audit: Option<AuditDraft>,
+    ) -> Result<bool>;
+    /// A run's notices, oldest first.
+    async fn notices(&self, run_id: &str) -> Result<Vec<WaitingNotice>>;
 
     /// A run's notification drafts, oldest first.
     async fn drafts(&self, run_id: &str) -> Result<Vec<DraftRecord>>;

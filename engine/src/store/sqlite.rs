@@ -27,8 +27,9 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
 use super::{
     AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord,
-    EvidenceRecord, ItemRecord, Lease, LeaseHolder, Result, RunFilter, RunRecord, RunStatus,
-    StepRecord, StepStatus, Store, StoreError, Triggered, UnfinishedRun,
+    EvidenceRecord, Fired, ItemRecord, Lease, LeaseHolder, NoticeOutcome, Result, RunFilter,
+    RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, StepStatus, Store, StoreError,
+    Triggered, UnfinishedRun, WaitingNotice,
 };
 use crate::audit::Chain;
 
@@ -384,8 +385,42 @@ async fn apply(conn: &mut SqliteConnection, lease: &Lease, change: &Change) -> R
                 .execute(conn)
                 .await?;
         }
+        Change::WaitingNotice { id, step_id } => {
+            let now = crate::time::now();
+            sqlx::query(
+                "INSERT INTO waiting_notices (id, run_id, step_id, status, attempts, next_at, created_at)
+                 VALUES (?, ?, ?, 'pending', 0, ?, ?)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(&lease.run_id)
+            .bind(step_id)
+            .bind(&now)
+            .bind(&now)
+            .execute(conn)
+            .await?;
+        }
     }
     Ok(())
+}
+
+/// Insert a `schedule_fires` row unless its (schedule, fire time) is taken; true if
+/// inserted.
+async fn insert_fire(conn: &mut SqliteConnection, f: &ScheduleFire) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO schedule_fires (schedule, fire_time, outcome, run_id, missed, at)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (schedule, fire_time) DO NOTHING",
+    )
+    .bind(&f.schedule)
+    .bind(&f.fire_time)
+    .bind(&f.outcome)
+    .bind(&f.run_id)
+    .bind(to_i64(f.missed, "schedule_fires.missed")?)
+    .bind(&f.at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 async fn run_exists(conn: &mut SqliteConnection, run_id: &str) -> Result<bool> {
@@ -500,6 +535,204 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(Triggered::Created(Box::new(created)))
+    }
+
+    async fn fire_schedule(
+        &self,
+        schedule: &str,
+        fire_time: &str,
+        run: RunRecord,
+        audit: AuditDraft,
+        missed: Option<AuditDraft>,
+    ) -> Result<Fired> {
+        let mut tx = self.begin_write().await?;
+        let known: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT run_id FROM schedule_fires WHERE schedule = ? AND fire_time = ?",
+        )
+        .bind(schedule)
+        .bind(fire_time)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((run_id,)) = known {
+            tx.rollback().await?;
+            return Ok(Fired::Duplicate(run_id));
+        }
+        let created = create_in(&mut tx, run, audit).await?;
+        let (outcome, run_id) = match &created {
+            Created::New(r) => ("fired", r.id.clone()),
+            Created::Joined(r) => ("joined", r.id.clone()),
+        };
+        let fire = ScheduleFire {
+            schedule: schedule.to_string(),
+            fire_time: fire_time.to_string(),
+            outcome: outcome.into(),
+            run_id: Some(run_id),
+            missed: 0,
+            at: crate::time::now(),
+        };
+        // The write lock is held since BEGIN IMMEDIATE, so the row cannot have appeared;
+        // the key still decides if it did.
+        if !insert_fire(&mut tx, &fire).await? {
+            tx.rollback().await?;
+            return Ok(Fired::Duplicate(None));
+        }
+        if let Some(m) = missed {
+            append_events(&mut tx, vec![m]).await?;
+        }
+        tx.commit().await?;
+        Ok(Fired::Claimed(Box::new(created)))
+    }
+
+    async fn mark_schedule(&self, mark: ScheduleFire, audit: Option<AuditDraft>) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        if !insert_fire(&mut tx, &mark).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(a) = audit {
+            append_events(&mut tx, vec![a]).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn schedule_state(&self, schedule: &str) -> Result<ScheduleState> {
+        const COLUMNS: &str = "schedule, fire_time, outcome, run_id, missed, at";
+        let through: Option<(String,)> = sqlx::query_as(
+            "SELECT fire_time FROM schedule_fires WHERE schedule = ?
+             ORDER BY fire_time DESC LIMIT 1",
+        )
+        .bind(schedule)
+        .fetch_optional(&self.read)
+        .await?;
+        let last: Option<FireRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM schedule_fires
+             WHERE schedule = ? AND outcome IN ('fired', 'joined')
+             ORDER BY fire_time DESC LIMIT 1"
+        ))
+        .bind(schedule)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(ScheduleState {
+            through: through.map(|(t,)| t),
+            last_fire: last.map(FireRow::into_record).transpose()?,
+        })
+    }
+
+    async fn purge_schedule_fires(&self, before: &str) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "DELETE FROM schedule_fires
+             WHERE at < ? AND fire_time < (SELECT MAX(f.fire_time) FROM schedule_fires f
+                                           WHERE f.schedule = schedule_fires.schedule)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn due_notices(
+        &self,
+        now: &str,
+        stale_before: &str,
+        limit: u32,
+    ) -> Result<Vec<WaitingNotice>> {
+        let rows: Vec<NoticeRow> = sqlx::query_as(&format!(
+            "SELECT {NOTICE_COLUMNS} FROM waiting_notices
+             WHERE (status = 'pending' AND next_at <= ?)
+                OR (status = 'sending' AND claimed_at < ?)
+             ORDER BY created_at, id LIMIT ?"
+        ))
+        .bind(now)
+        .bind(stale_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(NoticeRow::into_record).collect()
+    }
+
+    async fn claim_notice(
+        &self,
+        id: &str,
+        owner: &str,
+        now: &str,
+        stale_before: &str,
+    ) -> Result<Option<u32>> {
+        let mut tx = self.begin_write().await?;
+        let got: Option<(i64,)> = sqlx::query_as(
+            "UPDATE waiting_notices
+             SET status = 'sending', owner = ?, claimed_at = ?, attempts = attempts + 1
+             WHERE id = ? AND ((status = 'pending' AND next_at <= ?)
+                            OR (status = 'sending' AND claimed_at < ?))
+             RETURNING attempts",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(id)
+        .bind(now)
+        .bind(stale_before)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        got.map(|(n,)| to_u32(n, "waiting_notices.attempts"))
+            .transpose()
+    }
+
+    async fn settle_notice(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: NoticeOutcome,
+        audit: Option<AuditDraft>,
+    ) -> Result<bool> {
+        let now = crate::time::now();
+        let (status, next_at, error, finished_at) = match &outcome {
+            NoticeOutcome::Sent => ("sent", None, None, Some(now.clone())),
+            NoticeOutcome::Skipped(why) => ("skipped", None, Some(why.clone()), Some(now.clone())),
+            NoticeOutcome::Retry { next_at, error } => {
+                ("pending", Some(next_at.clone()), Some(error.clone()), None)
+            }
+            NoticeOutcome::Failed(error) => {
+                ("failed", None, Some(error.clone()), Some(now.clone()))
+            }
+        };
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE waiting_notices
+             SET status = ?, next_at = COALESCE(?, next_at), error = ?, finished_at = ?,
+                 owner = NULL, claimed_at = NULL
+             WHERE id = ? AND owner = ? AND status = 'sending'",
+        )
+        .bind(status)
+        .bind(next_at)
+        .bind(error)
+        .bind(finished_at)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(a) = audit {
+            append_events(&mut tx, vec![a]).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn notices(&self, run_id: &str) -> Result<Vec<WaitingNotice>> {
+        let rows: Vec<NoticeRow> = sqlx::query_as(&format!(
+            "SELECT {NOTICE_COLUMNS} FROM waiting_notices WHERE run_id = ?
+             ORDER BY created_at, id"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(NoticeRow::into_record).collect()
     }
 
     async fn purge_dedup_keys(&self, before: &str) -> Result<u64> {
@@ -942,6 +1175,61 @@ impl Store for SqliteStore {
 // ---------------------------------------------------------------------------------------
 // Rows and conversions
 // ---------------------------------------------------------------------------------------
+
+#[derive(sqlx::FromRow)]
+struct FireRow {
+    schedule: String,
+    fire_time: String,
+    outcome: String,
+    run_id: Option<String>,
+    missed: i64,
+    at: String,
+}
+
+impl FireRow {
+    fn into_record(self) -> Result<ScheduleFire> {
+        Ok(ScheduleFire {
+            missed: to_u64(self.missed, "schedule_fires.missed")?,
+            schedule: self.schedule,
+            fire_time: self.fire_time,
+            outcome: self.outcome,
+            run_id: self.run_id,
+            at: self.at,
+        })
+    }
+}
+
+const NOTICE_COLUMNS: &str =
+    "id, run_id, step_id, status, attempts, next_at, error, created_at, finished_at";
+
+#[derive(sqlx::FromRow)]
+struct NoticeRow {
+    id: String,
+    run_id: String,
+    step_id: String,
+    status: String,
+    attempts: i64,
+    next_at: String,
+    error: Option<String>,
+    created_at: String,
+    finished_at: Option<String>,
+}
+
+impl NoticeRow {
+    fn into_record(self) -> Result<WaitingNotice> {
+        Ok(WaitingNotice {
+            attempts: to_u32(self.attempts, "waiting_notices.attempts")?,
+            id: self.id,
+            run_id: self.run_id,
+            step_id: self.step_id,
+            status: self.status,
+            next_at: self.next_at,
+            error: self.error,
+            created_at: self.created_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
 
 fn ttl(ttl_ms: u64) -> chrono::TimeDelta {
     // Clamp absurd values instead of overflowing the timestamp: ten years is "forever" here.

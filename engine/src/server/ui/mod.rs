@@ -65,11 +65,11 @@ impl Ui {
 /// The page for a step, as a link to share: `{public_url}/ui/runs/{run}/steps/{step}`
 /// (only the path when `public_url` is not configured).
 pub fn step_link(public_url: Option<&str>, run: &str, step: &str) -> String {
-    format!(
-        "{}{}",
-        public_url.unwrap_or("").trim_end_matches('/'),
-        step_href(run, step)
-    )
+    match public_url {
+        // The same link `notify_waiting` sends.
+        Some(base) => crate::notify::waiting::approval_link(base, run, step),
+        None => step_href(run, step),
+    }
 }
 
 const CSS: &str = include_str!("templates/cordon.css");
