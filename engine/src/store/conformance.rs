@@ -884,6 +884,16 @@ pub async fn list_filters(store: &dyn Store) {
         ids(store.list_runs(&filter).await.expect("list")),
         Vec::<String>::new()
     );
+    // Active runs only: c is running, a and b are queued; none has finished.
+    let filter = RunFilter {
+        active: true,
+        ..RunFilter::default()
+    };
+    let active = ids(store.list_runs(&filter).await.expect("list"));
+    assert!(
+        [&a.id, &b.id, &c.id].iter().all(|id| active.contains(id)),
+        "{active:?}"
+    );
     // Creation time: from inclusive, before exclusive.
     let filter = RunFilter {
         created_from: Some("2027-01-01T00:00:02.000Z".into()),

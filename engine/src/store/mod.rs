@@ -310,6 +310,8 @@ pub enum Change {
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub status: Option<RunStatus>,
+    /// Only runs that can still change (queued, running or waiting), read at once.
+    pub active: bool,
     pub runbook: Option<String>,
     pub case_id: Option<String>,
     /// A case-insensitive part of the run's `subject_email` input.

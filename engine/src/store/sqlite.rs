@@ -948,6 +948,9 @@ impl Store for SqliteStore {
         if let Some(status) = filter.status {
             q.push(" AND status = ").push_bind(status.as_str());
         }
+        if filter.active {
+            q.push(" AND status IN ('queued', 'running', 'waiting')");
+        }
         if let Some(runbook) = &filter.runbook {
             q.push(" AND runbook = ").push_bind(runbook.clone());
         }

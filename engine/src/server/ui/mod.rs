@@ -652,6 +652,7 @@ async fn runs_page(
                 created_from,
                 created_before,
                 limit: Some(LIST_LIMIT),
+                ..RunFilter::default()
             })
             .await?
     } else {
@@ -1284,19 +1285,15 @@ async fn pending_page(
 ) -> Result<Response, UiError> {
     let store = state.engine.store();
     let fail = |e: crate::store::StoreError| UiError::from(e).with(&s);
-    let mut runs = Vec::new();
-    for status in [RunStatus::Waiting, RunStatus::Running] {
-        runs.extend(
-            store
-                .list_runs(&RunFilter {
-                    status: Some(status),
-                    limit: Some(1000),
-                    ..RunFilter::default()
-                })
-                .await
-                .map_err(fail)?,
-        );
-    }
+    // One query, so that a run moving between running and waiting is not missed.
+    let mut runs = store
+        .list_runs(&RunFilter {
+            active: true,
+            limit: Some(1000),
+            ..RunFilter::default()
+        })
+        .await
+        .map_err(fail)?;
     runs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
     let decider = ui_decider(&s.identity);
     let may_decide = s.identity.may(Permission::Decide);
