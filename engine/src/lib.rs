@@ -18,7 +18,7 @@
 //! - [`triggers`]: webhooks (signature schemes, payload mapping) and schedules (cron in a
 //!   time zone, catch-up).
 //! - [`server`]: `cordon serve`: webhooks, schedules, the API, approvals over HTTP, notices
-//!   that runs wait (`notify_waiting`), metrics, shutdown.
+//!   that runs wait (`notify_waiting`), the review UI at `/ui/`, metrics, shutdown.
 //! - [`cli`]: the `cordon` command line and its progress display.
 
 pub mod audit;
