@@ -53,6 +53,8 @@ fn demo_runs_the_whole_response_from_an_empty_folder() {
         );
     }
     assert!(stderr.contains("hashes verified"), "{stderr}");
+    // And how to open the review UI on this run.
+    assert!(stderr.contains(&format!("/ui/runs/{run}")), "{stderr}");
     assert!(
         stderr.contains("audit chain:") && stderr.contains("intact"),
         "{stderr}"

@@ -162,6 +162,15 @@ pub async fn demo(config_path: Option<&Path>, json_out: bool) -> Result<u8> {
             eprintln!("      cordon drafts show DRAFT --text");
         }
         eprintln!("      cordon evidence export {}", run.id);
+        eprintln!();
+        let listen = &engine.inner.config.listen;
+        eprintln!("review UI: give yourself an API token in a configuration file, for example");
+        eprintln!("      api: {{ tokens: [{{ name: me, token: {{ env: CORDON_TOKEN }}, role: admin }}] }}");
+        eprintln!("      then `CORDON_TOKEN=… cordon serve --config FILE` and open");
+        eprintln!(
+            "      http://{listen}/ui/runs/{} (log in with the token)",
+            run.id
+        );
     }
     let ok = run.status == RunStatus::Succeeded && ev_report.ok() && audit.ok;
     Ok(if ok { 0 } else { 1 })
