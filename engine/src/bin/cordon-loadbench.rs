@@ -1,5 +1,5 @@
 //! Webhook load benchmark for `cordon serve`:
-//! `cargo run --release --bin cordon-loadbench [-- --rate 500 --seconds 20 --steps 2]`.
+//! `cargo run --release --bin cordon-loadbench [-- --rate 500 --seconds 20 --steps 2 --max-concurrent-runs 16]`.
 //!
 //! Starts the real `cordon serve` binary (the one built beside this one) on a fresh SQLite
 //! database in a temporary folder, with one webhook (`scheme: token`) that starts a runbook
@@ -68,7 +68,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(dir: &std::path::Path, steps: u64) -> Result<Server> {
+fn start_server(dir: &std::path::Path, steps: u64, workers: u64) -> Result<Server> {
     let mut runbook = String::from(
         "version: 1\nname: bench\ninputs:\n  alert_id: { type: string, required: true }\nsteps:\n",
     );
@@ -98,7 +98,7 @@ fn start_server(dir: &std::path::Path, steps: u64) -> Result<Server> {
             "--listen",
             "127.0.0.1:0",
         ])
-        .args(["--max-concurrent-runs", "64"])
+        .args(["--max-concurrent-runs", &workers.to_string()])
         .current_dir(dir)
         .env("BENCH_HOOK_TOKEN", TOKEN)
         .env("BENCH_API_TOKEN", API_TOKEN)
@@ -148,11 +148,12 @@ async fn main() -> Result<()> {
     let rate = arg("--rate", 500).max(1);
     let seconds = arg("--seconds", 20).max(1);
     let steps = arg("--steps", 2).max(1);
+    let workers = arg("--max-concurrent-runs", 16).max(1);
     let dir = tempfile::tempdir()?;
-    let server = start_server(dir.path(), steps)?;
+    let server = start_server(dir.path(), steps, workers)?;
     let base = server.base.clone();
     eprintln!(
-        "cordon serve at {base}; {rate} deliveries/s for {seconds} s, runbook of {steps} durable steps"
+        "cordon serve at {base}; {rate} deliveries/s for {seconds} s, runbook of {steps} durable steps, {workers} runs executing at once"
     );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
