@@ -5,6 +5,9 @@
 //!    costs nothing), timed between consecutive step completions — p50 and p99;
 //! 2. throughput: runs per second for a 5-step runbook, many runs in flight at once.
 
+mod support;
+use support::{arg, pct};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,23 +27,6 @@ impl Observer for Stamps {
             }
         }
     }
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn engine(dir: &std::path::Path) -> anyhow::Result<Engine> {

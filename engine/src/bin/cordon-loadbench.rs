@@ -11,6 +11,9 @@
 //! (p50, p90, p99, max), the answers by status, and how fast the accepted runs finished
 //! (runs per second from the first delivery to the last run's end).
 
+mod support;
+use support::{arg, pct};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -21,23 +24,6 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "bench-hook-token";
 const API_TOKEN: &str = "bench-api-token";
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
