@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{Engine, ExecError};
 use crate::runbook::model::StepKind;
-use crate::store::{AuditDraft, Decision, RunStatus, StepStatus};
+use crate::store::{AuditDraft, Decision, StepStatus};
 
 /// Who decides: a name, the channel it came through, and its groups.
 #[derive(Debug, Clone)]
@@ -126,7 +126,6 @@ pub async fn decide(
             status: shown,
         });
     }
-    let _ = RunStatus::Waiting;
     let (who_list, min) = match (&def.approval, &def.task) {
         (Some(a), _) => (a.approvers.clone(), a.min_approvals.max(1)),
         (_, Some(t)) => (t.assignees.clone(), 1),
