@@ -63,6 +63,99 @@ pub struct ConfigFile {
     /// `text` (default) or `json`: the format of `cordon serve`'s log lines.
     #[serde(default)]
     pub log_format: Option<LogFormat>,
+    /// Leases and the resume sweep, for several nodes on one database.
+    #[serde(default)]
+    pub cluster: Option<ClusterFile>,
+}
+
+/// `cluster:` as written: durations such as `10s` or `500ms`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// How long a run's lease lasts without a heartbeat (default `10s`). A node that dies
+    /// holds its runs this long at most; another node then resumes them.
+    #[serde(default)]
+    pub lease_ttl: Option<String>,
+    /// How often the executing node renews its leases (default a third of `lease_ttl`).
+    #[serde(default)]
+    pub heartbeat: Option<String>,
+    /// How often `cordon serve` looks for runs nobody executes and timed-out approvals
+    /// (default `2s`).
+    #[serde(default)]
+    pub sweep: Option<String>,
+}
+
+/// Lease and sweep timing with defaults applied (`cluster:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cluster {
+    pub lease_ttl: std::time::Duration,
+    pub heartbeat: std::time::Duration,
+    pub sweep: std::time::Duration,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            lease_ttl: std::time::Duration::from_secs(10),
+            heartbeat: std::time::Duration::from_millis(3_333),
+            sweep: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+impl Cluster {
+    /// The lease time in milliseconds, as the store takes it.
+    pub fn lease_ttl_ms(&self) -> u64 {
+        u64::try_from(self.lease_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The longest a dead node's runs wait before another node resumes them: the lease
+    /// lapses at most `lease_ttl` after the last heartbeat, and the next sweep finds them.
+    pub fn worst_case_takeover(&self) -> std::time::Duration {
+        self.lease_ttl + self.sweep
+    }
+
+    fn from_file(raw: Option<&ClusterFile>) -> Result<Cluster, String> {
+        let Some(raw) = raw else {
+            return Ok(Cluster::default());
+        };
+        let field =
+            |name: &str, v: &Option<String>| -> Result<Option<std::time::Duration>, String> {
+                v.as_deref()
+                    .map(|s| {
+                        crate::duration::parse(s).map_err(|m| format!("cluster.{name}: `{s}`: {m}"))
+                    })
+                    .transpose()
+            };
+        let lease_ttl = field("lease_ttl", &raw.lease_ttl)?.unwrap_or(Cluster::default().lease_ttl);
+        let heartbeat = field("heartbeat", &raw.heartbeat)?.unwrap_or_else(|| {
+            std::time::Duration::from_millis(
+                u64::try_from(lease_ttl.as_millis() / 3).unwrap_or(u64::MAX),
+            )
+        });
+        let sweep = field("sweep", &raw.sweep)?.unwrap_or(Cluster::default().sweep);
+        if lease_ttl < std::time::Duration::from_secs(1) {
+            return Err(
+                "cluster.lease_ttl: at least 1s, so that a busy node keeps its runs".into(),
+            );
+        }
+        if heartbeat.is_zero() || heartbeat * 2 > lease_ttl {
+            return Err(format!(
+                "cluster.heartbeat: more than zero and at most half of lease_ttl ({}ms), so that one late renewal does not lose a lease",
+                lease_ttl.as_millis()
+            ));
+        }
+        if sweep < std::time::Duration::from_millis(100)
+            || sweep > std::time::Duration::from_secs(3600)
+        {
+            return Err("cluster.sweep: between 100ms and 1h".into());
+        }
+        Ok(Cluster {
+            lease_ttl,
+            heartbeat,
+            sweep,
+        })
+    }
 }
 
 /// How log lines are written.
@@ -283,6 +376,8 @@ pub struct Config {
     pub log_format: Option<LogFormat>,
     /// `tls: {cert, key}` as written (not served yet: `cordon serve` refuses it).
     pub tls: Option<Value>,
+    /// Lease and sweep timing.
+    pub cluster: Cluster,
 }
 
 impl Config {
@@ -375,6 +470,11 @@ impl Config {
                 });
             }
         }
+        let cluster =
+            Cluster::from_file(file.cluster.as_ref()).map_err(|message| ConfigError::Invalid {
+                path: shown.clone(),
+                message,
+            })?;
         let mut names = std::collections::BTreeSet::new();
         for t in &file.api.tokens {
             if !names.insert(t.name.clone()) {
@@ -400,6 +500,7 @@ impl Config {
             api_tokens: file.api.tokens,
             log_format: file.log_format,
             tls: file.tls,
+            cluster,
             source,
             base_dir,
         })
@@ -541,5 +642,51 @@ mod tests {
     fn bad_database_url() {
         let err = normalise_database_url("mysql://x", Path::new("/"), "f").unwrap_err();
         assert!(err.to_string().contains("mysql://x"));
+    }
+
+    fn cluster_of(yaml: &str) -> Result<Cluster, ConfigError> {
+        let file: ConfigFile = serde_yaml::from_str(yaml).unwrap();
+        Config::from_parts(file, PathBuf::from("/srv/cordon"), None).map(|c| c.cluster)
+    }
+
+    #[test]
+    fn cluster_defaults_resume_a_dead_nodes_runs_within_fifteen_seconds() {
+        let c = cluster_of("{}").unwrap();
+        assert_eq!(c, Cluster::default());
+        assert_eq!(c.lease_ttl_ms(), 10_000);
+        assert!(c.heartbeat * 2 < c.lease_ttl);
+        assert!(c.worst_case_takeover() <= std::time::Duration::from_secs(15));
+    }
+
+    #[test]
+    fn cluster_settings_are_read_and_heartbeat_follows_the_lease() {
+        let c = cluster_of("cluster: { lease_ttl: 4s, sweep: 500ms }").unwrap();
+        assert_eq!(c.lease_ttl, std::time::Duration::from_secs(4));
+        assert_eq!(c.heartbeat, std::time::Duration::from_millis(1333));
+        assert_eq!(c.sweep, std::time::Duration::from_millis(500));
+        let c = cluster_of("cluster: { lease_ttl: 30s, heartbeat: 5s }").unwrap();
+        assert_eq!(c.heartbeat, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn cluster_settings_that_would_lose_leases_are_refused_by_name() {
+        for (yaml, needle) in [
+            ("cluster: { lease_ttl: 10 }", "cluster.lease_ttl: `10`"),
+            (
+                "cluster: { lease_ttl: 500ms }",
+                "cluster.lease_ttl: at least 1s",
+            ),
+            (
+                "cluster: { lease_ttl: 10s, heartbeat: 6s }",
+                "cluster.heartbeat",
+            ),
+            ("cluster: { heartbeat: 0s }", "cluster.heartbeat"),
+            ("cluster: { sweep: 10ms }", "cluster.sweep"),
+        ] {
+            let err = cluster_of(yaml).unwrap_err().to_string();
+            assert!(err.contains(needle), "{yaml}: {err}");
+        }
+        let err = serde_yaml::from_str::<ConfigFile>("cluster: { lease: 10s }").unwrap_err();
+        assert!(err.to_string().contains("unknown field `lease`"), "{err}");
     }
 }

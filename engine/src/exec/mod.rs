@@ -29,9 +29,6 @@ use crate::expr::Templates;
 use crate::runbook::validate::{ValidatedRunbook, ValidationContext};
 use crate::store::{AuditDraft, Created, RunRecord, RunStatus, Store, StoreError};
 
-/// How long a lease lasts without a heartbeat.
-pub const LEASE_TTL_MS: u64 = 15_000;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error(transparent)]
@@ -278,13 +275,34 @@ impl Engine {
     }
 
     /// Take the run's lease and drive it to its end or until it waits for people.
+    ///
+    /// A decision recorded by another process while this one parks the run (after the
+    /// runner last looked, before the lease was released) finds the lease still held, so
+    /// that process cannot continue the run: after parking, the decisions are counted again
+    /// and the run is driven once more if one arrived. A decision recorded after the release
+    /// is continued by whoever recorded it.
     pub async fn execute(
         &self,
         run_id: &str,
         observer: Arc<dyn Observer>,
     ) -> Result<RunRecord, ExecError> {
-        let lease = self.acquire(run_id).await?;
-        runner::drive(self.clone(), lease, observer).await
+        let mut lease = self.acquire(run_id).await?;
+        loop {
+            let seen = self.store().decisions(run_id).await?.len();
+            let run = runner::drive(self.clone(), lease, observer.clone()).await?;
+            if run.status != RunStatus::Waiting
+                || self.inner.shutdown.is_cancelled()
+                || self.store().decisions(run_id).await?.len() == seen
+            {
+                return Ok(run);
+            }
+            lease = match self.acquire(run_id).await {
+                Ok(lease) => lease,
+                // Another process took it up: the decision is in its hands.
+                Err(ExecError::Busy { .. }) => return Ok(run),
+                Err(e) => return Err(e),
+            };
+        }
     }
 
     /// Acquire a run's lease, taking it over from a process on this host that has died.
@@ -299,7 +317,12 @@ impl Engine {
             .filter(|h| owner_is_dead(&h.owner))
             .map(|h| h.owner.clone());
         match store
-            .acquire_lease(run_id, &self.inner.owner, LEASE_TTL_MS, steal.as_deref())
+            .acquire_lease(
+                run_id,
+                &self.inner.owner,
+                self.inner.config.cluster.lease_ttl_ms(),
+                steal.as_deref(),
+            )
             .await?
         {
             Some(lease) => Ok(lease),

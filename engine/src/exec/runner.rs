@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::{dry_run_placeholders, RunContext};
 use super::item::{idempotency_key, ItemDone, ItemJob, RetryPolicy, DEFAULT_TIMEOUT};
-use super::{Engine, ExecError, Observer, Progress, LEASE_TTL_MS};
+use super::{Engine, ExecError, Observer, Progress};
 use crate::expr::Cel;
 use crate::runbook::model::{OnTimeout, Step, StepKind};
 use crate::runbook::validate::ValidatedRunbook;
@@ -50,6 +50,7 @@ pub async fn drive(
     let rb = Arc::new(stored_runbook(&run)?);
     let lost = Arc::new(AtomicBool::new(false));
     let cancel = CancellationToken::new();
+    let cluster = engine.inner.config.cluster;
     let heartbeat = {
         let store = store.clone();
         let lease = lease.clone();
@@ -57,8 +58,8 @@ pub async fn drive(
         let cancel = cancel.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS / 3)).await;
-                if let Err(e) = store.renew_lease(&lease, LEASE_TTL_MS).await {
+                tokio::time::sleep(cluster.heartbeat).await;
+                if let Err(e) = store.renew_lease(&lease, cluster.lease_ttl_ms()).await {
                     if matches!(e, StoreError::LeaseLost(_)) {
                         lost.store(true, Ordering::SeqCst);
                         cancel.cancel();

@@ -84,8 +84,6 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Runs executed at once by this process.
     pub max_concurrent_runs: usize,
-    /// How often the sweep looks for unfinished runs and timed-out approvals.
-    pub sweep_every: Duration,
 }
 
 impl Default for ServeOptions {
@@ -94,7 +92,6 @@ impl Default for ServeOptions {
             listen: None,
             drain_timeout: Duration::from_secs(30),
             max_concurrent_runs: 16,
-            sweep_every: Duration::from_secs(5),
         }
     }
 }
@@ -286,7 +283,7 @@ impl Server {
         let sweeper = {
             let executor = state.executor.clone();
             let token = token.clone();
-            let every = opts.sweep_every;
+            let every = state.engine.inner.config.cluster.sweep;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
