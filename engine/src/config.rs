@@ -16,6 +16,8 @@ use serde_json::Value;
 pub const CONFIG_ENV: &str = "CORDON_CONFIG";
 /// Environment variable overriding `database`.
 pub const DATABASE_ENV: &str = "CORDON_DATABASE_URL";
+/// Environment variable overriding `cluster.node`.
+pub const NODE_ENV: &str = "CORDON_NODE_NAME";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -83,14 +85,21 @@ pub struct ClusterFile {
     /// (default `2s`).
     #[serde(default)]
     pub sweep: Option<String>,
+    /// This node's name in leases, logs and `cordon runs show` (default the host name;
+    /// `CORDON_NODE_NAME` overrides it). A run leased by a process of this node whose
+    /// process is gone is taken over at once; other nodes' leases must lapse.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Lease and sweep timing with defaults applied (`cluster:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
     pub lease_ttl: std::time::Duration,
     pub heartbeat: std::time::Duration,
     pub sweep: std::time::Duration,
+    /// `cluster.node` or `CORDON_NODE_NAME`; None: the host name.
+    pub node: Option<String>,
 }
 
 impl Default for Cluster {
@@ -99,7 +108,24 @@ impl Default for Cluster {
             lease_ttl: std::time::Duration::from_secs(10),
             heartbeat: std::time::Duration::from_millis(3_333),
             sweep: std::time::Duration::from_secs(2),
+            node: None,
         }
+    }
+}
+
+/// A node name: what a lease owner (`node/pid/nonce`) can hold.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}`: a node name is 1 to 100 of A-Z a-z 0-9 - _ . :"
+        ))
     }
 }
 
@@ -150,10 +176,14 @@ impl Cluster {
         {
             return Err("cluster.sweep: between 100ms and 1h".into());
         }
+        if let Some(n) = &raw.node {
+            check_node_name(n).map_err(|m| format!("cluster.node: {m}"))?;
+        }
         Ok(Cluster {
             lease_ttl,
             heartbeat,
             sweep,
+            node: raw.node.clone(),
         })
     }
 }
@@ -399,6 +429,13 @@ impl Config {
         if let Some(url) = std::env::var(DATABASE_ENV).ok().filter(|u| !u.is_empty()) {
             config.database_url =
                 normalise_database_url(&url, &config.base_dir, "CORDON_DATABASE_URL")?;
+        }
+        if let Some(node) = std::env::var(NODE_ENV).ok().filter(|n| !n.is_empty()) {
+            check_node_name(&node).map_err(|message| ConfigError::Invalid {
+                path: NODE_ENV.into(),
+                message,
+            })?;
+            config.cluster.node = Some(node);
         }
         Ok(config)
     }
@@ -664,8 +701,9 @@ mod tests {
         assert_eq!(c.lease_ttl, std::time::Duration::from_secs(4));
         assert_eq!(c.heartbeat, std::time::Duration::from_millis(1333));
         assert_eq!(c.sweep, std::time::Duration::from_millis(500));
-        let c = cluster_of("cluster: { lease_ttl: 30s, heartbeat: 5s }").unwrap();
+        let c = cluster_of("cluster: { lease_ttl: 30s, heartbeat: 5s, node: web-1.eu }").unwrap();
         assert_eq!(c.heartbeat, std::time::Duration::from_secs(5));
+        assert_eq!(c.node.as_deref(), Some("web-1.eu"));
     }
 
     #[test]
@@ -682,6 +720,8 @@ mod tests {
             ),
             ("cluster: { heartbeat: 0s }", "cluster.heartbeat"),
             ("cluster: { sweep: 10ms }", "cluster.sweep"),
+            ("cluster: { node: a/b }", "cluster.node: `a/b`"),
+            ("cluster: { node: '' }", "cluster.node"),
         ] {
             let err = cluster_of(yaml).unwrap_err().to_string();
             assert!(err.contains(needle), "{yaml}: {err}");

@@ -419,7 +419,6 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     listen: args.listen,
                     drain_timeout: drain,
                     max_concurrent_runs: args.max_concurrent_runs,
-                    ..Default::default()
                 },
             )
             .await

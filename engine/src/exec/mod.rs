@@ -107,8 +107,10 @@ pub struct EngineInner {
     pub drafts: crate::notify::DraftTemplates,
     pub evidence: EvidenceStore,
     pub redactor: Redactor,
-    /// This process's lease owner id: `host/pid/nonce`.
+    /// This process's lease owner id: `node/pid/nonce`.
     pub owner: String,
+    /// This node's name (`cluster.node`, else the host name).
+    pub node: String,
     /// Cancelled when the process shuts down (`cordon serve` on SIGTERM): run loops stop
     /// starting work, let the calls in flight finish, and release their runs for the next
     /// start. Never cancelled by the one-shot commands.
@@ -148,8 +150,8 @@ impl Engine {
         evidence: EvidenceStore,
     ) -> Engine {
         let drafts = crate::notify::DraftTemplates::new(Some(config.templates_dir.clone()));
-        let host = hostname();
-        let owner = format!("{host}/{}/{}", std::process::id(), ulid::Ulid::new());
+        let node = config.cluster.node.clone().unwrap_or_else(hostname);
+        let owner = format!("{node}/{}/{}", std::process::id(), ulid::Ulid::new());
         Engine {
             inner: Arc::new(EngineInner {
                 config,
@@ -160,6 +162,7 @@ impl Engine {
                 evidence,
                 redactor,
                 owner,
+                node,
                 shutdown: tokio_util::sync::CancellationToken::new(),
             }),
         }
@@ -314,7 +317,7 @@ impl Engine {
         let holder = store.lease_holder(run_id).await?;
         let steal = holder
             .as_ref()
-            .filter(|h| owner_is_dead(&h.owner))
+            .filter(|h| owner_is_dead(&self.inner.node, &h.owner))
             .map(|h| h.owner.clone());
         match store
             .acquire_lease(
@@ -351,14 +354,15 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// True when `owner` (`host/pid/nonce`) names a process on this host that no longer exists.
-/// A lease held by another host is never presumed dead: it must expire.
-pub fn owner_is_dead(owner: &str) -> bool {
+/// True when `owner` (`node/pid/nonce`) names a process of this node that no longer exists
+/// (the node is this host, unless `cluster.node` names it otherwise). A lease held by
+/// another node is never presumed dead: it must expire.
+pub fn owner_is_dead(this_node: &str, owner: &str) -> bool {
     let mut parts = owner.splitn(3, '/');
     let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
         return false;
     };
-    if host != hostname() {
+    if host != this_node {
         return false;
     }
     let Ok(pid) = pid.parse::<i32>() else {

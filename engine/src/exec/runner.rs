@@ -50,7 +50,7 @@ pub async fn drive(
     let rb = Arc::new(stored_runbook(&run)?);
     let lost = Arc::new(AtomicBool::new(false));
     let cancel = CancellationToken::new();
-    let cluster = engine.inner.config.cluster;
+    let cluster = engine.inner.config.cluster.clone();
     let heartbeat = {
         let store = store.clone();
         let lease = lease.clone();

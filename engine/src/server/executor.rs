@@ -200,7 +200,10 @@ impl Executor {
                     }
                     let free = match &r.lease {
                         None => true,
-                        Some(h) => h.owner == self.engine.inner.owner || owner_is_dead(&h.owner),
+                        Some(h) => {
+                            h.owner == self.engine.inner.owner
+                                || owner_is_dead(&self.engine.inner.node, &h.owner)
+                        }
                     };
                     if free {
                         tracing::info!(run_id = %r.id, status = r.status.as_str(), "resuming run");
