@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `cordon` binary against a local HTTP server.
 
+mod cluster;
 mod drafts;
 mod evidence;
 mod harness;

@@ -135,9 +135,15 @@ pub(crate) fn serve(env: &Env) -> Serving {
 }
 
 pub(crate) fn serve_with(env: &Env, extra: &[&str]) -> Serving {
+    serve_node(env, extra, &[])
+}
+
+/// `cordon serve` with extra arguments and environment variables (`CORDON_NODE_NAME`).
+pub(crate) fn serve_node(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> Serving {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "20s"];
     args.extend_from_slice(extra);
     let mut cmd = env.command(&args);
+    cmd.envs(vars.iter().copied());
     cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
         .env("CORDON_LOG", "info");
@@ -230,7 +236,7 @@ impl Serving {
     }
 
     /// A raw webhook delivery.
-    fn hook(&self, name: &str, headers: &[(&str, String)], body: &[u8]) -> Answer {
+    pub(crate) fn hook(&self, name: &str, headers: &[(&str, String)], body: &[u8]) -> Answer {
         let mut r = self
             .http
             .post(format!("{}/hooks/{name}", self.base))
@@ -269,6 +275,14 @@ impl Serving {
 
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, and reap the process.
+    pub(crate) fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL cordon serve");
+            c.wait().expect("reap cordon serve");
+        }
     }
 
     /// SIGTERM, then the exit code.
