@@ -29,8 +29,29 @@ use crate::expr::Templates;
 use crate::runbook::validate::{ValidatedRunbook, ValidationContext};
 use crate::store::{AuditDraft, Created, RunRecord, RunStatus, Store, StoreError};
 
-/// How long a lease lasts without a heartbeat.
+/// How long a lease lasts without a heartbeat, unless [`LEASE_TTL_ENV`] says otherwise.
 pub const LEASE_TTL_MS: u64 = 15_000;
+
+/// A testing aid: `CORDON_LEASE_TTL_MS=<ms>` shortens (or lengthens) the lease so that the
+/// fault-injection tests see a stopped node's lease lapse in seconds. Read once, here only;
+/// the heartbeat renews every third of it, and `cordon serve` sweeps for runs to resume at
+/// least that often. Values below 300 ms, or not a number, are ignored with a warning.
+pub const LEASE_TTL_ENV: &str = "CORDON_LEASE_TTL_MS";
+
+/// The lease time to live in milliseconds: [`LEASE_TTL_MS`], or [`LEASE_TTL_ENV`]'s value.
+pub fn lease_ttl_ms() -> u64 {
+    static TTL: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TTL.get_or_init(|| match std::env::var(LEASE_TTL_ENV) {
+        Err(_) => LEASE_TTL_MS,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if ms >= 300 => ms,
+            _ => {
+                tracing::warn!(value = %v, "{LEASE_TTL_ENV} ignored: expected milliseconds, at least 300");
+                LEASE_TTL_MS
+            }
+        },
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -299,7 +320,7 @@ impl Engine {
             .filter(|h| owner_is_dead(&h.owner))
             .map(|h| h.owner.clone());
         match store
-            .acquire_lease(run_id, &self.inner.owner, LEASE_TTL_MS, steal.as_deref())
+            .acquire_lease(run_id, &self.inner.owner, lease_ttl_ms(), steal.as_deref())
             .await?
         {
             Some(lease) => Ok(lease),

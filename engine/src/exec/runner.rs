@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::{dry_run_placeholders, RunContext};
 use super::item::{idempotency_key, ItemDone, ItemJob, RetryPolicy, DEFAULT_TIMEOUT};
-use super::{Engine, ExecError, Observer, Progress, LEASE_TTL_MS};
+use super::{lease_ttl_ms, Engine, ExecError, Observer, Progress};
 use crate::expr::Cel;
 use crate::runbook::model::{OnTimeout, Step, StepKind};
 use crate::runbook::validate::ValidatedRunbook;
@@ -56,9 +56,10 @@ pub async fn drive(
         let lost = lost.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
+            let ttl = lease_ttl_ms();
             loop {
-                tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS / 3)).await;
-                if let Err(e) = store.renew_lease(&lease, LEASE_TTL_MS).await {
+                tokio::time::sleep(Duration::from_millis(ttl / 3)).await;
+                if let Err(e) = store.renew_lease(&lease, ttl).await {
                     if matches!(e, StoreError::LeaseLost(_)) {
                         lost.store(true, Ordering::SeqCst);
                         cancel.cancel();
@@ -76,6 +77,56 @@ pub async fn drive(
         runner.cancel.cancel();
     }
     result
+}
+
+/// What one commit of the run loop holds, for the crash points around it
+/// ([`cordon_connectors::fault`]); only looked at when a point is armed.
+#[derive(Default)]
+struct CommitPoints {
+    results: bool,
+    starts: bool,
+    finish: bool,
+}
+
+impl CommitPoints {
+    fn of(changes: &[Change]) -> CommitPoints {
+        let mut p = CommitPoints::default();
+        for c in changes {
+            match c {
+                Change::Item(i) if i.status == StepStatus::Running => p.starts = true,
+                Change::Item(i) if i.status.is_finished() => p.results = true,
+                Change::Run { status, .. } if !status.is_active() => p.finish = true,
+                _ => {}
+            }
+        }
+        p
+    }
+
+    fn before(&self) {
+        use cordon_connectors::fault::point;
+        if self.results {
+            point("step.before_commit");
+        }
+        if self.starts {
+            point("step.before_start_commit");
+        }
+        if self.finish {
+            point("run.before_finish_commit");
+        }
+    }
+
+    fn after(&self) {
+        use cordon_connectors::fault::point;
+        if self.results {
+            point("step.after_commit");
+        }
+        if self.starts {
+            point("step.after_start_commit");
+        }
+        if self.finish {
+            point("run.after_finish_commit");
+        }
+    }
 }
 
 /// The stored runbook, validated without the current configuration's instances (which may
@@ -1320,7 +1371,14 @@ impl Runner {
         }
         let changes = coalesce(std::mem::take(&mut self.changes));
         let audit = std::mem::take(&mut self.audit);
+        let points = if cordon_connectors::fault::is_armed() {
+            CommitPoints::of(&changes)
+        } else {
+            CommitPoints::default()
+        };
+        points.before();
         self.store.commit(&self.lease, changes, audit).await?;
+        points.after();
         Ok(())
     }
 

@@ -94,7 +94,9 @@ impl Default for ServeOptions {
             listen: None,
             drain_timeout: Duration::from_secs(30),
             max_concurrent_runs: 16,
-            sweep_every: Duration::from_secs(5),
+            // A dead node's runs are resumed within a lease and a third of one.
+            sweep_every: Duration::from_secs(5)
+                .min(Duration::from_millis(crate::exec::lease_ttl_ms() / 3)),
         }
     }
 }
