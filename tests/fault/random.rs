@@ -1,13 +1,13 @@
 //! Random moments, many runs: `cordon serve` takes webhook deliveries while the test
 //! SIGKILLs it at random moments (a seeded RNG; the seed is printed, and `FAULT_SEED=<n>`
-//! replays it) and starts it again; a sender retries each delivery until it is
+//! repeats the kill schedule) and starts it again; a sender retries each delivery until it is
 //! acknowledged, as a real one does.
 //!
 //! Then: every acknowledged delivery's run exists and succeeds within a bound (none lost,
 //! none stuck), each delivery made one run, each step succeeded once in the store, the
-//! vendor saw each idempotency key at most twice and a second time only when a kill fell
-//! between the two requests (and the resume says it re-executed that step), and the audit
-//! chain verifies.
+//! vendor saw each idempotency key once, and again only when a kill fell between two of its
+//! requests (a step in flight at two kills in a row is called three times, always under
+//! the same key; a resume re-executed the step each time), and the audit chain verifies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -140,7 +140,7 @@ fn random_kills(backend: Backend) {
     env.write_runbook("intake", &runbook(&srv.url()));
     let seed = seed();
     let ctx = format!("[{} random kills, seed {seed}]", db.label());
-    eprintln!("{ctx} replay with FAULT_SEED={seed}");
+    eprintln!("{ctx} FAULT_SEED={seed} repeats this kill schedule");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let mut node = Node::start(&env, "serve-0", &[]);
@@ -236,31 +236,37 @@ fn random_kills(backend: Backend) {
                 .iter()
                 .map(|k| k.saturating_duration_since(t0).as_millis())
                 .collect();
+            // A request is repeated only when a kill left its outcome unknown: between any
+            // two requests with one key lies a kill (a step in flight at two kills in a row
+            // is called three times, each under the same key).
             assert!(
-                (1..=2).contains(&reqs.len()),
+                !reqs.is_empty() && reqs.len() <= 1 + kills.len(),
                 "{ctx}: key {key} seen {} times (kills at {kill_times:?} ms):\n{}",
                 reqs.len(),
                 show()
             );
-            if reqs.len() == 2 {
+            for pair in reqs.windows(2) {
                 let across = kills
                     .iter()
-                    .any(|k| reqs[0].start <= *k && *k <= reqs[1].start);
+                    .any(|k| pair[0].start <= *k && *k <= pair[1].start);
                 assert!(
                     across,
                     "{ctx}: key {key} repeated with no kill between its requests (kills at {kill_times:?} ms):\n{}",
                     show()
                 );
-                repeated.push((run.to_string(), step));
+            }
+            if reqs.len() > 1 {
+                repeated.push((run.to_string(), step, reqs.len()));
             }
         }
     }
     let total = keys.values().map(Vec::len).sum::<usize>();
     assert_eq!(keys.len(), DELIVERIES * STEPS.len(), "{ctx}: keys seen");
     eprintln!(
-        "{ctx} vendor requests: {total} for {} keys; {} repeated across a kill",
+        "{ctx} vendor requests: {total} for {} keys; {} keys repeated across a kill, {} of them across two or more",
         keys.len(),
-        repeated.len()
+        repeated.len(),
+        repeated.iter().filter(|(_, _, n)| *n > 2).count()
     );
 
     // The store: each step succeeded once; a repeated step was re-executed by a resume.
@@ -278,7 +284,7 @@ fn random_kills(backend: Backend) {
                 "{ctx}: run {run}: step.succeeded events of {step}: {ok:?}"
             );
         }
-        for (_, step) in repeated.iter().filter(|(r, _)| r == *run) {
+        for (_, step, n) in repeated.iter().filter(|(r, _, _)| r == *run) {
             let reexecuted = events
                 .iter()
                 .filter(|e| e["action"] == "run.resumed")
@@ -288,10 +294,11 @@ fn random_kills(backend: Backend) {
                         .cloned()
                         .unwrap_or_default()
                 })
-                .any(|x| x["step"] == *step);
+                .filter(|x| x["step"] == *step)
+                .count();
             assert!(
-                reexecuted,
-                "{ctx}: run {run}: {step} was called twice but no resume re-executed it"
+                reexecuted + 1 >= *n,
+                "{ctx}: run {run}: {step} was called {n} times but re-executed by only {reexecuted} resumes"
             );
         }
     }

@@ -68,7 +68,10 @@ fn stop_and_continue(backend: Backend) {
     env.write_runbook("slow", &runbook(&srv.url()));
     let ttl = ("CORDON_LEASE_TTL_MS", LEASE_TTL_MS.to_string());
 
+    // Both nodes up before the first run: B's sweeps leave runs that A holds (live lease)
+    // or has just queued alone.
     let a = Node::start(&env, "node A", &[("FAULT_NODE", ALPHA.into()), ttl.clone()]);
+    let b = Node::start(&env, "node B", &[("FAULT_NODE", BRAVO.into()), ttl]);
     let mut runs = Vec::new();
     for i in 0..RUNS {
         let resp = a
@@ -82,7 +85,8 @@ fn stop_and_continue(backend: Backend) {
         let v: Value = resp.json().expect("json");
         runs.push(v["run_id"].as_str().expect("run_id").to_string());
     }
-    // Every run's second call is in flight at node A (its first succeeded, committed).
+    // Every run's second call is in flight at node A (its first succeeded, committed), and
+    // B has called nothing.
     wait_for(Duration::from_secs(60), "node A's s2 calls", || {
         let seen = srv.seen();
         let n = seen
@@ -91,9 +95,10 @@ fn stop_and_continue(backend: Backend) {
             .count();
         (n == RUNS).then_some(())
     });
-    // B joins the cluster; A's leases are live, so B leaves A's runs alone for now.
-    let b = Node::start(&env, "node B", &[("FAULT_NODE", BRAVO.into()), ttl]);
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        srv.seen().iter().all(|s| node_of(s) == ALPHA),
+        "{ctx}: node B called the vendor while node A held every lease"
+    );
     let stopped_at = db.stop_cleanly(&a, &ctx);
 
     // B resumes every run after A's lease lapses, and finishes it.
