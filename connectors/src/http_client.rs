@@ -492,6 +492,7 @@ impl HttpClient {
             None => None,
         };
         let started = Instant::now();
+        crate::fault::point("http.before_send");
         let outcome = match builder.send().await {
             Ok(resp) => {
                 let status = resp.status();
@@ -504,6 +505,9 @@ impl HttpClient {
             }
             Err(e) => Err(e),
         };
+        if outcome.is_ok() {
+            crate::fault::point("http.after_response");
+        }
         let status = outcome.as_ref().ok().map(|r| r.status);
         self.note(log, &method, &path, status, started);
         match outcome {
@@ -529,7 +533,12 @@ impl HttpClient {
             None => None,
         };
         let started = Instant::now();
+        crate::fault::point("http.before_send");
         let result = builder.send().await;
+        if result.is_ok() {
+            // The vendor answered; the body streams to evidence from here.
+            crate::fault::point("http.after_response");
+        }
         self.note(
             log,
             &method,

@@ -19,6 +19,7 @@
 //! - Vendors: [`http`] (generic REST), [`core`] (built-in no-op), [`okta`].
 //! - [`notify`]: `notify.draft`, declared here and executed by the engine.
 //! - [`sandbox`]: a local imitation of vendor APIs for `cordon demo` and tests.
+//! - [`fault`]: crash points for the fault-injection tests, armed only by `CORDON_FAULT`.
 
 pub mod catalog;
 pub mod core;
@@ -28,6 +29,7 @@ pub mod elasticsearch;
 pub mod entra;
 pub mod error;
 pub mod evidence;
+pub mod fault;
 pub mod fleet;
 pub mod google;
 pub mod http;

@@ -261,7 +261,9 @@ impl ItemJob {
                     "requests": requests.take(),
                 }),
             };
+            cordon_connectors::fault::point("step.before_retry_commit");
             self.commit_item(Some(audit)).await?;
+            cordon_connectors::fault::point("step.after_retry_commit");
             drop(store.clone());
         }
     }

@@ -79,6 +79,56 @@ pub async fn drive(
     result
 }
 
+/// What one commit of the run loop holds, for the crash points around it
+/// ([`cordon_connectors::fault`]); only looked at when a point is armed.
+#[derive(Default)]
+struct CommitPoints {
+    results: bool,
+    starts: bool,
+    finish: bool,
+}
+
+impl CommitPoints {
+    fn of(changes: &[Change]) -> CommitPoints {
+        let mut p = CommitPoints::default();
+        for c in changes {
+            match c {
+                Change::Item(i) if i.status == StepStatus::Running => p.starts = true,
+                Change::Item(i) if i.status.is_finished() => p.results = true,
+                Change::Run { status, .. } if !status.is_active() => p.finish = true,
+                _ => {}
+            }
+        }
+        p
+    }
+
+    fn before(&self) {
+        use cordon_connectors::fault::point;
+        if self.results {
+            point("step.before_commit");
+        }
+        if self.starts {
+            point("step.before_start_commit");
+        }
+        if self.finish {
+            point("run.before_finish_commit");
+        }
+    }
+
+    fn after(&self) {
+        use cordon_connectors::fault::point;
+        if self.results {
+            point("step.after_commit");
+        }
+        if self.starts {
+            point("step.after_start_commit");
+        }
+        if self.finish {
+            point("run.after_finish_commit");
+        }
+    }
+}
+
 /// The stored runbook, validated without the current configuration's instances (which may
 /// have changed since the run started; connector resolution reports that per step).
 pub(crate) fn stored_runbook(run: &RunRecord) -> Result<ValidatedRunbook, ExecError> {
@@ -1321,7 +1371,14 @@ impl Runner {
         }
         let changes = coalesce(std::mem::take(&mut self.changes));
         let audit = std::mem::take(&mut self.audit);
+        let points = if cordon_connectors::fault::is_armed() {
+            CommitPoints::of(&changes)
+        } else {
+            CommitPoints::default()
+        };
+        points.before();
         self.store.commit(&self.lease, changes, audit).await?;
+        points.after();
         Ok(())
     }
 
