@@ -212,6 +212,12 @@ impl Server {
         if tokens.is_empty() {
             tracing::warn!("no api.tokens configured: every /api/v1 request except openapi.json will be refused (401)");
         }
+        if config.database_url.starts_with("postgres") && config.evidence_s3.is_none() {
+            tracing::warn!(
+                evidence = %config.evidence_dir.display(),
+                "the database is PostgreSQL (several nodes?) but evidence goes to a local folder: a run resumed on another node would write its evidence there; use evidence.s3 or a folder every node mounts at this path"
+            );
+        }
         let listen = opts.listen.clone().unwrap_or_else(|| config.listen.clone());
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
