@@ -25,11 +25,13 @@ use tracing::Instrument;
 
 use super::metrics::{Metrics, StepTimer};
 use crate::exec::{owner_is_dead, Engine, ExecError};
-use crate::store::RunStatus;
 
 /// Queued runs younger than this are left to the process that created them (a `cordon run`
 /// about to take the lease), except at start.
 const FRESH_QUEUED: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+/// How many runs the first sweep may claim beyond the free execution slots (they queue for
+/// a slot; their leases lapse meanwhile and another node may take them first).
+const CLAIM_AT_START: usize = 256;
 /// How often old webhook deliveries are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -185,33 +187,62 @@ impl Executor {
 
     /// Pick up what needs this process: unfinished runs nobody executes, overdue approvals,
     /// and the purge of old webhook deliveries. `at_start` takes every unfinished run.
+    ///
+    /// Runs whose lease a dead process of this node holds (a `cordon run` killed here, or
+    /// this service before a restart) are taken over at once. Runs with a free or lapsed
+    /// lease are claimed with [`Store::claim_runnable`](crate::store::Store::claim_runnable)
+    /// (`FOR UPDATE SKIP LOCKED` on PostgreSQL), up to the execution slots this process
+    /// has free, so that several nodes share the work without waiting for each other or
+    /// taking the same run.
     pub async fn sweep(self: &Arc<Self>, at_start: bool) {
         let store = self.engine.store();
         let now = chrono::Utc::now();
+        let me = &self.engine.inner;
         match store.unfinished_runs().await {
             Ok(runs) => {
-                let fresh_after = crate::time::format(now - FRESH_QUEUED);
                 for r in runs {
-                    if self.is_active(&r.id) {
-                        continue;
-                    }
-                    if !at_start && r.status == RunStatus::Queued && r.created_at > fresh_after {
-                        continue;
-                    }
-                    let free = match &r.lease {
-                        None => true,
-                        Some(h) => {
-                            h.owner == self.engine.inner.owner
-                                || owner_is_dead(&self.engine.inner.node, &h.owner)
-                        }
-                    };
-                    if free {
+                    let ours = r.lease.as_ref().is_some_and(|h| {
+                        h.owner == me.owner || owner_is_dead(&me.node, &h.owner)
+                    });
+                    if ours && !self.is_active(&r.id) {
                         tracing::info!(run_id = %r.id, status = r.status.as_str(), "resuming run");
                         self.submit(&r.id);
                     }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot list unfinished runs"),
+        }
+        let free = self
+            .slots
+            .available_permits()
+            .saturating_sub(self.metrics.queue_depth.get().max(0) as usize);
+        // At start every run nobody holds is ours to try; later, only what fits.
+        let limit = if at_start { free.max(CLAIM_AT_START) } else { free };
+        if limit > 0 {
+            let fresh_ms = if at_start {
+                0
+            } else {
+                FRESH_QUEUED.num_milliseconds() as u64
+            };
+            let claimed = store
+                .claim_runnable(
+                    &me.owner,
+                    me.config.cluster.lease_ttl_ms(),
+                    fresh_ms,
+                    u32::try_from(limit).unwrap_or(u32::MAX),
+                )
+                .await;
+            match claimed {
+                Ok(leases) => {
+                    for lease in leases {
+                        if !self.is_active(&lease.run_id) {
+                            tracing::info!(run_id = %lease.run_id, lease_token = lease.token, "claimed run");
+                            self.submit(&lease.run_id);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot claim runnable runs"),
+            }
         }
         match store.overdue_runs(&crate::time::format(now)).await {
             Ok(ids) => {
