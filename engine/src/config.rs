@@ -559,7 +559,56 @@ impl Config {
     }
 }
 
-/// `sqlite://relative.db` is made absolute against `base`; `postgres://` passes through.
+/// `url` as it may be shown in a message or a log line: a password in the user part
+/// (`postgres://cordon:***@db/cordon`) or in a `password=` parameter becomes `***`. Works on
+/// text that is not a valid URL too (it is what the user typed).
+pub fn redact_url(url: &str) -> String {
+    // The query (and fragment) starts at the first `?` or `#`; the user part ends at the
+    // last `@` before it (a password may hold an unescaped `/` or `@`).
+    let query_at = url.find(['?', '#']).unwrap_or(url.len());
+    let (head, query) = url.split_at(query_at);
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let mut out = String::with_capacity(url.len());
+    match head[scheme_end..].rfind('@').map(|i| i + scheme_end) {
+        Some(at) => {
+            let userinfo = &head[scheme_end..at];
+            out.push_str(&head[..scheme_end]);
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&head[at..]);
+        }
+        None => out.push_str(head),
+    }
+    // `password=` parameters, whatever their case.
+    let mut rest = query;
+    while !rest.is_empty() {
+        let end = rest[1..]
+            .find(['&', '#'])
+            .map(|i| i + 1)
+            .unwrap_or(rest.len());
+        let (param, tail) = rest.split_at(end);
+        // `param` starts with its separator (`?`, `&` or `#`).
+        let (sep, body) = param.split_at(1);
+        match body.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                out.push_str(sep);
+                out.push_str(key);
+                out.push_str("=***");
+            }
+            _ => out.push_str(param),
+        }
+        rest = tail;
+    }
+    out
+}
+
+/// `sqlite://relative.db` is made absolute against `base`; `postgres://` and
+/// `postgresql://` pass through untouched.
 fn normalise_database_url(url: &str, base: &Path, origin: &str) -> Result<String, ConfigError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(url.to_string());
@@ -569,7 +618,10 @@ fn normalise_database_url(url: &str, base: &Path, origin: &str) -> Result<String
         .or_else(|| url.strip_prefix("sqlite:"))
         .ok_or_else(|| ConfigError::Invalid {
             path: origin.to_string(),
-            message: format!("database `{url}` is neither sqlite://PATH nor postgres://…"),
+            message: format!(
+                "database `{}` is neither sqlite://PATH nor postgres://…",
+                redact_url(url)
+            ),
         })?;
     let (path, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -590,6 +642,55 @@ fn normalise_database_url(url: &str, base: &Path, origin: &str) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_database_urls_never_show() {
+        for (url, shown) in [
+            (
+                "postgres://cordon:s3cret@db.internal:5432/cordon",
+                "postgres://cordon:***@db.internal:5432/cordon",
+            ),
+            (
+                "postgresql://cordon:p%40ss@db/cordon?sslmode=require",
+                "postgresql://cordon:***@db/cordon?sslmode=require",
+            ),
+            // An unescaped `@` or `/` in the password still hides all of it.
+            ("postgres://u:pa@s/s@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u@h/db?sslmode=disable&password=s3cret&options=-c%20a%3Db",
+                "postgres://u@h/db?sslmode=disable&password=***&options=-c%20a%3Db",
+            ),
+            (
+                "postgres://h/db?PASSWORD=s3cret",
+                "postgres://h/db?PASSWORD=***",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "sqlite:///var/lib/cordon/c.db",
+                "sqlite:///var/lib/cordon/c.db",
+            ),
+            ("mysql://root:s3cret@h/db", "mysql://root:***@h/db"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn postgres_urls_pass_through_untouched() {
+        let base = Path::new("/srv/cordon");
+        for url in [
+            "postgres://cordon:s3cret@db:5432/cordon?options=-c%20search_path%3Dx",
+            "postgresql://cordon@db/cordon",
+        ] {
+            assert_eq!(normalise_database_url(url, base, "f").unwrap(), url);
+        }
+        let err = normalise_database_url("mysql://root:s3cret@h/db", base, "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mysql://root:***@h/db"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 
     #[test]
     fn relative_paths_follow_the_file() {

@@ -9,7 +9,7 @@
 //!   at once, each with a stable code), input checking, and the JSON Schema.
 //! - [`expr`]: CEL conditions and Handlebars templates, one place for both.
 //! - [`exec`]: the executor: ready set, `for_each`, retries, timeouts, approvals, undo.
-//! - [`store`]: durable state behind one trait (SQLite today).
+//! - [`store`]: durable state behind one trait (SQLite embedded, PostgreSQL for several nodes).
 //! - [`audit`]: the hash chain: hashing, verification, export.
 //! - [`evidence`]: the evidence store (local folder or S3 with Object Lock), verification
 //!   against the audit trail, chain of custody and export bundles.

@@ -4,6 +4,9 @@ mod cluster;
 mod drafts;
 mod evidence;
 mod harness;
+mod postgres;
+#[path = "../support/postgres.rs"]
+mod postgres_schema;
 #[path = "../support/s3_server.rs"]
 mod s3_server;
 mod schedules;

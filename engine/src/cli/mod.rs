@@ -27,6 +27,7 @@ use crate::exec::decide::{decide, Decider, Verdict};
 use crate::exec::{Engine, ExecError, StartRequest};
 use crate::notify::DraftTemplates;
 use crate::runbook::validate::{validate_file, ValidatedRunbook, ValidationContext};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditDraft, Created, RunFilter, RunRecord, RunStatus, Store};
 
@@ -1212,17 +1213,19 @@ fn print_out(text: &str) -> Result<()> {
     }
 }
 
-/// Open the store a database URL names.
+/// Open the store a database URL names: `postgres://…` or `postgresql://…` for PostgreSQL,
+/// anything else for SQLite. A password in the URL never appears in the error.
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
+    let shown = crate::config::redact_url(url);
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(bad_input(
-            "the PostgreSQL store is not available in this build yet; use sqlite://PATH"
-                .to_string(),
-        ));
+        let store = PgStore::open(url)
+            .await
+            .with_context(|| format!("cannot open database {shown}"))?;
+        return Ok(Arc::new(store));
     }
     let store = SqliteStore::open(url)
         .await
-        .with_context(|| format!("cannot open database {url}"))?;
+        .with_context(|| format!("cannot open database {shown}"))?;
     Ok(Arc::new(store))
 }
 

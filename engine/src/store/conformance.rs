@@ -1,6 +1,6 @@
 //! The store conformance suite: behaviour every [`Store`] backend must show, written against
-//! the trait only, so that the SQLite tests and (later) the PostgreSQL tests run the same
-//! checks. Each function expects a fresh, empty store and panics on the first deviation.
+//! the trait only, so that the SQLite tests and the PostgreSQL tests run the same checks.
+//! Each function expects a fresh, empty store and panics on the first deviation.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::{
     AuditDraft, Change, Created, Decision, DedupKey, DraftRecord, EvidenceRecord, Fired,
-    ItemRecord, NoticeOutcome, RunFilter, RunRecord, RunStatus, ScheduleFire, StepRecord,
+    ItemRecord, Lease, NoticeOutcome, RunFilter, RunRecord, RunStatus, ScheduleFire, StepRecord,
     StepStatus, Store, StoreError, Triggered,
 };
 use crate::audit;
@@ -1477,4 +1477,222 @@ pub async fn waiting_notices(store: &dyn Store) {
         store.audit_events(Some(id)).await.expect("events").len(),
         events + 2
     );
+}
+
+/// Set a run's status under a lease taken and given back again.
+async fn set_status(store: &dyn Store, id: &str, status: RunStatus) {
+    let lease = store
+        .acquire_lease(id, "setter", 60_000, None)
+        .await
+        .expect("acquire")
+        .expect("free");
+    store
+        .commit(
+            &lease,
+            vec![Change::Run {
+                status,
+                error: None,
+                started_at: Some("2026-01-01T00:00:00.000Z".into()),
+                finished_at: None,
+            }],
+            vec![draft(
+                Some(id),
+                "run.status",
+                json!({"status": status.as_str()}),
+            )],
+        )
+        .await
+        .expect("commit status");
+    store.release_lease(&lease).await.expect("release");
+}
+
+/// Work claiming (several nodes): queued and running runs whose lease is free or expired,
+/// oldest first, up to the limit; fresh queued runs are left alone. Expects a fresh store.
+pub async fn claim_runnable(store: &dyn Store) {
+    // Long ago, whatever the clock says today.
+    let at = |s: u32| format!("2020-01-01T00:00:{s:02}.000Z");
+    let ids = |leases: &[Lease]| leases.iter().map(|l| l.run_id.clone()).collect::<Vec<_>>();
+    assert!(store
+        .claim_runnable("nobody", 60_000, 0, 10)
+        .await
+        .expect("claim on an empty store")
+        .is_empty());
+    for (i, id) in [
+        "cl-queued",
+        "cl-running",
+        "cl-waiting",
+        "cl-done",
+        "cl-held",
+        "cl-expired",
+    ]
+    .iter()
+    .enumerate()
+    {
+        store
+            .create_run(
+                run(id, None, &at(i as u32 + 1)),
+                draft(Some(id), "run.created", json!({})),
+            )
+            .await
+            .expect("create");
+    }
+    set_status(store, "cl-running", RunStatus::Running).await;
+    set_status(store, "cl-waiting", RunStatus::Waiting).await;
+    set_status(store, "cl-done", RunStatus::Succeeded).await;
+    let held = store
+        .acquire_lease("cl-held", "other-node", 60_000, None)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let expired = store
+        .acquire_lease("cl-expired", "dead-node", 60_000, None)
+        .await
+        .expect("acquire")
+        .expect("free");
+    store.renew_lease(&expired, 0).await.expect("expire");
+    // Queued a moment ago by a process that is about to run it itself.
+    store
+        .create_run(
+            run("cl-fresh", None, &crate::time::now()),
+            draft(Some("cl-fresh"), "run.created", json!({})),
+        )
+        .await
+        .expect("create fresh");
+
+    assert!(store
+        .claim_runnable("node-1", 60_000, 60_000, 0)
+        .await
+        .expect("limit 0")
+        .is_empty());
+    let first = store
+        .claim_runnable("node-1", 60_000, 60_000, 2)
+        .await
+        .expect("claim");
+    assert_eq!(
+        ids(&first),
+        ["cl-queued", "cl-running"],
+        "oldest first, up to the limit"
+    );
+    let rest = store
+        .claim_runnable("node-1", 60_000, 60_000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        ids(&rest),
+        ["cl-expired"],
+        "held, waiting, finished and fresh runs stay"
+    );
+    assert!(
+        rest[0].token > expired.token,
+        "a claim is a new fencing token"
+    );
+    assert!(rest.iter().chain(&first).all(|l| l.owner == "node-1"));
+    for id in ["cl-queued", "cl-running", "cl-expired"] {
+        assert_eq!(
+            store
+                .lease_holder(id)
+                .await
+                .expect("holder")
+                .map(|h| h.owner),
+            Some("node-1".into())
+        );
+    }
+    assert_eq!(
+        store
+            .lease_holder("cl-held")
+            .await
+            .expect("holder")
+            .map(|h| h.owner),
+        Some("other-node".into())
+    );
+    // The dead node's lease is fenced off; the claim's commits.
+    assert!(matches!(
+        store.commit(&expired, vec![], vec![]).await,
+        Err(StoreError::LeaseLost(r)) if r == "cl-expired"
+    ));
+    store
+        .commit(
+            &rest[0],
+            vec![Change::Step(step("cl-expired", "s", StepStatus::Running))],
+            vec![],
+        )
+        .await
+        .expect("the claimed lease commits");
+    // Everything claimable is held now.
+    assert!(store
+        .claim_runnable("node-2", 60_000, 60_000, 10)
+        .await
+        .expect("claim")
+        .is_empty());
+    // Without the freshness bound the fresh run is claimable too.
+    let fresh = store
+        .claim_runnable("node-2", 60_000, 0, 10)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&fresh), ["cl-fresh"]);
+    // A released lease can be claimed again; the held one still cannot.
+    store.release_lease(&first[0]).await.expect("release");
+    let again = store
+        .claim_runnable("node-2", 60_000, 0, 10)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&again), ["cl-queued"]);
+    assert!(again[0].token > first[0].token);
+    store.release_lease(&held).await.expect("release held");
+    assert_eq!(
+        ids(&store
+            .claim_runnable("node-3", 60_000, 0, 10)
+            .await
+            .expect("claim")),
+        ["cl-held"]
+    );
+    assert_chain_intact(store).await;
+}
+
+/// Several claimers on two handles (two nodes) at once: every runnable run is claimed by
+/// exactly one of them.
+pub async fn claim_concurrently(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    const RUNS: usize = 40;
+    for i in 0..RUNS {
+        let id = format!("01CLAIM{i:019}");
+        a.create_run(
+            run(&id, None, "2020-01-01T00:00:00.000Z"),
+            draft(Some(&id), "run.created", json!({})),
+        )
+        .await
+        .expect("create");
+    }
+    let mut handles = Vec::new();
+    for c in 0..4 {
+        let store = if c % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        handles.push(tokio::spawn(async move {
+            let owner = format!("node-{c}");
+            let mut got = Vec::new();
+            loop {
+                let leases = store
+                    .claim_runnable(&owner, 60_000, 0, 3)
+                    .await
+                    .expect("claim");
+                if leases.is_empty() {
+                    break;
+                }
+                got.extend(leases.into_iter().map(|l| l.run_id));
+                tokio::task::yield_now().await;
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("claimer"));
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(total, all.len(), "a run was claimed twice");
+    assert_eq!(all.len(), RUNS, "every run was claimed");
 }

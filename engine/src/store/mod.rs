@@ -1,12 +1,16 @@
 //! Durable state behind one trait.
 //!
-//! The executor talks only to [`Store`]; `sqlite.rs` implements it today and `postgres.rs`
-//! will sit beside it with its own migrations folder (same version numbers). Every state
+//! The executor talks only to [`Store`]; `sqlite.rs` (the embedded default) and
+//! `postgres.rs` (several nodes on one database) implement it, each with its own migrations
+//! folder under the same version numbers, and share their row types (`rows.rs`) and one
+//! conformance suite (`conformance.rs`). Every state
 //! change goes through [`Store::commit`], which checks the run's lease token (fencing) and
 //! appends the audit events in the same transaction, so the trail and the state never
 //! disagree. Timestamps are RFC 3339 UTC strings with millisecond precision
 //! (`2026-11-25T23:57:58.123Z`), which sort as text.
 
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// The backend-independent store test suite (run by each backend's tests).
@@ -470,6 +474,17 @@ pub trait Store: Send + Sync {
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
     /// Current holder, if the lease is held and not expired.
     async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>>;
+    /// Take the leases (each with a new token) of up to `limit` runs that are queued or
+    /// running and whose lease is free or expired, oldest first, for `owner` for `ttl_ms`.
+    /// Queued runs created less than `fresh_queued_ms` ago are left to the process that
+    /// created them. Several processes claiming at once never get the same run.
+    async fn claim_runnable(
+        &self,
+        owner: &str,
+        ttl_ms: u64,
+        fresh_queued_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<Lease>>;
 
     /// Apply state changes and append audit events atomically, if `lease` is still current.
     async fn commit(

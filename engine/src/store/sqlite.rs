@@ -25,11 +25,16 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
+use super::rows::{
+    json_text, opt_json_text, parse_json, to_i64, to_u32, to_u64, ttl, AuditRow, DecisionRow,
+    DraftRow, EvidenceRow, FireRow, ItemRow, NoticeRow, RunRow, StepRow, DRAFT_COLUMNS,
+    NOTICE_COLUMNS, RUN_COLUMNS,
+};
 use super::{
     AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord,
     EvidenceRecord, Fired, ItemRecord, Lease, LeaseHolder, NoticeOutcome, Result, RunFilter,
-    RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, StepStatus, Store, StoreError,
-    Triggered, UnfinishedRun, WaitingNotice,
+    RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, Store, StoreError, Triggered,
+    UnfinishedRun, WaitingNotice,
 };
 use crate::audit::Chain;
 
@@ -898,6 +903,51 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn claim_runnable(
+        &self,
+        owner: &str,
+        ttl_ms: u64,
+        fresh_queued_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = chrono::Utc::now();
+        let until = crate::time::format(now + ttl(ttl_ms));
+        let fresh_after = crate::time::format(now - ttl(fresh_queued_ms));
+        let now = crate::time::format(now);
+        // The write lock, held from BEGIN IMMEDIATE, makes the pick and the take one step.
+        let mut tx = self.begin_write().await?;
+        let mut taken: Vec<(String, i64, String)> = sqlx::query_as(
+            "UPDATE runs SET lease_owner = ?1, lease_until = ?2, lease_token = lease_token + 1
+             WHERE id IN (
+                 SELECT id FROM runs
+                 WHERE status IN ('queued', 'running')
+                     AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until <= ?3)
+                     AND NOT (status = 'queued' AND created_at > ?4)
+                 ORDER BY created_at, id LIMIT ?5)
+             RETURNING id, lease_token, created_at",
+        )
+        .bind(owner)
+        .bind(&until)
+        .bind(&now)
+        .bind(&fresh_after)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        taken.sort_by(|a, b| (&a.2, &a.0).cmp(&(&b.2, &b.0)));
+        Ok(taken
+            .into_iter()
+            .map(|(run_id, token, _)| Lease {
+                run_id,
+                owner: owner.to_owned(),
+                token,
+            })
+            .collect())
+    }
+
     async fn commit(
         &self,
         lease: &Lease,
@@ -1175,364 +1225,6 @@ impl Store for SqliteStore {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Rows and conversions
-// ---------------------------------------------------------------------------------------
-
-#[derive(sqlx::FromRow)]
-struct FireRow {
-    schedule: String,
-    fire_time: String,
-    outcome: String,
-    run_id: Option<String>,
-    missed: i64,
-    at: String,
-}
-
-impl FireRow {
-    fn into_record(self) -> Result<ScheduleFire> {
-        Ok(ScheduleFire {
-            missed: to_u64(self.missed, "schedule_fires.missed")?,
-            schedule: self.schedule,
-            fire_time: self.fire_time,
-            outcome: self.outcome,
-            run_id: self.run_id,
-            at: self.at,
-        })
-    }
-}
-
-const NOTICE_COLUMNS: &str =
-    "id, run_id, step_id, status, attempts, next_at, error, created_at, finished_at";
-
-#[derive(sqlx::FromRow)]
-struct NoticeRow {
-    id: String,
-    run_id: String,
-    step_id: String,
-    status: String,
-    attempts: i64,
-    next_at: String,
-    error: Option<String>,
-    created_at: String,
-    finished_at: Option<String>,
-}
-
-impl NoticeRow {
-    fn into_record(self) -> Result<WaitingNotice> {
-        Ok(WaitingNotice {
-            attempts: to_u32(self.attempts, "waiting_notices.attempts")?,
-            id: self.id,
-            run_id: self.run_id,
-            step_id: self.step_id,
-            status: self.status,
-            next_at: self.next_at,
-            error: self.error,
-            created_at: self.created_at,
-            finished_at: self.finished_at,
-        })
-    }
-}
-
-fn ttl(ttl_ms: u64) -> chrono::TimeDelta {
-    // Clamp absurd values instead of overflowing the timestamp: ten years is "forever" here.
-    const MAX_TTL_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
-    let ms = i64::try_from(ttl_ms.min(MAX_TTL_MS)).unwrap_or(0);
-    chrono::TimeDelta::milliseconds(ms)
-}
-
-fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
-    serde_json::to_string(v)
-        .map_err(|e| StoreError::Corrupt(format!("cannot serialise a JSON column: {e}")))
-}
-
-fn opt_json_text(v: &Option<Value>) -> Result<Option<String>> {
-    v.as_ref().map(json_text).transpose()
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("{column} is not valid JSON: {e}")))
-}
-
-fn parse_opt_json(text: Option<String>, column: &str) -> Result<Option<Value>> {
-    text.map(|t| parse_json(&t, column)).transpose()
-}
-
-fn to_u32(v: i64, column: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} = {v} is out of range")))
-}
-
-fn to_u64(v: i64, column: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} = {v} is negative")))
-}
-
-fn to_i64(v: u64, field: &str) -> Result<i64> {
-    i64::try_from(v)
-        .map_err(|_| StoreError::Corrupt(format!("{field} = {v} is too large to store")))
-}
-
-fn step_status(s: &str, column: &str) -> Result<StepStatus> {
-    StepStatus::parse(s)
-        .ok_or_else(|| StoreError::Corrupt(format!("{column} holds unknown status {s:?}")))
-}
-
-const RUN_COLUMNS: &str = "id, runbook, runbook_text, runbook_sha256, status, trigger_source, \
-     started_by, inputs, concurrency_key, undo_of, dry_run, case_id, error, created_at, \
-     started_at, finished_at, cancel_requested";
-
-#[derive(sqlx::FromRow)]
-struct RunRow {
-    id: String,
-    runbook: String,
-    runbook_text: String,
-    runbook_sha256: String,
-    status: String,
-    trigger_source: String,
-    started_by: String,
-    inputs: String,
-    concurrency_key: Option<String>,
-    undo_of: Option<String>,
-    dry_run: bool,
-    case_id: String,
-    error: Option<String>,
-    created_at: String,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    cancel_requested: bool,
-}
-
-impl RunRow {
-    fn into_record(self) -> Result<RunRecord> {
-        let status = RunStatus::parse(&self.status).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "runs.status of run {} holds unknown status {:?}",
-                self.id, self.status
-            ))
-        })?;
-        Ok(RunRecord {
-            inputs: parse_json(&self.inputs, "runs.inputs")?,
-            id: self.id,
-            runbook: self.runbook,
-            runbook_text: self.runbook_text,
-            runbook_sha256: self.runbook_sha256,
-            status,
-            trigger: self.trigger_source,
-            started_by: self.started_by,
-            concurrency_key: self.concurrency_key,
-            undo_of: self.undo_of,
-            dry_run: self.dry_run,
-            case_id: self.case_id,
-            error: self.error,
-            created_at: self.created_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            cancel_requested: self.cancel_requested,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct StepRow {
-    run_id: String,
-    step_id: String,
-    status: String,
-    attempts: i64,
-    items: i64,
-    inputs: Option<String>,
-    output: Option<String>,
-    error: Option<String>,
-    reason: Option<String>,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    deadline: Option<String>,
-    on_failure: bool,
-}
-
-impl StepRow {
-    fn into_record(self) -> Result<StepRecord> {
-        Ok(StepRecord {
-            status: step_status(&self.status, "steps.status")?,
-            attempts: to_u32(self.attempts, "steps.attempts")?,
-            items: to_u32(self.items, "steps.items")?,
-            inputs: parse_opt_json(self.inputs, "steps.inputs")?,
-            output: parse_opt_json(self.output, "steps.output")?,
-            run_id: self.run_id,
-            step_id: self.step_id,
-            error: self.error,
-            reason: self.reason,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            deadline: self.deadline,
-            on_failure: self.on_failure,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ItemRow {
-    run_id: String,
-    step_id: String,
-    idx: i64,
-    status: String,
-    attempts: i64,
-    inputs: String,
-    connector: String,
-    output: Option<String>,
-    error: Option<String>,
-    prior_state: Option<String>,
-    secret_output: Option<String>,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-}
-
-impl ItemRow {
-    fn into_record(self) -> Result<ItemRecord> {
-        Ok(ItemRecord {
-            idx: to_u32(self.idx, "items.idx")?,
-            status: step_status(&self.status, "items.status")?,
-            attempts: to_u32(self.attempts, "items.attempts")?,
-            inputs: parse_json(&self.inputs, "items.inputs")?,
-            output: parse_opt_json(self.output, "items.output")?,
-            prior_state: parse_opt_json(self.prior_state, "items.prior_state")?,
-            secret_output: parse_opt_json(self.secret_output, "items.secret_output")?,
-            run_id: self.run_id,
-            step_id: self.step_id,
-            connector: self.connector,
-            error: self.error,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct DecisionRow {
-    run_id: String,
-    step_id: String,
-    decision: String,
-    decided_by: String,
-    comment: Option<String>,
-    at: String,
-    releases: String,
-}
-
-impl DecisionRow {
-    fn into_record(self) -> Result<Decision> {
-        Ok(Decision {
-            releases: parse_json(&self.releases, "decisions.releases")?,
-            run_id: self.run_id,
-            step_id: self.step_id,
-            decision: self.decision,
-            decided_by: self.decided_by,
-            comment: self.comment,
-            at: self.at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct EvidenceRow {
-    evidence_id: String,
-    run_id: String,
-    step_id: String,
-    path: String,
-    sha256: String,
-    bytes: i64,
-    records: i64,
-    collected_at: String,
-    meta: String,
-}
-
-impl EvidenceRow {
-    fn into_record(self) -> Result<EvidenceRecord> {
-        Ok(EvidenceRecord {
-            bytes: to_u64(self.bytes, "evidence.bytes")?,
-            records: to_u64(self.records, "evidence.records")?,
-            meta: parse_json(&self.meta, "evidence.meta")?,
-            evidence_id: self.evidence_id,
-            run_id: self.run_id,
-            step_id: self.step_id,
-            path: self.path,
-            sha256: self.sha256,
-            collected_at: self.collected_at,
-        })
-    }
-}
-
-const DRAFT_COLUMNS: &str = "draft_id, run_id, step_id, idx, template, audience, subject, \
-     recipient, body_markdown, body_text, body_sha256, facts, created_at";
-
-#[derive(sqlx::FromRow)]
-struct DraftRow {
-    draft_id: String,
-    run_id: String,
-    step_id: String,
-    idx: i64,
-    template: String,
-    audience: String,
-    subject: String,
-    recipient: Option<String>,
-    body_markdown: String,
-    body_text: String,
-    body_sha256: String,
-    facts: String,
-    created_at: String,
-}
-
-impl DraftRow {
-    fn into_record(self) -> Result<DraftRecord> {
-        Ok(DraftRecord {
-            idx: to_u32(self.idx, "drafts.idx")?,
-            to: parse_opt_json(self.recipient, "drafts.recipient")?,
-            facts: parse_json(&self.facts, "drafts.facts")?,
-            draft_id: self.draft_id,
-            run_id: self.run_id,
-            step_id: self.step_id,
-            template: self.template,
-            audience: self.audience,
-            subject: self.subject,
-            body_markdown: self.body_markdown,
-            body_text: self.body_text,
-            body_sha256: self.body_sha256,
-            created_at: self.created_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    seq: i64,
-    at: String,
-    run_id: Option<String>,
-    actor: String,
-    action: String,
-    details: String,
-    prev_hash: String,
-    hash: String,
-}
-
-impl AuditRow {
-    fn into_record(self) -> Result<AuditEvent> {
-        let details = serde_json::from_str(&self.details).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "audit_events.details of event {} is not valid JSON (the row was edited): {e}",
-                self.seq
-            ))
-        })?;
-        Ok(AuditEvent {
-            details,
-            seq: self.seq,
-            at: self.at,
-            run_id: self.run_id,
-            actor: self.actor,
-            action: self.action,
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -1542,7 +1234,7 @@ mod tests {
 
     use super::*;
     use crate::audit;
-    use crate::store::conformance;
+    use crate::store::{conformance, StepStatus};
 
     async fn temp_store() -> (tempfile::TempDir, String, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1570,6 +1262,19 @@ mod tests {
             .await
             .expect("open b");
         conformance::two_handles(Arc::new(a), Arc::new(b)).await;
+    }
+
+    #[tokio::test]
+    async fn claim_runnable_conformance() {
+        let (_dir, _, store) = temp_store().await;
+        conformance::claim_runnable(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_handles_claim_each_run_once() {
+        let (_dir, path, a) = temp_store().await;
+        let b = SqliteStore::open(&path).await.expect("open b");
+        conformance::claim_concurrently(Arc::new(a), Arc::new(b)).await;
     }
 
     #[tokio::test]
