@@ -381,7 +381,7 @@ pub enum Role {
 }
 
 /// Configuration with defaults applied and paths resolved.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
@@ -408,6 +408,31 @@ pub struct Config {
     pub tls: Option<Value>,
     /// Lease and sweep timing.
     pub cluster: Cluster,
+}
+
+/// Debug output shows the database URL without its password.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("source", &self.source)
+            .field("base_dir", &self.base_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("evidence_dir", &self.evidence_dir)
+            .field("evidence_s3", &self.evidence_s3)
+            .field("runbooks_dir", &self.runbooks_dir)
+            .field("templates_dir", &self.templates_dir)
+            .field("listen", &self.listen)
+            .field("connectors", &self.connectors)
+            .field("webhooks", &self.webhooks)
+            .field("schedules", &self.schedules)
+            .field("guards", &self.guards)
+            .field("public_url", &self.public_url)
+            .field("notify_waiting", &self.notify_waiting)
+            .field("api_tokens", &self.api_tokens)
+            .field("log_format", &self.log_format)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Config {
@@ -685,6 +710,14 @@ mod tests {
         ] {
             assert_eq!(normalise_database_url(url, base, "f").unwrap(), url);
         }
+        let mut config =
+            Config::from_parts(ConfigFile::default(), base.to_path_buf(), None).expect("defaults");
+        config.database_url = "postgres://cordon:s3cret@db/cordon".into();
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("postgres://cordon:***@db/cordon") && !shown.contains("s3cret"),
+            "{shown}"
+        );
         let err = normalise_database_url("mysql://root:s3cret@h/db", base, "f")
             .unwrap_err()
             .to_string();

@@ -162,3 +162,69 @@ fn an_unreachable_database_is_reported_without_its_password() {
         "{r:?}"
     );
 }
+
+/// Two `cordon serve` nodes on one PostgreSQL database: the same delivery sent to both at
+/// once makes exactly one run, which one of them finishes.
+#[test]
+fn two_nodes_share_one_database_and_deduplicate_across_nodes() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    let mut env = env_with(
+        r#"webhooks:
+  siem:
+    runbook: plain
+    secret: { env: SIEM_TOKEN }
+    scheme: token
+    inputs: { alert_id: "{{ payload.id }}" }
+    dedup_key: "{{ payload.id }}"
+"#,
+    );
+    env.extra_env
+        .push(("SIEM_TOKEN".into(), "siem-shared-token".into()));
+    on_postgres(&mut env, &schema.url);
+    let nodes = [serve(&env), serve(&env)];
+    let barrier = std::sync::Barrier::new(20);
+    let answers: Vec<(u16, serde_json::Value)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..20)
+            .map(|i| {
+                let (s, barrier) = (&nodes[i % 2], &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let a = s.send(
+                        s.http
+                            .post(format!("{}/hooks/siem", s.base))
+                            .bearer_auth("siem-shared-token")
+                            .json(&json!({"id": "storm-across-nodes"})),
+                    );
+                    (a.status, a.json())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let created: Vec<&serde_json::Value> = answers
+        .iter()
+        .filter(|(st, _)| *st == 202)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    let id = created[0]["run_id"].as_str().expect("run_id").to_string();
+    assert!(
+        answers
+            .iter()
+            .filter(|(st, _)| *st != 202)
+            .all(|(st, v)| *st == 200 && v["run_id"] == id.as_str()),
+        "{answers:?}"
+    );
+    for s in &nodes {
+        assert_eq!(s.wait_status(&id, "succeeded")["id"], id.as_str());
+        let runs = s.get("/api/v1/runs", Some(token("vic"))).json();
+        assert_eq!(runs.as_array().expect("runs").len(), 1, "{runs:#}");
+    }
+    let [a, b] = nodes;
+    assert_eq!(a.stop(), 0);
+    assert_eq!(b.stop(), 0);
+    let verified = env.run(&["audit", "verify"]);
+    assert_eq!(verified.code, 0, "{verified:?}");
+}

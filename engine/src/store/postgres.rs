@@ -1904,4 +1904,80 @@ mod tests {
         store.close().await;
         raw.close().await.ok();
     }
+
+    /// Run with `CORDON_TEST_POSTGRES_URL=… cargo test -p cordon --lib -- --ignored
+    /// postgres::tests::commit_speed --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "micro-benchmark"]
+    async fn commit_speed() {
+        let Some((_schema, store)) = fresh().await else {
+            return;
+        };
+        let n = 500u32;
+        let commit_all = |store: PgStore, batch: u32, runs: u32| async move {
+            let mut handles = Vec::new();
+            for r in 0..runs {
+                let store = store.clone();
+                handles.push(tokio::spawn(async move {
+                    let id = format!("01BENCH{batch}{r:018}");
+                    store
+                        .create_run(
+                            conformance::run(&id, None, "2020-01-01T00:00:00.000Z"),
+                            conformance::draft(Some(&id), "run.created", json!({})),
+                        )
+                        .await
+                        .expect("create");
+                    let lease = store
+                        .acquire_lease(&id, "bench", 600_000, None)
+                        .await
+                        .expect("lease")
+                        .expect("free");
+                    for i in 0..n / runs {
+                        let item = ItemRecord {
+                            run_id: id.clone(),
+                            step_id: "suspend".into(),
+                            idx: i % 16,
+                            status: super::super::StepStatus::Succeeded,
+                            attempts: 1,
+                            inputs: json!({"user": "00u1", "i": i}),
+                            connector: "okta-prod".into(),
+                            output: Some(json!({"already": false})),
+                            error: None,
+                            prior_state: None,
+                            secret_output: None,
+                            started_at: None,
+                            finished_at: None,
+                        };
+                        store
+                            .commit(
+                                &lease,
+                                vec![Change::Item(item)],
+                                vec![conformance::draft(
+                                    Some(&id),
+                                    "step.succeeded",
+                                    json!({"i": i}),
+                                )],
+                            )
+                            .await
+                            .expect("commit");
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.expect("task");
+            }
+        };
+        let started = std::time::Instant::now();
+        commit_all(store.clone(), 1, 1).await;
+        let one = started.elapsed();
+        let started = std::time::Instant::now();
+        commit_all(store.clone(), 2, 8).await;
+        let eight = started.elapsed();
+        println!(
+            "commit (1 item upsert + 1 audit event): one run {:?} mean; 8 runs at once {:.0} commits/s",
+            one / n,
+            f64::from(n) / eight.as_secs_f64()
+        );
+        store.close().await;
+    }
 }
