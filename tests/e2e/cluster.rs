@@ -70,7 +70,7 @@ fn cluster_env(
     let schema = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
-            let schema = Schema::create(test)?;
+            let schema = Schema::create_for(test)?;
             env.extra_env
                 .push(("CORDON_DATABASE_URL".into(), schema.url.clone()));
             Some(schema)

@@ -27,7 +27,7 @@ fn on_postgres(env: &mut Env, url: &str) {
 
 #[test]
 fn run_show_verify_and_serve_on_postgres() {
-    let Some(schema) = Schema::create("cordon run, runs show, audit verify and serve") else {
+    let Some(schema) = Schema::create() else {
         return;
     };
     let url = url_with_password(&schema);

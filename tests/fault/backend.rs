@@ -109,7 +109,7 @@ impl Backend {
                 _schema: None,
             }),
             Backend::Postgres => {
-                let schema = Schema::create(test)?;
+                let schema = Schema::create_for(test)?;
                 env.extra_env
                     .push(("CORDON_DATABASE_URL".into(), schema.url.clone()));
                 Some(Database {

@@ -37,9 +37,14 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 impl Schema {
-    /// A fresh schema for `test`, or None after a loud SKIPPED line when the server is not
-    /// configured; under CI a missing server fails the test instead.
-    pub fn create(test: &str) -> Option<Schema> {
+    /// A fresh schema, or None after a loud SKIPPED line when the server is not configured;
+    /// under CI a missing server fails the test instead.
+    pub fn create() -> Option<Schema> {
+        Schema::create_for("this end-to-end test")
+    }
+
+    /// [`Schema::create`], naming `test` in the SKIPPED line or the failure.
+    pub fn create_for(test: &str) -> Option<Schema> {
         let server = match std::env::var(ENV) {
             Ok(url) if !url.trim().is_empty() => url,
             _ => {
