@@ -1,7 +1,9 @@
 //! Several `cordon serve` nodes on one database, end to end: a dead node's runs are resumed
 //! by another within 15 seconds (its lease must lapse: the nodes have different names), a
 //! decision taken on any node continues the run, a delivery sent to two nodes at once makes
-//! one run, and a schedule that both nodes keep fires once per fire time.
+//! one run, and a schedule that both nodes keep fires once per fire time. Each test runs on
+//! SQLite (one file shared by the nodes) and on PostgreSQL (a fresh schema on the server
+//! `CORDON_TEST_POSTGRES_URL` names; skipped loudly when it is not set, never under CI).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::{step, Env, TestServer};
+use crate::postgres_schema::Schema;
 use crate::serve::{env_with, serve_node, token, Serving};
 
 const HOOK_TOKEN: &str = "cluster-hook-token";
@@ -32,7 +35,20 @@ steps:
     )
 }
 
-fn cluster_env(srv: &TestServer, extra: &str) -> Env {
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The nodes' configuration and database: None when the PostgreSQL variant is skipped. The
+/// schema (PostgreSQL) is dropped with the second value: keep it until the nodes are gone.
+fn cluster_env(
+    backend: Backend,
+    test: &str,
+    srv: &TestServer,
+    extra: &str,
+) -> Option<(Env, Option<Schema>)> {
     let mut env = env_with(&format!(
         r#"webhooks:
   alerts:
@@ -51,7 +67,16 @@ fn cluster_env(srv: &TestServer, extra: &str) -> Env {
     env.write_runbook("slow", &slow_runbook(&srv.url()));
     env.extra_env
         .push(("CLUSTER_HOOK_TOKEN".into(), HOOK_TOKEN.into()));
-    env
+    let schema = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let schema = Schema::create_for(test)?;
+            env.extra_env
+                .push(("CORDON_DATABASE_URL".into(), schema.url.clone()));
+            Some(schema)
+        }
+    };
+    Some((env, schema))
 }
 
 fn node(env: &Env, name: &str) -> Serving {
@@ -86,11 +111,13 @@ fn audit(s: &Serving, run: &str) -> Vec<Value> {
         .unwrap_or_else(|| panic!("no events in {doc:#}"))
 }
 
-#[test]
-fn a_killed_nodes_run_is_resumed_by_another_node_within_fifteen_seconds() {
+fn a_killed_nodes_run_is_resumed_by_another_node_within_fifteen_seconds(backend: Backend) {
     let srv = TestServer::start();
+    let test = "a killed nodes run is resumed by another node within fifteen seconds";
     // The product's default lease and sweep timing: the promise is about them.
-    let env = cluster_env(&srv, "");
+    let Some((env, _schema)) = cluster_env(backend, test, &srv, "") else {
+        return;
+    };
     let a = node(&env, "node-a");
     let b = node(&env, "node-b");
     let (status, run) = deliver(&a, "alerts", json!({"id": "A-1"}));
@@ -158,10 +185,12 @@ fn a_killed_nodes_run_is_resumed_by_another_node_within_fifteen_seconds() {
     eprintln!("takeover after SIGKILL of a node: {took:?}");
 }
 
-#[test]
-fn a_decision_taken_on_one_node_continues_a_run_another_node_parked() {
+fn a_decision_taken_on_one_node_continues_a_run_another_node_parked(backend: Backend) {
     let srv = TestServer::start();
-    let env = cluster_env(&srv, "");
+    let test = "a decision taken on one node continues a run another node parked";
+    let Some((env, _schema)) = cluster_env(backend, test, &srv, "") else {
+        return;
+    };
     let a = node(&env, "node-a");
     let b = node(&env, "node-b");
     let (_, run) = deliver(
@@ -187,10 +216,12 @@ fn a_decision_taken_on_one_node_continues_a_run_another_node_parked() {
     assert_eq!(b.stop(), 0);
 }
 
-#[test]
-fn one_delivery_sent_to_two_nodes_at_once_makes_one_run() {
+fn one_delivery_sent_to_two_nodes_at_once_makes_one_run(backend: Backend) {
     let srv = TestServer::start();
-    let env = cluster_env(&srv, "");
+    let test = "one delivery sent to two nodes at once makes one run";
+    let Some((env, _schema)) = cluster_env(backend, test, &srv, "") else {
+        return;
+    };
     let a = node(&env, "node-a");
     let b = node(&env, "node-b");
     for i in 0..10 {
@@ -211,13 +242,16 @@ fn one_delivery_sent_to_two_nodes_at_once_makes_one_run() {
     assert_eq!(list.as_array().map(Vec::len), Some(10), "{list:#}");
 }
 
-#[test]
-fn a_schedule_kept_by_two_nodes_fires_once_per_fire_time() {
+fn a_schedule_kept_by_two_nodes_fires_once_per_fire_time(backend: Backend) {
     let srv = TestServer::start();
-    let env = cluster_env(
+    let Some((env, _schema)) = cluster_env(
+        backend,
+        "a schedule kept by two nodes fires once per fire time",
         &srv,
         "schedules:\n  - { name: tick, runbook: plain, cron: \"* * * * * *\", timezone: UTC, inputs: { alert_id: tick } }\n",
-    );
+    ) else {
+        return;
+    };
     let a = node(&env, "node-a");
     let b = node(&env, "node-b");
     std::thread::sleep(Duration::from_secs(5));
@@ -254,4 +288,22 @@ fn a_schedule_kept_by_two_nodes_fires_once_per_fire_time() {
             .to_string();
         assert!(fire_times.insert(t.clone()), "fire time {t} made two runs");
     }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(super::Backend::Postgres) })*
+        }
+    };
+}
+
+on_both_backends! {
+    a_killed_nodes_run_is_resumed_by_another_node_within_fifteen_seconds,
+    a_decision_taken_on_one_node_continues_a_run_another_node_parked,
+    one_delivery_sent_to_two_nodes_at_once_makes_one_run,
+    a_schedule_kept_by_two_nodes_fires_once_per_fire_time,
 }

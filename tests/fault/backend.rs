@@ -2,6 +2,7 @@
 //! fresh schema of the server `CORDON_TEST_POSTGRES_URL` names, dropped afterwards).
 
 use crate::harness::Env;
+use crate::postgres_schema::Schema;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -14,8 +15,8 @@ pub struct Database {
     pub backend: Backend,
     /// The SQLite file, or the PostgreSQL URL with the test's schema.
     location: String,
-    /// PostgreSQL: the server's URL and the schema to drop.
-    schema: Option<(String, String)>,
+    /// PostgreSQL: the test's schema, dropped with this.
+    _schema: Option<Schema>,
 }
 
 impl Database {
@@ -97,31 +98,6 @@ impl Database {
     }
 }
 
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Some((admin, schema)) = self.schema.take() {
-            if let Err(e) = pg_exec(
-                &admin,
-                &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
-            ) {
-                eprintln!("could not drop test schema {schema}: {e}");
-            }
-        }
-    }
-}
-
-/// Written to the process's stderr itself, which the test harness does not capture: a
-/// skip shows even when the test passes.
-fn loud_skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n==================== SKIPPED ====================\n\
-         {test} on PostgreSQL: {why}\n\
-         ================================================="
-    );
-}
-
 impl Backend {
     /// Point `env` (every command and server it starts) at this backend. None: the test is
     /// skipped, and says so loudly.
@@ -130,67 +106,18 @@ impl Backend {
             Backend::Sqlite => Some(Database {
                 backend: self,
                 location: env.db().display().to_string(),
-                schema: None,
+                _schema: None,
             }),
             Backend::Postgres => {
-                let Some(admin) = std::env::var("CORDON_TEST_POSTGRES_URL")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-                else {
-                    if std::env::var("CI").as_deref() == Ok("true") {
-                        panic!("{test}: CORDON_TEST_POSTGRES_URL is not set; CI does not skip the PostgreSQL fault tests");
-                    }
-                    loud_skip(test, "CORDON_TEST_POSTGRES_URL is not set");
-                    return None;
-                };
-                let schema = format!(
-                    "cordon_fault_{}",
-                    ulid::Ulid::new().to_string().to_ascii_lowercase()
-                );
-                pg_exec(&admin, &format!("CREATE SCHEMA \"{schema}\""))
-                    .unwrap_or_else(|e| panic!("{test}: cannot create schema {schema}: {e}"));
-                let sep = if admin.contains('?') { '&' } else { '?' };
-                let url = format!("{admin}{sep}options=-c%20search_path%3D{schema}");
-                let db = Database {
+                let schema = Schema::create_for(test)?;
+                env.extra_env
+                    .push(("CORDON_DATABASE_URL".into(), schema.url.clone()));
+                Some(Database {
                     backend: self,
-                    location: url.clone(),
-                    schema: Some((admin.clone(), schema.clone())),
-                };
-                env.extra_env.push(("CORDON_DATABASE_URL".into(), url));
-                // Until the PostgreSQL store exists the binary refuses such URLs; then (and
-                // only then) the test is skipped, so it runs as soon as the store lands.
-                let probe = env.run(&["runs", "list", "--json"]);
-                if probe.code != 0 {
-                    if probe.stderr.contains("not available in this build") {
-                        loud_skip(
-                            test,
-                            "this build refuses postgres:// URLs (\"not available in this build\"); the test runs once the PostgreSQL store lands",
-                        );
-                        return None;
-                    }
-                    panic!("{test}: cordon cannot open the PostgreSQL test schema: {probe:?}");
-                }
-                Some(db)
+                    location: schema.url.clone(),
+                    _schema: Some(schema),
+                })
             }
         }
     }
-}
-
-/// Run one statement on PostgreSQL.
-fn pg_exec(url: &str, sql: &str) -> Result<(), String> {
-    use sqlx::Connection;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let mut conn = sqlx::PgConnection::connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
-        sqlx::query(sql)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.close().await.map_err(|e| e.to_string())
-    })
 }

@@ -89,6 +89,13 @@ impl Node {
         assert_eq!(r, 0, "kill({}, {sig}) failed", self.pid());
     }
 
+    /// How the process ended, if it did (None: still running).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// SIGKILL, and reap the process (so that its lease owner id reads as dead).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

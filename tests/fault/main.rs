@@ -12,8 +12,14 @@
 //!   while it calls vendors, the other resumes its runs, and the first, continued, has its
 //!   commits refused: no step completes twice.
 //!
-//! Each test runs on SQLite and on PostgreSQL ([`backend::Backend`]); the PostgreSQL
-//! variants say loudly why they were skipped while no PostgreSQL store exists.
+//! - [`pg_restart`]: two `cordon serve` nodes on a private PostgreSQL instance the test
+//!   starts itself, restarted (`pg_ctl restart -m fast`) and crashed (`-m immediate`) under
+//!   webhook load: the nodes reconnect and go on, deliveries meanwhile get 503 within a
+//!   bound, `/readyz` says not ready, no acknowledged run is lost or repeated.
+//!
+//! Each of the first three runs on SQLite and on PostgreSQL ([`backend::Backend`]); the
+//! PostgreSQL variants use a fresh schema on the server `CORDON_TEST_POSTGRES_URL` names,
+//! and say loudly that they were skipped when it is not set (CI refuses to skip them).
 
 #[allow(dead_code)]
 #[path = "../e2e/harness.rs"]
@@ -22,5 +28,9 @@ mod harness;
 mod backend;
 mod common;
 mod matrix;
+mod pg_restart;
+#[allow(dead_code)]
+#[path = "../support/postgres.rs"]
+mod postgres_schema;
 mod random;
 mod stop;

@@ -1,6 +1,7 @@
-//! A PostgreSQL schema of its own for an end-to-end test, on the server named by
+//! A PostgreSQL schema of its own for an end-to-end or fault test, on the server named by
 //! `CORDON_TEST_POSTGRES_URL` (the engine's unit tests have the same helper in
 //! `store/postgres.rs`; an integration test cannot reach test-only code of the library).
+//! Shared by the `e2e` and `fault` test targets (`#[path]` modules).
 
 use sqlx::{Connection, PgConnection};
 
@@ -15,6 +16,18 @@ pub struct Schema {
     server: String,
 }
 
+/// Written to the process's stderr itself, which the test harness does not capture: the
+/// skip shows even when the test passes.
+pub fn loud_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n==================== SKIPPED ====================\n\
+         {test} on PostgreSQL: {why}\n\
+         ================================================="
+    );
+}
+
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -27,23 +40,24 @@ impl Schema {
     /// A fresh schema, or None after a loud SKIPPED line when the server is not configured;
     /// under CI a missing server fails the test instead.
     pub fn create() -> Option<Schema> {
+        Schema::create_for("this end-to-end test")
+    }
+
+    /// [`Schema::create`], naming `test` in the SKIPPED line or the failure.
+    pub fn create_for(test: &str) -> Option<Schema> {
         let server = match std::env::var(ENV) {
             Ok(url) if !url.trim().is_empty() => url,
             _ => {
                 assert!(
                     std::env::var_os("CI").is_none(),
-                    "CI must run the PostgreSQL tests: set {ENV} (see .ci/run)"
+                    "{test}: CI must run the PostgreSQL tests: set {ENV} (see .ci/run)"
                 );
-                eprintln!(
-                    "\n**************************************************************\n\
-                     SKIPPED: {ENV} is not set\n\
-                     **************************************************************\n"
-                );
+                loud_skip(test, &format!("{ENV} is not set"));
                 return None;
             }
         };
         let name = format!(
-            "cordon_e2e_{}",
+            "cordon_test_{}",
             ulid::Ulid::new().to_string().to_lowercase()
         );
         block_on(async {

@@ -38,7 +38,8 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
-    /// 503: the database is unreachable (readiness), or the service is shutting down.
+    /// 503: the database is unreachable (any request that needs it), or the service is
+    /// shutting down.
     #[error("{0}")]
     Unavailable(String),
     /// 500: logged in full, answered without detail.
@@ -101,6 +102,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::RunNotFound(r) => ApiError::NotFound(format!("run {r} not found")),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "the database is unavailable");
+                ApiError::Unavailable("the database is unavailable; try again shortly".into())
+            }
             other => ApiError::internal(other),
         }
     }
@@ -138,4 +143,44 @@ impl From<DecideError> for ApiError {
 /// Unknown paths answer in the same shape as every other error.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_503_and_a_failed_query_500() {
+        let refused = StoreError::Database(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        for e in [
+            refused,
+            StoreError::Database(sqlx::Error::PoolTimedOut),
+            StoreError::Database(sqlx::Error::PoolClosed),
+        ] {
+            assert!(e.is_unavailable(), "{e}");
+            let api = ApiError::from(e);
+            assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                api.to_string(),
+                "the database is unavailable; try again shortly"
+            );
+        }
+        for e in [
+            StoreError::Database(sqlx::Error::RowNotFound),
+            StoreError::Corrupt("bad row".into()),
+            StoreError::LeaseLost("r1".into()),
+        ] {
+            assert!(!e.is_unavailable(), "{e}");
+            assert_eq!(
+                ApiError::from(e).status(),
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+        }
+        assert_eq!(
+            ApiError::from(StoreError::RunNotFound("r2".into())).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
 }

@@ -448,6 +448,30 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database cannot be reached right now (refused or dropped connections, no
+    /// connection within the pool's bound, a server shutting down or starting up), as
+    /// opposed to a query that failed: the same request may well succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // SQLSTATE class 08 (connection exception); 57P01 admin_shutdown,
+                // 57P02 crash_shutdown, 57P03 cannot_connect_now (PostgreSQL).
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The durable store. Implementations must be safe to share between tasks and processes.

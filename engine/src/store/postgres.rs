@@ -40,6 +40,8 @@
 //!   costs one failed ping per dead connection, not a failed request), sessions are named
 //!   `cordon` (`application_name`) and carry a statement timeout and an
 //!   idle-in-transaction timeout, so a stuck node cannot hold the audit head forever.
+//!   While the server is down, a request waits at most [`ACQUIRE_TIMEOUT`] for a connection
+//!   and then fails as [`StoreError::is_unavailable`] (the API answers 503).
 //!
 //! A PostgreSQL-compatible distributed SQL database (CockroachDB, YugabyteDB) is the path
 //! past one server. The SQL here keeps to what they accept where practical (`ON CONFLICT`,
@@ -80,8 +82,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// Connections per node: the executor's commits, the service's sweeps and API reads.
 const MAX_CONNECTIONS: u32 = 10;
-/// How long a task waits for a connection (including connecting) before giving up.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a task waits for a connection (including connecting, which sqlx retries while
+/// the server refuses) before giving up. It bounds how long a request waits while the
+/// database is down before it is answered 503 (webhook senders time out after a few
+/// seconds and retry), and lets a run in flight ride out a restart shorter than this; a
+/// longer outage stops the run's execution, and the sweep resumes it once the database is
+/// back.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Server-side bound on one statement (a lock wait included).
 const STATEMENT_TIMEOUT: &str = "60s";
 /// Server-side bound on a transaction left open without a statement (a hung node).
