@@ -29,6 +29,10 @@ use crate::exec::{owner_is_dead, Engine, ExecError};
 /// Queued runs younger than this are left to the process that created them (a `cordon run`
 /// about to take the lease), except at start.
 const FRESH_QUEUED: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+/// At start, queued runs younger than this are still left to their creator: a `cordon run`
+/// takes its run's lease within moments, while a run queued by a process that has died
+/// since should not wait the full [`FRESH_QUEUED`].
+const FRESH_QUEUED_AT_START: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 /// How many runs the first sweep may claim beyond the free execution slots (they queue for
 /// a slot; their leases lapse meanwhile and another node may take them first).
 const CLAIM_AT_START: usize = 256;
@@ -201,9 +205,10 @@ impl Executor {
         match store.unfinished_runs().await {
             Ok(runs) => {
                 for r in runs {
-                    let ours = r.lease.as_ref().is_some_and(|h| {
-                        h.owner == me.owner || owner_is_dead(&me.node, &h.owner)
-                    });
+                    let ours = r
+                        .lease
+                        .as_ref()
+                        .is_some_and(|h| h.owner == me.owner || owner_is_dead(&me.node, &h.owner));
                     if ours && !self.is_active(&r.id) {
                         tracing::info!(run_id = %r.id, status = r.status.as_str(), "resuming run");
                         self.submit(&r.id);
@@ -217,13 +222,18 @@ impl Executor {
             .available_permits()
             .saturating_sub(self.metrics.queue_depth.get().max(0) as usize);
         // At start every run nobody holds is ours to try; later, only what fits.
-        let limit = if at_start { free.max(CLAIM_AT_START) } else { free };
+        let limit = if at_start {
+            free.max(CLAIM_AT_START)
+        } else {
+            free
+        };
         if limit > 0 {
-            let fresh_ms = if at_start {
-                0
+            let fresh = if at_start {
+                FRESH_QUEUED_AT_START
             } else {
-                FRESH_QUEUED.num_milliseconds() as u64
+                FRESH_QUEUED
             };
+            let fresh_ms = u64::try_from(fresh.num_milliseconds()).unwrap_or(0);
             let claimed = store
                 .claim_runnable(
                     &me.owner,
