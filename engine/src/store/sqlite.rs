@@ -108,7 +108,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .statement_cache_capacity(STATEMENT_CACHE);
+            .statement_cache_capacity(STATEMENT_CACHE)
+            // Savepoint and statement journals in memory: the batch's rollbacks stay cheap.
+            .pragma("temp_store", "memory");
 
         let mut write_pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -177,7 +179,8 @@ impl SqliteStore {
 // Writes
 // ---------------------------------------------------------------------------------------
 
-/// Seal `drafts` onto the chain and store them with the new head, inside `tx`.
+/// Seal `drafts` onto the chain and store them with the new head, inside `tx`: one read of
+/// the head, then one round trip for every insert and the new head.
 async fn append_events(conn: &mut SqliteConnection, drafts: Vec<AuditDraft>) -> Result<()> {
     if drafts.is_empty() {
         return Ok(());
@@ -190,8 +193,10 @@ async fn append_events(conn: &mut SqliteConnection, drafts: Vec<AuditDraft>) -> 
         let details = json_text(&ev.details)?;
         events.push((ev, details));
     }
+    let head = chain.head();
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
     for chunk in events.chunks(ROWS_PER_INSERT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        q.push(
             "INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash) ",
         );
         q.push_values(chunk, |mut b, (ev, details)| {
@@ -204,17 +209,14 @@ async fn append_events(conn: &mut SqliteConnection, drafts: Vec<AuditDraft>) -> 
                 .push_bind(&ev.prev_hash)
                 .push_bind(&ev.hash);
         });
-        q.build().execute(&mut *conn).await?;
+        q.push("; ");
     }
-    let head = chain.head();
-    sqlx::query(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-    )
-    .bind(head.seq)
-    .bind(&head.hash)
-    .execute(&mut *conn)
-    .await?;
+    q.push("INSERT INTO audit_head (id, seq, hash) VALUES (1, ")
+        .push_bind(head.seq)
+        .push(", ")
+        .push_bind(&head.hash)
+        .push(") ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash");
+    q.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -227,49 +229,63 @@ async fn read_head(conn: &mut SqliteConnection) -> Result<Option<AuditHead>> {
 }
 
 async fn insert_run(conn: &mut SqliteConnection, run: &RunRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO runs (id, runbook, runbook_text, runbook_sha256, status, trigger_source,
-             started_by, inputs, concurrency_key, undo_of, dry_run, case_id, error, created_at,
-             started_at, finished_at, cancel_requested)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&run.id)
-    .bind(&run.runbook)
-    .bind(&run.runbook_text)
-    .bind(&run.runbook_sha256)
-    .bind(run.status.as_str())
-    .bind(&run.trigger)
-    .bind(&run.started_by)
-    .bind(json_text(&run.inputs)?)
-    .bind(&run.concurrency_key)
-    .bind(&run.undo_of)
-    .bind(run.dry_run)
-    .bind(&run.case_id)
-    .bind(&run.error)
-    .bind(&run.created_at)
-    .bind(&run.started_at)
-    .bind(&run.finished_at)
-    .bind(run.cancel_requested)
-    .execute(conn)
-    .await?;
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
+    push_insert_run(&mut q, run)?;
+    q.build().execute(conn).await?;
     Ok(())
 }
 
-/// Insert or replace step rows (all of one run), in one statement per chunk. A new row's
-/// `pos` comes after every row of its run, in the order given (gaps are harmless: `pos` only
+/// The statements of the write path are built onto one [`QueryBuilder`], separated by
+/// `; `, so that a whole commit is one round trip to SQLite's worker thread.
+type Statements<'a> = QueryBuilder<'a, Sqlite>;
+
+fn push_insert_run<'a>(q: &mut Statements<'a>, run: &'a RunRecord) -> Result<()> {
+    q.push(
+        "INSERT INTO runs (id, runbook, runbook_text, runbook_sha256, status, trigger_source,
+             started_by, inputs, concurrency_key, undo_of, dry_run, case_id, error, created_at,
+             started_at, finished_at, cancel_requested) ",
+    );
+    let inputs = json_text(&run.inputs)?;
+    q.push_values([run], |mut b, run| {
+        b.push_bind(&run.id)
+            .push_bind(&run.runbook)
+            .push_bind(&run.runbook_text)
+            .push_bind(&run.runbook_sha256)
+            .push_bind(run.status.as_str())
+            .push_bind(&run.trigger)
+            .push_bind(&run.started_by)
+            .push_bind(inputs.clone())
+            .push_bind(&run.concurrency_key)
+            .push_bind(&run.undo_of)
+            .push_bind(run.dry_run)
+            .push_bind(&run.case_id)
+            .push_bind(&run.error)
+            .push_bind(&run.created_at)
+            .push_bind(&run.started_at)
+            .push_bind(&run.finished_at)
+            .push_bind(run.cancel_requested);
+    });
+    q.push("; ");
+    Ok(())
+}
+
+/// Insert or replace step rows (all of one run), one statement per chunk. A new row's `pos`
+/// comes after every row of its run, in the order given (gaps are harmless: `pos` only
 /// orders).
-async fn upsert_steps(conn: &mut SqliteConnection, steps: &[&StepRecord]) -> Result<()> {
+fn push_steps<'a>(q: &mut Statements<'a>, steps: &[&'a StepRecord]) -> Result<()> {
     let mut rows = Vec::with_capacity(steps.len());
     for s in steps {
         rows.push((*s, opt_json_text(&s.inputs)?, opt_json_text(&s.output)?));
     }
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        q.push(
             "INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output,
                  error, reason, started_at, finished_at, deadline, on_failure) ",
         );
         q.push_values(
-            chunk.iter().enumerate(),
+            chunk.into_iter().enumerate(),
             |mut b, (k, (s, inputs, output))| {
                 b.push_bind(&s.run_id)
                     .push_bind(&s.step_id)
@@ -298,15 +314,14 @@ async fn upsert_steps(conn: &mut SqliteConnection, steps: &[&StepRecord]) -> Res
                  inputs = excluded.inputs, output = excluded.output, error = excluded.error,
                  reason = excluded.reason, started_at = excluded.started_at,
                  finished_at = excluded.finished_at, deadline = excluded.deadline,
-                 on_failure = excluded.on_failure",
+                 on_failure = excluded.on_failure; ",
         );
-        q.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// Insert or replace item rows, in one statement per chunk.
-async fn upsert_items(conn: &mut SqliteConnection, items: &[&ItemRecord]) -> Result<()> {
+/// Insert or replace item rows, one statement per chunk.
+fn push_items<'a>(q: &mut Statements<'a>, items: &[&'a ItemRecord]) -> Result<()> {
     let mut rows = Vec::with_capacity(items.len());
     for i in items {
         rows.push((
@@ -317,8 +332,10 @@ async fn upsert_items(conn: &mut SqliteConnection, items: &[&ItemRecord]) -> Res
             opt_json_text(&i.secret_output)?,
         ));
     }
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        q.push(
             "INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector,
                  output, error, prior_state, secret_output, started_at, finished_at) ",
         );
@@ -342,54 +359,9 @@ async fn upsert_items(conn: &mut SqliteConnection, items: &[&ItemRecord]) -> Res
                  status = excluded.status, attempts = excluded.attempts, inputs = excluded.inputs,
                  connector = excluded.connector, output = excluded.output, error = excluded.error,
                  prior_state = excluded.prior_state, secret_output = excluded.secret_output,
-                 started_at = excluded.started_at, finished_at = excluded.finished_at",
+                 started_at = excluded.started_at, finished_at = excluded.finished_at; ",
         );
-        q.build().execute(&mut *conn).await?;
     }
-    Ok(())
-}
-
-async fn insert_evidence(conn: &mut SqliteConnection, e: &EvidenceRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO evidence (evidence_id, run_id, step_id, path, sha256, bytes, records,
-             collected_at, meta)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&e.evidence_id)
-    .bind(&e.run_id)
-    .bind(&e.step_id)
-    .bind(&e.path)
-    .bind(&e.sha256)
-    .bind(to_i64(e.bytes, "evidence.bytes")?)
-    .bind(to_i64(e.records, "evidence.records")?)
-    .bind(&e.collected_at)
-    .bind(json_text(&e.meta)?)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-async fn insert_draft(conn: &mut SqliteConnection, d: &DraftRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO drafts (draft_id, run_id, step_id, idx, template, audience, subject,
-             recipient, body_markdown, body_text, body_sha256, facts, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&d.draft_id)
-    .bind(&d.run_id)
-    .bind(&d.step_id)
-    .bind(i64::from(d.idx))
-    .bind(&d.template)
-    .bind(&d.audience)
-    .bind(&d.subject)
-    .bind(opt_json_text(&d.to)?)
-    .bind(&d.body_markdown)
-    .bind(&d.body_text)
-    .bind(&d.body_sha256)
-    .bind(json_text(&d.facts)?)
-    .bind(&d.created_at)
-    .execute(conn)
-    .await?;
     Ok(())
 }
 
@@ -406,7 +378,8 @@ fn same_run(lease: &Lease, what: &str, run_id: &str) -> Result<()> {
     }
 }
 
-async fn apply(conn: &mut SqliteConnection, lease: &Lease, change: &Change) -> Result<()> {
+/// One change other than step and item rows.
+fn push_change<'a>(q: &mut Statements<'a>, lease: &'a Lease, change: &'a Change) -> Result<()> {
     match change {
         Change::Run {
             status,
@@ -414,71 +387,106 @@ async fn apply(conn: &mut SqliteConnection, lease: &Lease, change: &Change) -> R
             started_at,
             finished_at,
         } => {
-            sqlx::query(
-                "UPDATE runs SET status = ?, error = ?, started_at = COALESCE(started_at, ?),
-                     finished_at = ?
-                 WHERE id = ?",
-            )
-            .bind(status.as_str())
-            .bind(error)
-            .bind(started_at)
-            .bind(finished_at)
-            .bind(&lease.run_id)
-            .execute(conn)
-            .await?;
+            q.push("UPDATE runs SET status = ")
+                .push_bind(status.as_str())
+                .push(", error = ")
+                .push_bind(error)
+                .push(", started_at = COALESCE(started_at, ")
+                .push_bind(started_at)
+                .push("), finished_at = ")
+                .push_bind(finished_at)
+                .push(" WHERE id = ")
+                .push_bind(&lease.run_id);
         }
         Change::Step(s) => {
             same_run(lease, "step record", &s.run_id)?;
-            upsert_steps(conn, &[s]).await?;
+            return push_steps(q, &[s]);
         }
         Change::Item(i) => {
             same_run(lease, "item record", &i.run_id)?;
-            upsert_items(conn, &[i]).await?;
+            return push_items(q, &[i]);
         }
         Change::Evidence(e) => {
             same_run(lease, "evidence record", &e.run_id)?;
-            insert_evidence(conn, e).await?;
+            let bytes = to_i64(e.bytes, "evidence.bytes")?;
+            let records = to_i64(e.records, "evidence.records")?;
+            let meta = json_text(&e.meta)?;
+            q.push(
+                "INSERT INTO evidence (evidence_id, run_id, step_id, path, sha256, bytes, records,
+                     collected_at, meta) ",
+            );
+            q.push_values([e], |mut b, e| {
+                b.push_bind(&e.evidence_id)
+                    .push_bind(&e.run_id)
+                    .push_bind(&e.step_id)
+                    .push_bind(&e.path)
+                    .push_bind(&e.sha256)
+                    .push_bind(bytes)
+                    .push_bind(records)
+                    .push_bind(&e.collected_at)
+                    .push_bind(meta.clone());
+            });
         }
         Change::Draft(d) => {
             same_run(lease, "draft", &d.run_id)?;
-            insert_draft(conn, d).await?;
+            let to = opt_json_text(&d.to)?;
+            let facts = json_text(&d.facts)?;
+            q.push(
+                "INSERT INTO drafts (draft_id, run_id, step_id, idx, template, audience, subject,
+                     recipient, body_markdown, body_text, body_sha256, facts, created_at) ",
+            );
+            q.push_values([d], |mut b, d| {
+                b.push_bind(&d.draft_id)
+                    .push_bind(&d.run_id)
+                    .push_bind(&d.step_id)
+                    .push_bind(i64::from(d.idx))
+                    .push_bind(&d.template)
+                    .push_bind(&d.audience)
+                    .push_bind(&d.subject)
+                    .push_bind(to.clone())
+                    .push_bind(&d.body_markdown)
+                    .push_bind(&d.body_text)
+                    .push_bind(&d.body_sha256)
+                    .push_bind(facts.clone())
+                    .push_bind(&d.created_at);
+            });
         }
         Change::TruncateItems { step_id, from_idx } => {
-            sqlx::query("DELETE FROM items WHERE run_id = ? AND step_id = ? AND idx >= ?")
-                .bind(&lease.run_id)
-                .bind(step_id)
-                .bind(i64::from(*from_idx))
-                .execute(conn)
-                .await?;
+            q.push("DELETE FROM items WHERE run_id = ")
+                .push_bind(&lease.run_id)
+                .push(" AND step_id = ")
+                .push_bind(step_id)
+                .push(" AND idx >= ")
+                .push_bind(i64::from(*from_idx));
         }
         Change::WaitingNotice { id, step_id } => {
             let now = crate::time::now();
-            sqlx::query(
-                "INSERT INTO waiting_notices (id, run_id, step_id, status, attempts, next_at, created_at)
-                 VALUES (?, ?, ?, 'pending', 0, ?, ?)
-                 ON CONFLICT (id) DO NOTHING",
+            q.push(
+                "INSERT INTO waiting_notices (id, run_id, step_id, status, attempts, next_at,
+                     created_at) VALUES (",
             )
-            .bind(id)
-            .bind(&lease.run_id)
-            .bind(step_id)
-            .bind(&now)
-            .bind(&now)
-            .execute(conn)
-            .await?;
+            .push_bind(id)
+            .push(", ")
+            .push_bind(&lease.run_id)
+            .push(", ")
+            .push_bind(step_id)
+            .push(", 'pending', 0, ")
+            .push_bind(now.clone())
+            .push(", ")
+            .push_bind(now)
+            .push(") ON CONFLICT (id) DO NOTHING");
         }
     }
+    q.push("; ");
     Ok(())
 }
 
-/// Apply `changes`: all step rows in one multi-row statement, all item rows in another,
-/// then the rest in order. Only `runs` is referenced by the other tables, so the order
-/// between tables does not matter; within a table it is kept. A commit that truncates
-/// items keeps its exact order (consecutive rows still share a statement).
-async fn apply_changes(
-    conn: &mut SqliteConnection,
-    lease: &Lease,
-    changes: &[Change],
-) -> Result<()> {
+/// Push the statements that apply `changes` under `lease`: all step rows in one multi-row
+/// statement, all item rows in another, then the rest in order. Only `runs` is referenced
+/// by the other tables, so the order between tables does not matter; within a table it is
+/// kept. A commit that truncates items keeps its exact order (consecutive rows still share
+/// a statement). On an error the builder holds a partial text: drop it.
+fn push_changes<'a>(q: &mut Statements<'a>, lease: &'a Lease, changes: &'a [Change]) -> Result<()> {
     let truncates = changes
         .iter()
         .any(|c| matches!(c, Change::TruncateItems { .. }));
@@ -499,14 +507,14 @@ async fn apply_changes(
             }
         }
         if !items.is_empty() {
-            upsert_items(conn, &items).await?;
+            push_items(q, &items)?;
         }
         if !steps.is_empty() {
-            upsert_steps(conn, &steps).await?;
+            push_steps(q, &steps)?;
         }
         for c in changes {
             if !matches!(c, Change::Step(_) | Change::Item(_)) {
-                apply(conn, lease, c).await?;
+                push_change(q, lease, c)?;
             }
         }
         return Ok(());
@@ -521,7 +529,7 @@ async fn apply_changes(
                     rows.push(s);
                     i += 1;
                 }
-                upsert_steps(conn, &rows).await?;
+                push_steps(q, &rows)?;
             }
             Change::Item(_) => {
                 let mut rows = Vec::new();
@@ -530,10 +538,10 @@ async fn apply_changes(
                     rows.push(it);
                     i += 1;
                 }
-                upsert_items(conn, &rows).await?;
+                push_items(q, &rows)?;
             }
             other => {
-                apply(conn, lease, other).await?;
+                push_change(q, lease, other)?;
                 i += 1;
             }
         }

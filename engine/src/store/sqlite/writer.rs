@@ -16,15 +16,16 @@
 //! The task is started on first use in the caller's runtime, and again if that runtime
 //! went away (a store kept across runtimes in tests).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    append_events, apply_changes, create_in, run_exists, AuditDraft, Change, Created, DedupKey,
-    Lease, Result, RunRecord, StoreError, Triggered,
+    append_events, create_in, insert_run, push_changes, push_insert_run, AuditDraft, Change,
+    Created, DedupKey, Lease, Result, RunRecord, StoreError, Triggered, ROWS_PER_INSERT,
 };
 
 /// At most this many requests share one transaction (bounds the first waiter's delay).
@@ -291,6 +292,35 @@ async fn process(
     }
 }
 
+/// Who holds each run's lease, as this transaction sees it: read once per batch and kept
+/// up to date by the batch's own lease requests (nobody else writes while it holds the
+/// write lock), so a commit's fencing check costs no statement. A run absent from the map
+/// does not exist.
+type Leases = HashMap<String, (Option<String>, i64)>;
+
+/// Read the leases of every run the batch's requests name.
+async fn read_leases(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Leases> {
+    let mut ids: Vec<&str> = ops.iter().filter_map(|op| op.run_id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut leases = Leases::with_capacity(ids.len());
+    for chunk in ids.chunks(ROWS_PER_INSERT * 4) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT id, lease_owner, lease_token FROM runs WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let rows: Vec<(String, Option<String>, i64)> =
+            q.build_query_as().fetch_all(&mut *conn).await?;
+        for (id, owner, token) in rows {
+            leases.insert(id, (owner, token));
+        }
+    }
+    Ok(leases)
+}
+
 /// Apply `ops` in one transaction; each request's outcome once it committed.
 async fn try_batch(
     conn: &mut SqliteConnection,
@@ -301,11 +331,12 @@ async fn try_batch(
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(BatchError::Begin)?;
+    let mut leases = read_leases(&mut tx, ops).await.map_err(BatchError::Later)?;
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut audit = Vec::new();
     if let [op] = ops {
         // Alone in the transaction: no savepoint needed, the transaction is the request's.
-        match apply(&mut tx, op).await {
+        match apply(&mut tx, op, &mut leases, false).await {
             Ok(a) if a.keep => {
                 audit = a.audit;
                 outcomes.push(Ok(a.answer));
@@ -324,27 +355,19 @@ async fn try_batch(
             }
         }
     } else {
+        // Each request rolls itself back to its own savepoint when it fails (see `apply`).
         for op in ops {
-            let mut sp = tx.begin().await.map_err(|e| BatchError::Later(e.into()))?;
-            let applied = apply(&mut sp, op).await;
-            match applied {
-                Ok(a) if a.keep => {
-                    sp.commit().await.map_err(|e| BatchError::Later(e.into()))?;
-                    audit.extend(a.audit);
-                    outcomes.push(Ok(a.answer));
-                }
+            match apply(&mut tx, op, &mut leases, true).await {
                 Ok(a) => {
-                    sp.rollback()
-                        .await
-                        .map_err(|e| BatchError::Later(e.into()))?;
+                    if a.keep {
+                        audit.extend(a.audit);
+                    }
                     outcomes.push(Ok(a.answer));
                 }
-                Err(e) => {
-                    sp.rollback()
-                        .await
-                        .map_err(|e| BatchError::Later(e.into()))?;
-                    outcomes.push(Err(e));
+                Err(StoreError::Database(e)) if is_fatal(&e) => {
+                    return Err(BatchError::Later(StoreError::Database(e)))
                 }
+                Err(e) => outcomes.push(Err(e)),
             }
         }
     }
@@ -363,6 +386,29 @@ async fn try_batch(
     c.transactions.fetch_add(1, Ordering::Relaxed);
     c.requests.fetch_add(ops.len() as u64, Ordering::Relaxed);
     Ok(outcomes)
+}
+
+/// An error after which the transaction cannot go on (the savepoint could not be rolled
+/// back, the connection broke): the batch is retried request by request.
+fn is_fatal(e: &sqlx::Error) -> bool {
+    !matches!(e, sqlx::Error::Database(_))
+}
+
+/// Open the request's savepoint (never released: COMMIT releases them all, and `ROLLBACK
+/// TO` names the newest one of that name, which is this request's).
+const SAVEPOINT: &str = "SAVEPOINT request; ";
+
+/// Undo a failed request back to its savepoint, and pass its error on. If even that fails,
+/// the transaction is unusable: a non-database error makes the batch retry one by one.
+async fn roll_back<T>(conn: &mut SqliteConnection, error: StoreError) -> Result<T> {
+    if let Err(e) = sqlx::query("ROLLBACK TO request").execute(conn).await {
+        return Err(StoreError::Database(sqlx::Error::Io(
+            std::io::Error::other(format!(
+                "cannot roll a request back to its savepoint ({e}) after: {error}"
+            )),
+        )));
+    }
+    Err(error)
 }
 
 /// The transaction could not even begin: every waiter learns why. sqlx errors cannot be
@@ -385,38 +431,116 @@ fn same_error(text: &str) -> sqlx::Error {
     )))
 }
 
-/// Apply one request on `conn` (a savepoint, or the request's own transaction).
-async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied> {
+impl Op {
+    /// The run whose lease the request reads or changes.
+    fn run_id(&self) -> Option<&str> {
+        match self {
+            Op::Commit { lease, .. }
+            | Op::RenewLease { lease, .. }
+            | Op::ReleaseLease { lease } => Some(&lease.run_id),
+            Op::AcquireLease { run_id, .. } => Some(run_id),
+            Op::CreateRun { .. } | Op::CreateRunOnce { .. } | Op::AppendAudit { .. } => None,
+        }
+    }
+}
+
+fn holds(leases: &Leases, lease: &Lease) -> Result<()> {
+    match leases.get(&lease.run_id) {
+        None => Err(StoreError::RunNotFound(lease.run_id.clone())),
+        Some((Some(owner), token)) if *owner == lease.owner && *token == lease.token => Ok(()),
+        Some(_) => Err(StoreError::LeaseLost(lease.run_id.clone())),
+    }
+}
+
+fn kept(answer: Answer, audit: Vec<AuditDraft>) -> Applied {
+    Applied {
+        answer,
+        keep: true,
+        audit,
+    }
+}
+
+/// Apply one request on `conn`. In a batch (`grouped`), a request of several statements
+/// opens its own savepoint in the same round trip as its statements, and rolls back to it
+/// when it fails or stores nothing; alone, the caller rolls the transaction back.
+async fn apply(
+    conn: &mut SqliteConnection,
+    op: &Op,
+    leases: &mut Leases,
+    grouped: bool,
+) -> Result<Applied> {
     match op {
         Op::Commit {
             lease,
             changes,
             audit,
         } => {
-            let current: Option<(Option<String>, i64)> =
-                sqlx::query_as("SELECT lease_owner, lease_token FROM runs WHERE id = ?")
-                    .bind(&lease.run_id)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            match current {
-                None => return Err(StoreError::RunNotFound(lease.run_id.clone())),
-                Some((Some(owner), token)) if owner == lease.owner && token == lease.token => {}
-                Some(_) => return Err(StoreError::LeaseLost(lease.run_id.clone())),
+            holds(leases, lease)?;
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new(if grouped { SAVEPOINT } else { "" });
+            push_changes(&mut q, lease, changes)?;
+            if !changes.is_empty() {
+                if let Err(e) = q.build().execute(&mut *conn).await {
+                    return if grouped {
+                        roll_back(conn, e.into()).await
+                    } else {
+                        Err(e.into())
+                    };
+                }
             }
-            apply_changes(conn, lease, changes).await?;
-            Ok(Applied {
-                answer: Answer::Done,
-                keep: true,
-                audit: audit.clone(),
-            })
+            Ok(kept(Answer::Done, audit.clone()))
+        }
+        Op::CreateRun { run, audit } if run.concurrency_key.is_none() => {
+            // One statement: atomic on its own.
+            insert_run(conn, run).await?;
+            leases.insert(run.id.clone(), (None, 0));
+            Ok(kept(
+                Answer::Created(Created::New(run.clone())),
+                vec![audit.clone()],
+            ))
+        }
+        Op::CreateRunOnce {
+            run,
+            audit,
+            keys,
+            remember_since,
+        } if run.concurrency_key.is_none() => {
+            // The run and its delivery keys in one round trip; a key already remembered
+            // returns no row, and the savepoint (or the transaction) is rolled back.
+            let at = crate::time::now();
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new(if grouped { SAVEPOINT } else { "" });
+            push_insert_run(&mut q, run)?;
+            for k in keys {
+                push_remember(&mut q, k, &run.id, &at, remember_since);
+            }
+            let mine = match q.build().fetch_all(&mut *conn).await {
+                Ok(rows) => rows.len(),
+                Err(e) if grouped => return roll_back(conn, e.into()).await,
+                Err(e) => return Err(e.into()),
+            };
+            if mine < keys.len() {
+                return duplicate(conn, keys, &run.id, grouped).await;
+            }
+            leases.insert(run.id.clone(), (None, 0));
+            Ok(kept(
+                Answer::Triggered(Triggered::Created(Box::new(Created::New(run.clone())))),
+                vec![audit.clone()],
+            ))
         }
         Op::CreateRun { run, audit } => {
-            let (created, event) = create_in(conn, run.clone(), audit.clone()).await?;
-            Ok(Applied {
-                answer: Answer::Created(created),
-                keep: true,
-                audit: vec![event],
-            })
+            // A concurrency key: look for the active run to join (several statements).
+            if grouped {
+                sqlx::query(SAVEPOINT).execute(&mut *conn).await?;
+            }
+            match create_in(&mut *conn, run.clone(), audit.clone()).await {
+                Ok((created, event)) => {
+                    leases.entry(run.id.clone()).or_insert((None, 0));
+                    Ok(kept(Answer::Created(created), vec![event]))
+                }
+                Err(e) if grouped => roll_back(conn, e).await,
+                Err(e) => Err(e),
+            }
         }
         Op::CreateRunOnce {
             run,
@@ -424,50 +548,40 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied> {
             keys,
             remember_since,
         } => {
-            let (created, event) = create_in(&mut *conn, run.clone(), audit.clone()).await?;
+            if grouped {
+                sqlx::query(SAVEPOINT).execute(&mut *conn).await?;
+            }
+            let created = create_in(&mut *conn, run.clone(), audit.clone()).await;
+            let (created, event) = match created {
+                Ok(c) => c,
+                Err(e) if grouped => return roll_back(conn, e).await,
+                Err(e) => return Err(e),
+            };
             let target = match &created {
                 Created::New(r) | Created::Joined(r) => r.id.clone(),
             };
             let at = crate::time::now();
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
             for k in keys {
-                // Insert, or take over a row old enough to be forgotten; a row that is
-                // neither new nor stale returns nothing: a repeat.
-                let mine: Option<(String,)> = sqlx::query_as(
-                    "INSERT INTO webhook_deliveries (hook, kind, key, run_id, at) VALUES (?, ?, ?, ?, ?)
-                     ON CONFLICT (hook, kind, key) DO UPDATE
-                         SET run_id = excluded.run_id, at = excluded.at
-                         WHERE webhook_deliveries.at < ?
-                     RETURNING run_id",
-                )
-                .bind(&k.hook)
-                .bind(&k.kind)
-                .bind(&k.key)
-                .bind(&target)
-                .bind(&at)
-                .bind(remember_since)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if mine.is_none() {
-                    let (first,): (String,) = sqlx::query_as(
-                        "SELECT run_id FROM webhook_deliveries WHERE hook = ? AND kind = ? AND key = ?",
-                    )
-                    .bind(&k.hook)
-                    .bind(&k.kind)
-                    .bind(&k.key)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                    return Ok(Applied {
-                        answer: Answer::Triggered(Triggered::Duplicate(first)),
-                        keep: false,
-                        audit: Vec::new(),
-                    });
-                }
+                push_remember(&mut q, k, &target, &at, remember_since);
             }
-            Ok(Applied {
-                answer: Answer::Triggered(Triggered::Created(Box::new(created))),
-                keep: true,
-                audit: vec![event],
-            })
+            let mine = if keys.is_empty() {
+                0
+            } else {
+                match q.build().fetch_all(&mut *conn).await {
+                    Ok(rows) => rows.len(),
+                    Err(e) if grouped => return roll_back(conn, e.into()).await,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if mine < keys.len() {
+                return duplicate(conn, keys, &target, grouped).await;
+            }
+            leases.entry(run.id.clone()).or_insert((None, 0));
+            Ok(kept(
+                Answer::Triggered(Triggered::Created(Box::new(created))),
+                vec![event],
+            ))
         }
         Op::AcquireLease {
             run_id,
@@ -476,8 +590,11 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied> {
             until,
             steal_from,
         } => {
+            if !leases.contains_key(run_id) {
+                return Err(StoreError::RunNotFound(run_id.clone()));
+            }
             // Free, expired (until <= now), ours, or held by the process the caller proved
-            // dead.
+            // dead. One statement: atomic on its own.
             let token: Option<(i64,)> = sqlx::query_as(
                 "UPDATE runs SET lease_owner = ?1, lease_until = ?2, lease_token = lease_token + 1
                  WHERE id = ?3 AND (lease_owner IS NULL OR lease_until IS NULL
@@ -491,23 +608,22 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied> {
             .bind(steal_from)
             .fetch_optional(&mut *conn)
             .await?;
-            let lease = match token {
-                Some((token,)) => Some(Lease {
+            let lease = token.map(|(token,)| {
+                leases.insert(run_id.clone(), (Some(owner.clone()), token));
+                Lease {
                     run_id: run_id.clone(),
                     owner: owner.clone(),
                     token,
-                }),
-                None if run_exists(conn, run_id).await? => None,
-                None => return Err(StoreError::RunNotFound(run_id.clone())),
-            };
-            Ok(Applied {
-                answer: Answer::Lease(lease),
-                keep: true,
-                audit: Vec::new(),
-            })
+                }
+            });
+            Ok(kept(Answer::Lease(lease), Vec::new()))
         }
         Op::RenewLease { lease, until } => {
-            let done = sqlx::query(
+            match holds(leases, lease) {
+                Err(StoreError::RunNotFound(id)) => return Err(StoreError::LeaseLost(id)),
+                other => other?,
+            }
+            sqlx::query(
                 "UPDATE runs SET lease_until = ?
                  WHERE id = ? AND lease_owner = ? AND lease_token = ?",
             )
@@ -517,38 +633,98 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied> {
             .bind(lease.token)
             .execute(conn)
             .await?;
-            if done.rows_affected() == 0 {
-                return Err(StoreError::LeaseLost(lease.run_id.clone()));
-            }
-            Ok(Applied {
-                answer: Answer::Done,
-                keep: true,
-                audit: Vec::new(),
-            })
+            Ok(kept(Answer::Done, Vec::new()))
         }
         Op::ReleaseLease { lease } => {
             // A lease already lost is already released: never touch the new holder's.
-            sqlx::query(
-                "UPDATE runs SET lease_owner = NULL, lease_until = NULL
-                 WHERE id = ? AND lease_owner = ? AND lease_token = ?",
-            )
-            .bind(&lease.run_id)
-            .bind(&lease.owner)
-            .bind(lease.token)
-            .execute(conn)
-            .await?;
-            Ok(Applied {
-                answer: Answer::Done,
-                keep: true,
-                audit: Vec::new(),
-            })
+            if holds(leases, lease).is_ok() {
+                sqlx::query(
+                    "UPDATE runs SET lease_owner = NULL, lease_until = NULL
+                     WHERE id = ? AND lease_owner = ? AND lease_token = ?",
+                )
+                .bind(&lease.run_id)
+                .bind(&lease.owner)
+                .bind(lease.token)
+                .execute(conn)
+                .await?;
+                leases.insert(lease.run_id.clone(), (None, lease.token));
+            }
+            Ok(kept(Answer::Done, Vec::new()))
         }
-        Op::AppendAudit { audit } => Ok(Applied {
-            answer: Answer::Done,
-            keep: true,
-            audit: audit.clone(),
-        }),
+        Op::AppendAudit { audit } => Ok(kept(Answer::Done, audit.clone())),
     }
+}
+
+/// Remember a delivery key for `run_id`, or take over a row old enough to be forgotten; a
+/// row that is neither new nor stale returns nothing: a repeat.
+fn push_remember<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    k: &'a DedupKey,
+    run_id: &str,
+    at: &str,
+    remember_since: &'a str,
+) {
+    q.push("INSERT INTO webhook_deliveries (hook, kind, key, run_id, at) VALUES (")
+        .push_bind(&k.hook)
+        .push(", ")
+        .push_bind(&k.kind)
+        .push(", ")
+        .push_bind(&k.key)
+        .push(", ")
+        .push_bind(run_id.to_owned())
+        .push(", ")
+        .push_bind(at.to_owned())
+        .push(
+            ") ON CONFLICT (hook, kind, key) DO UPDATE
+                 SET run_id = excluded.run_id, at = excluded.at
+                 WHERE webhook_deliveries.at < ",
+        )
+        .push_bind(remember_since)
+        .push(" RETURNING run_id; ");
+}
+
+/// A delivery key was remembered already: undo what the request wrote and answer with
+/// the run the first delivery made.
+async fn duplicate(
+    conn: &mut SqliteConnection,
+    keys: &[DedupKey],
+    target: &str,
+    grouped: bool,
+) -> Result<Applied> {
+    let first = match first_run(conn, keys, target).await {
+        Ok(first) => first,
+        Err(e) if grouped => return roll_back(conn, e).await,
+        Err(e) => return Err(e),
+    };
+    if grouped {
+        sqlx::query("ROLLBACK TO request")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Applied {
+        answer: Answer::Triggered(Triggered::Duplicate(first)),
+        keep: false,
+        audit: Vec::new(),
+    })
+}
+
+/// The run a remembered key points to: the first that is not `target` (the keys this
+/// request stored point to it), else `target` itself (a repeat that joined the same run).
+async fn first_run(conn: &mut SqliteConnection, keys: &[DedupKey], target: &str) -> Result<String> {
+    for k in keys {
+        let (run_id,): (String,) = sqlx::query_as(
+            "SELECT run_id FROM webhook_deliveries WHERE hook = ? AND kind = ? AND key = ?",
+        )
+        .bind(&k.hook)
+        .bind(&k.kind)
+        .bind(&k.key)
+        .fetch_one(&mut *conn)
+        .await?;
+        if run_id != target {
+            return Ok(run_id);
+        }
+    }
+    Ok(target.to_string())
 }
 
 #[cfg(test)]
