@@ -112,9 +112,12 @@ impl SqliteStore {
             // Savepoint and statement journals in memory: the batch's rollbacks stay cheap.
             .pragma("temp_store", "memory");
 
+        // A local file's connection cannot go stale: no ping (a round trip to the
+        // connection's thread) before every use.
         let mut write_pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT);
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false);
         if in_memory {
             // The database lives and dies with its one connection: never let it close.
             write_pool = write_pool
@@ -130,7 +133,8 @@ impl SqliteStore {
         } else {
             let read_pool = SqlitePoolOptions::new()
                 .max_connections(READ_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT);
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false);
             connect_retrying(&read_pool, &options).await?
         };
         Ok(SqliteStore {
