@@ -72,7 +72,7 @@ pub(super) enum Op {
 #[derive(Debug)]
 pub(super) enum Answer {
     Done,
-    Created(Created),
+    Created(Box<Created>),
     Triggered(Triggered),
     Lease(Option<Lease>),
 }
@@ -85,7 +85,7 @@ impl Answer {
     }
     pub(super) fn created(self) -> Result<Created> {
         match self {
-            Answer::Created(c) => Ok(c),
+            Answer::Created(c) => Ok(*c),
             other => Err(other.mismatch("a created run")),
         }
     }
@@ -495,7 +495,7 @@ async fn apply(
             insert_run(conn, run).await?;
             leases.insert(run.id.clone(), (None, 0));
             Ok(kept(
-                Answer::Created(Created::New(run.clone())),
+                Answer::Created(Box::new(Created::New(run.clone()))),
                 vec![audit.clone()],
             ))
         }
@@ -536,7 +536,7 @@ async fn apply(
             match create_in(&mut *conn, run.clone(), audit.clone()).await {
                 Ok((created, event)) => {
                     leases.entry(run.id.clone()).or_insert((None, 0));
-                    Ok(kept(Answer::Created(created), vec![event]))
+                    Ok(kept(Answer::Created(Box::new(created)), vec![event]))
                 }
                 Err(e) if grouped => roll_back(conn, e).await,
                 Err(e) => Err(e),
