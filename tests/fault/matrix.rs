@@ -13,7 +13,8 @@
 //! | `step.after_start_commit`, n | n − 1 | none (step n is called once, after the resume) |
 //! | `step.before_commit`, n | n | step n |
 //! | `step.after_commit`, n | n | none |
-//! | `run.before_finish_commit` / `run.after_finish_commit`, 1 | 4 | none |
+//! | `run.before_finish_commit`, 1 | 4 | s4 (its result is committed with the run's end) |
+//! | `run.after_finish_commit`, 1 | 4 | none |
 //! | `step.before_retry_commit` / `step.after_retry_commit`, 1 (s2 answers 503 once) | 2 | s2's retry, after its 503 |
 
 use std::collections::BTreeSet;
@@ -57,7 +58,9 @@ fn expected(point: &str, n: usize) -> (usize, Option<usize>) {
         "step.before_start_commit" => (n - 1, (n > 1).then(|| n - 1)),
         "step.after_start_commit" => (n - 1, None),
         "step.after_commit" => (n, None),
-        "run.before_finish_commit" | "run.after_finish_commit" => (4, None),
+        // The last step's result is committed with the run's end: one commit, not two.
+        "run.before_finish_commit" => (4, Some(4)),
+        "run.after_finish_commit" => (4, None),
         "step.before_retry_commit" | "step.after_retry_commit" => (2, Some(2)),
         other => panic!("no expectation for {other}"),
     }

@@ -16,6 +16,7 @@ pub mod item;
 pub mod runner;
 pub mod undo;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -115,7 +116,14 @@ pub struct EngineInner {
     /// starting work, let the calls in flight finish, and release their runs for the next
     /// start. Never cancelled by the one-shot commands.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Stored runbooks already validated, by the SHA-256 of their text: a service runs the
+    /// same few runbooks thousands of times, and validation (YAML, CEL, templates) costs
+    /// more than a step's commit.
+    runbooks: std::sync::Mutex<HashMap<String, Arc<ValidatedRunbook>>>,
 }
+
+/// At most this many validated runbooks are kept; the cache starts over when full.
+const RUNBOOK_CACHE: usize = 256;
 
 /// What to start.
 pub struct StartRequest {
@@ -164,8 +172,32 @@ impl Engine {
                 owner,
                 node,
                 shutdown: tokio_util::sync::CancellationToken::new(),
+                runbooks: Default::default(),
             }),
         }
+    }
+
+    /// The run's stored runbook, validated (once per distinct text in this process).
+    pub fn stored_runbook(&self, run: &RunRecord) -> Result<Arc<ValidatedRunbook>, ExecError> {
+        use sha2::Digest;
+        let key = hex::encode(sha2::Sha256::digest(run.runbook_text.as_bytes()));
+        if let Some(rb) = self
+            .inner
+            .runbooks
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(rb);
+        }
+        let rb = Arc::new(runner::stored_runbook(run)?);
+        if let Ok(mut m) = self.inner.runbooks.lock() {
+            if m.len() >= RUNBOOK_CACHE {
+                m.clear();
+            }
+            m.insert(key, rb.clone());
+        }
+        Ok(rb)
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -311,33 +343,33 @@ impl Engine {
     /// Acquire a run's lease, taking it over from a process on this host that has died.
     pub async fn acquire(&self, run_id: &str) -> Result<crate::store::Lease, ExecError> {
         let store = self.store();
-        if store.get_run(run_id).await?.is_none() {
-            return Err(ExecError::NotFound(run_id.to_string()));
+        let owner = &self.inner.owner;
+        // The common case first: a free (or expired, or our own) lease, in one write.
+        let ttl = self.inner.config.cluster.lease_ttl_ms();
+        match store.acquire_lease(run_id, owner, ttl, None).await {
+            Ok(Some(lease)) => return Ok(lease),
+            Ok(None) => {}
+            Err(StoreError::RunNotFound(_)) => return Err(ExecError::NotFound(run_id.to_string())),
+            Err(e) => return Err(e.into()),
         }
         let holder = store.lease_holder(run_id).await?;
-        let steal = holder
+        if let Some(dead) = holder
             .as_ref()
             .filter(|h| owner_is_dead(&self.inner.node, &h.owner))
-            .map(|h| h.owner.clone());
-        match store
-            .acquire_lease(
-                run_id,
-                &self.inner.owner,
-                self.inner.config.cluster.lease_ttl_ms(),
-                steal.as_deref(),
-            )
-            .await?
         {
-            Some(lease) => Ok(lease),
-            None => {
-                let h = store.lease_holder(run_id).await?;
-                Err(ExecError::Busy {
-                    run: run_id.to_string(),
-                    owner: h.as_ref().map(|h| h.owner.clone()).unwrap_or_default(),
-                    until: h.map(|h| h.until).unwrap_or_default(),
-                })
+            if let Some(lease) = store
+                .acquire_lease(run_id, owner, ttl, Some(&dead.owner))
+                .await?
+            {
+                return Ok(lease);
             }
         }
+        let h = store.lease_holder(run_id).await?;
+        Err(ExecError::Busy {
+            run: run_id.to_string(),
+            owner: h.as_ref().map(|h| h.owner.clone()).unwrap_or_default(),
+            until: h.map(|h| h.until).unwrap_or_default(),
+        })
     }
 
     /// The evidence folder root.

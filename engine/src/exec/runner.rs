@@ -47,7 +47,7 @@ pub async fn drive(
         store.release_lease(&lease).await?;
         return Ok(run);
     }
-    let rb = Arc::new(stored_runbook(&run)?);
+    let rb = engine.stored_runbook(&run)?;
     let lost = Arc::new(AtomicBool::new(false));
     let cancel = CancellationToken::new();
     let cluster = engine.inner.config.cluster.clone();
@@ -389,7 +389,13 @@ impl Runner {
     }
 
     async fn main(&mut self) -> Result<RunRecord, ExecError> {
-        let mut last_poll: Option<Instant> = None;
+        // The run was read just before (cancellation included); decisions are read at once
+        // only when a step already waits for them.
+        let mut last_poll: Option<Instant> = if self.any_waiting() {
+            None
+        } else {
+            Some(Instant::now())
+        };
         if self.run.dry_run {
             // nothing to pre-check
         } else if let Err(e) = self.static_target_check() {
@@ -413,7 +419,12 @@ impl Runner {
                 self.schedule();
             }
             let jobs = if draining { Vec::new() } else { self.launch() };
-            self.flush().await?;
+            // Durable before the next side effect: commit before spawning calls. When no
+            // call starts and none is in flight, the changes wait for the commit that ends
+            // or parks the run (or for the next turn's), which saves one commit per run.
+            if !jobs.is_empty() || self.inflight > 0 || draining {
+                self.flush().await?;
+            }
             for job in jobs {
                 self.inflight += 1;
                 *self.running.entry(job.record.step_id.clone()).or_default() += 1;

@@ -8,6 +8,10 @@
 //!   that read first gets `SQLITE_BUSY` without waiting when it tries to write). Writes go
 //!   through a pool of one connection, which also queues this process's writers in order;
 //!   reads use a separate pool and see the last committed state (WAL readers never block).
+//! - The frequent writes (step commits, run creation, leases, audit appends) go through one
+//!   writer task that groups many callers' requests into one transaction, each in its own
+//!   savepoint, and answers them only after that COMMIT ([`writer`]): one fsync for many
+//!   runs' steps.
 //! - Audit events are sealed inside the writing transaction from the head row read in that
 //!   same transaction, so the chain has one order even with several processes appending.
 //! - Lease expiry is judged on this process's clock (`crate::time::now()`), compared as RFC
@@ -15,7 +19,10 @@
 //!   same machine, hence the same clock. Fencing does not depend on clocks: each acquisition
 //!   increments `lease_token` and every commit checks it.
 
+mod writer;
+
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +44,8 @@ use super::{
     UnfinishedRun, WaitingNotice,
 };
 use crate::audit::Chain;
+pub use writer::WriteStats;
+use writer::{Op, Writer};
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +54,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
 const READ_CONNECTIONS: u32 = 4;
 /// Attempts at running migrations; see [`SqliteStore::migrate`].
 const MIGRATE_ATTEMPTS: u32 = 5;
+/// Prepared statements kept per connection: the multi-row inserts have one text per row
+/// count, and the common ones should stay prepared.
+const STATEMENT_CACHE: usize = 512;
+/// Rows per multi-row INSERT (well under SQLite's 32,766 bound parameters).
+const ROWS_PER_INSERT: usize = 64;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -56,6 +70,8 @@ pub struct SqliteStore {
     /// Reads; the same pool as `write` for an in-memory database, which exists only on its
     /// one connection.
     read: SqlitePool,
+    /// The group-commit writer (it borrows the `write` connection for each batch).
+    writer: Arc<Writer>,
 }
 
 /// Open a pool, retrying while another process holds the file's lock. Switching a fresh
@@ -96,11 +112,17 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .statement_cache_capacity(STATEMENT_CACHE)
+            // Savepoint and statement journals in memory: the batch's rollbacks stay cheap.
+            .pragma("temp_store", "memory");
 
+        // A local file's connection cannot go stale: no ping (a round trip to the
+        // connection's thread) before every use.
         let mut write_pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT);
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false);
         if in_memory {
             // The database lives and dies with its one connection: never let it close.
             write_pool = write_pool
@@ -116,10 +138,20 @@ impl SqliteStore {
         } else {
             let read_pool = SqlitePoolOptions::new()
                 .max_connections(READ_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT);
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false);
             connect_retrying(&read_pool, &options).await?
         };
-        Ok(SqliteStore { write, read })
+        Ok(SqliteStore {
+            write,
+            read,
+            writer: Arc::default(),
+        })
+    }
+
+    /// How many write requests the group-commit writer took, in how many transactions.
+    pub fn write_stats(&self) -> WriteStats {
+        self.writer.stats()
     }
 
     /// Run the migrations. SQLite has no migration lock in sqlx, so two processes opening a
@@ -141,6 +173,7 @@ impl SqliteStore {
 
     /// Close both pools, waiting for connections to finish.
     pub async fn close(&self) {
+        self.writer.stop();
         self.write.close().await;
         self.read.close().await;
     }
@@ -155,39 +188,44 @@ impl SqliteStore {
 // Writes
 // ---------------------------------------------------------------------------------------
 
-/// Seal `drafts` onto the chain and store them with the new head, inside `tx`.
+/// Seal `drafts` onto the chain and store them with the new head, inside `tx`: one read of
+/// the head, then one round trip for every insert and the new head.
 async fn append_events(conn: &mut SqliteConnection, drafts: Vec<AuditDraft>) -> Result<()> {
     if drafts.is_empty() {
         return Ok(());
     }
     let head = read_head(&mut *conn).await?;
     let mut chain = Chain::from_head(head);
+    let mut events = Vec::with_capacity(drafts.len());
     for draft in drafts {
         let ev = chain.seal(draft);
-        sqlx::query(
-            "INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(ev.seq)
-        .bind(&ev.at)
-        .bind(&ev.run_id)
-        .bind(&ev.actor)
-        .bind(&ev.action)
-        .bind(json_text(&ev.details)?)
-        .bind(&ev.prev_hash)
-        .bind(&ev.hash)
-        .execute(&mut *conn)
-        .await?;
+        let details = json_text(&ev.details)?;
+        events.push((ev, details));
     }
     let head = chain.head();
-    sqlx::query(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-    )
-    .bind(head.seq)
-    .bind(&head.hash)
-    .execute(&mut *conn)
-    .await?;
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        q.push(
+            "INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, (ev, details)| {
+            b.push_bind(ev.seq)
+                .push_bind(&ev.at)
+                .push_bind(&ev.run_id)
+                .push_bind(&ev.actor)
+                .push_bind(&ev.action)
+                .push_bind(details)
+                .push_bind(&ev.prev_hash)
+                .push_bind(&ev.hash);
+        });
+        q.push("; ");
+    }
+    q.push("INSERT INTO audit_head (id, seq, hash) VALUES (1, ")
+        .push_bind(head.seq)
+        .push(", ")
+        .push_bind(&head.hash)
+        .push(") ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash");
+    q.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -200,135 +238,139 @@ async fn read_head(conn: &mut SqliteConnection) -> Result<Option<AuditHead>> {
 }
 
 async fn insert_run(conn: &mut SqliteConnection, run: &RunRecord) -> Result<()> {
-    sqlx::query(
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("");
+    push_insert_run(&mut q, run)?;
+    q.build().execute(conn).await?;
+    Ok(())
+}
+
+/// The statements of the write path are built onto one [`QueryBuilder`], separated by
+/// `; `, so that a whole commit is one round trip to SQLite's worker thread.
+type Statements<'a> = QueryBuilder<'a, Sqlite>;
+
+fn push_insert_run<'a>(q: &mut Statements<'a>, run: &'a RunRecord) -> Result<()> {
+    q.push(
         "INSERT INTO runs (id, runbook, runbook_text, runbook_sha256, status, trigger_source,
              started_by, inputs, concurrency_key, undo_of, dry_run, case_id, error, created_at,
-             started_at, finished_at, cancel_requested)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&run.id)
-    .bind(&run.runbook)
-    .bind(&run.runbook_text)
-    .bind(&run.runbook_sha256)
-    .bind(run.status.as_str())
-    .bind(&run.trigger)
-    .bind(&run.started_by)
-    .bind(json_text(&run.inputs)?)
-    .bind(&run.concurrency_key)
-    .bind(&run.undo_of)
-    .bind(run.dry_run)
-    .bind(&run.case_id)
-    .bind(&run.error)
-    .bind(&run.created_at)
-    .bind(&run.started_at)
-    .bind(&run.finished_at)
-    .bind(run.cancel_requested)
-    .execute(conn)
-    .await?;
+             started_at, finished_at, cancel_requested) ",
+    );
+    let inputs = json_text(&run.inputs)?;
+    q.push_values([run], |mut b, run| {
+        b.push_bind(&run.id)
+            .push_bind(&run.runbook)
+            .push_bind(&run.runbook_text)
+            .push_bind(&run.runbook_sha256)
+            .push_bind(run.status.as_str())
+            .push_bind(&run.trigger)
+            .push_bind(&run.started_by)
+            .push_bind(inputs.clone())
+            .push_bind(&run.concurrency_key)
+            .push_bind(&run.undo_of)
+            .push_bind(run.dry_run)
+            .push_bind(&run.case_id)
+            .push_bind(&run.error)
+            .push_bind(&run.created_at)
+            .push_bind(&run.started_at)
+            .push_bind(&run.finished_at)
+            .push_bind(run.cancel_requested);
+    });
+    q.push("; ");
     Ok(())
 }
 
-async fn upsert_step(conn: &mut SqliteConnection, s: &StepRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output, error,
-             reason, started_at, finished_at, deadline, on_failure)
-         VALUES (?1, ?2, (SELECT COALESCE(MAX(pos), -1) + 1 FROM steps WHERE run_id = ?1),
-             ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (run_id, step_id) DO UPDATE SET
-             status = excluded.status, attempts = excluded.attempts, items = excluded.items,
-             inputs = excluded.inputs, output = excluded.output, error = excluded.error,
-             reason = excluded.reason, started_at = excluded.started_at,
-             finished_at = excluded.finished_at, deadline = excluded.deadline,
-             on_failure = excluded.on_failure",
-    )
-    .bind(&s.run_id)
-    .bind(&s.step_id)
-    .bind(s.status.as_str())
-    .bind(i64::from(s.attempts))
-    .bind(i64::from(s.items))
-    .bind(opt_json_text(&s.inputs)?)
-    .bind(opt_json_text(&s.output)?)
-    .bind(&s.error)
-    .bind(&s.reason)
-    .bind(&s.started_at)
-    .bind(&s.finished_at)
-    .bind(&s.deadline)
-    .bind(s.on_failure)
-    .execute(conn)
-    .await?;
+/// Insert or replace step rows (all of one run), one statement per chunk. A new row's `pos`
+/// comes after every row of its run, in the order given (gaps are harmless: `pos` only
+/// orders).
+fn push_steps<'a>(q: &mut Statements<'a>, steps: &[&'a StepRecord]) -> Result<()> {
+    let mut rows = Vec::with_capacity(steps.len());
+    for s in steps {
+        rows.push((*s, opt_json_text(&s.inputs)?, opt_json_text(&s.output)?));
+    }
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        q.push(
+            "INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output,
+                 error, reason, started_at, finished_at, deadline, on_failure) ",
+        );
+        q.push_values(
+            chunk.into_iter().enumerate(),
+            |mut b, (k, (s, inputs, output))| {
+                b.push_bind(&s.run_id)
+                    .push_bind(&s.step_id)
+                    .push(format!(
+                        "(SELECT COALESCE(MAX(pos), -1) + {} FROM steps WHERE run_id = ",
+                        k + 1
+                    ))
+                    .push_bind_unseparated(&s.run_id)
+                    .push_unseparated(")")
+                    .push_bind(s.status.as_str())
+                    .push_bind(i64::from(s.attempts))
+                    .push_bind(i64::from(s.items))
+                    .push_bind(inputs)
+                    .push_bind(output)
+                    .push_bind(&s.error)
+                    .push_bind(&s.reason)
+                    .push_bind(&s.started_at)
+                    .push_bind(&s.finished_at)
+                    .push_bind(&s.deadline)
+                    .push_bind(s.on_failure);
+            },
+        );
+        q.push(
+            " ON CONFLICT (run_id, step_id) DO UPDATE SET
+                 status = excluded.status, attempts = excluded.attempts, items = excluded.items,
+                 inputs = excluded.inputs, output = excluded.output, error = excluded.error,
+                 reason = excluded.reason, started_at = excluded.started_at,
+                 finished_at = excluded.finished_at, deadline = excluded.deadline,
+                 on_failure = excluded.on_failure; ",
+        );
+    }
     Ok(())
 }
 
-async fn upsert_item(conn: &mut SqliteConnection, i: &ItemRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector, output,
-             error, prior_state, secret_output, started_at, finished_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (run_id, step_id, idx) DO UPDATE SET
-             status = excluded.status, attempts = excluded.attempts, inputs = excluded.inputs,
-             connector = excluded.connector, output = excluded.output, error = excluded.error,
-             prior_state = excluded.prior_state, secret_output = excluded.secret_output,
-             started_at = excluded.started_at, finished_at = excluded.finished_at",
-    )
-    .bind(&i.run_id)
-    .bind(&i.step_id)
-    .bind(i64::from(i.idx))
-    .bind(i.status.as_str())
-    .bind(i64::from(i.attempts))
-    .bind(json_text(&i.inputs)?)
-    .bind(&i.connector)
-    .bind(opt_json_text(&i.output)?)
-    .bind(&i.error)
-    .bind(opt_json_text(&i.prior_state)?)
-    .bind(opt_json_text(&i.secret_output)?)
-    .bind(&i.started_at)
-    .bind(&i.finished_at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-async fn insert_evidence(conn: &mut SqliteConnection, e: &EvidenceRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO evidence (evidence_id, run_id, step_id, path, sha256, bytes, records,
-             collected_at, meta)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&e.evidence_id)
-    .bind(&e.run_id)
-    .bind(&e.step_id)
-    .bind(&e.path)
-    .bind(&e.sha256)
-    .bind(to_i64(e.bytes, "evidence.bytes")?)
-    .bind(to_i64(e.records, "evidence.records")?)
-    .bind(&e.collected_at)
-    .bind(json_text(&e.meta)?)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-async fn insert_draft(conn: &mut SqliteConnection, d: &DraftRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO drafts (draft_id, run_id, step_id, idx, template, audience, subject,
-             recipient, body_markdown, body_text, body_sha256, facts, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&d.draft_id)
-    .bind(&d.run_id)
-    .bind(&d.step_id)
-    .bind(i64::from(d.idx))
-    .bind(&d.template)
-    .bind(&d.audience)
-    .bind(&d.subject)
-    .bind(opt_json_text(&d.to)?)
-    .bind(&d.body_markdown)
-    .bind(&d.body_text)
-    .bind(&d.body_sha256)
-    .bind(json_text(&d.facts)?)
-    .bind(&d.created_at)
-    .execute(conn)
-    .await?;
+/// Insert or replace item rows, one statement per chunk.
+fn push_items<'a>(q: &mut Statements<'a>, items: &[&'a ItemRecord]) -> Result<()> {
+    let mut rows = Vec::with_capacity(items.len());
+    for i in items {
+        rows.push((
+            *i,
+            json_text(&i.inputs)?,
+            opt_json_text(&i.output)?,
+            opt_json_text(&i.prior_state)?,
+            opt_json_text(&i.secret_output)?,
+        ));
+    }
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        q.push(
+            "INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector,
+                 output, error, prior_state, secret_output, started_at, finished_at) ",
+        );
+        q.push_values(chunk, |mut b, (i, inputs, output, prior, secret)| {
+            b.push_bind(&i.run_id)
+                .push_bind(&i.step_id)
+                .push_bind(i64::from(i.idx))
+                .push_bind(i.status.as_str())
+                .push_bind(i64::from(i.attempts))
+                .push_bind(inputs)
+                .push_bind(&i.connector)
+                .push_bind(output)
+                .push_bind(&i.error)
+                .push_bind(prior)
+                .push_bind(secret)
+                .push_bind(&i.started_at)
+                .push_bind(&i.finished_at);
+        });
+        q.push(
+            " ON CONFLICT (run_id, step_id, idx) DO UPDATE SET
+                 status = excluded.status, attempts = excluded.attempts, inputs = excluded.inputs,
+                 connector = excluded.connector, output = excluded.output, error = excluded.error,
+                 prior_state = excluded.prior_state, secret_output = excluded.secret_output,
+                 started_at = excluded.started_at, finished_at = excluded.finished_at; ",
+        );
+    }
     Ok(())
 }
 
@@ -345,7 +387,8 @@ fn same_run(lease: &Lease, what: &str, run_id: &str) -> Result<()> {
     }
 }
 
-async fn apply(conn: &mut SqliteConnection, lease: &Lease, change: &Change) -> Result<()> {
+/// One change other than step and item rows.
+fn push_change<'a>(q: &mut Statements<'a>, lease: &'a Lease, change: &'a Change) -> Result<()> {
     match change {
         Change::Run {
             status,
@@ -353,57 +396,163 @@ async fn apply(conn: &mut SqliteConnection, lease: &Lease, change: &Change) -> R
             started_at,
             finished_at,
         } => {
-            sqlx::query(
-                "UPDATE runs SET status = ?, error = ?, started_at = COALESCE(started_at, ?),
-                     finished_at = ?
-                 WHERE id = ?",
-            )
-            .bind(status.as_str())
-            .bind(error)
-            .bind(started_at)
-            .bind(finished_at)
-            .bind(&lease.run_id)
-            .execute(conn)
-            .await?;
+            q.push("UPDATE runs SET status = ")
+                .push_bind(status.as_str())
+                .push(", error = ")
+                .push_bind(error)
+                .push(", started_at = COALESCE(started_at, ")
+                .push_bind(started_at)
+                .push("), finished_at = ")
+                .push_bind(finished_at)
+                .push(" WHERE id = ")
+                .push_bind(&lease.run_id);
         }
         Change::Step(s) => {
             same_run(lease, "step record", &s.run_id)?;
-            upsert_step(conn, s).await?;
+            return push_steps(q, &[s]);
         }
         Change::Item(i) => {
             same_run(lease, "item record", &i.run_id)?;
-            upsert_item(conn, i).await?;
+            return push_items(q, &[i]);
         }
         Change::Evidence(e) => {
             same_run(lease, "evidence record", &e.run_id)?;
-            insert_evidence(conn, e).await?;
+            let bytes = to_i64(e.bytes, "evidence.bytes")?;
+            let records = to_i64(e.records, "evidence.records")?;
+            let meta = json_text(&e.meta)?;
+            q.push(
+                "INSERT INTO evidence (evidence_id, run_id, step_id, path, sha256, bytes, records,
+                     collected_at, meta) ",
+            );
+            q.push_values([e], |mut b, e| {
+                b.push_bind(&e.evidence_id)
+                    .push_bind(&e.run_id)
+                    .push_bind(&e.step_id)
+                    .push_bind(&e.path)
+                    .push_bind(&e.sha256)
+                    .push_bind(bytes)
+                    .push_bind(records)
+                    .push_bind(&e.collected_at)
+                    .push_bind(meta.clone());
+            });
         }
         Change::Draft(d) => {
             same_run(lease, "draft", &d.run_id)?;
-            insert_draft(conn, d).await?;
+            let to = opt_json_text(&d.to)?;
+            let facts = json_text(&d.facts)?;
+            q.push(
+                "INSERT INTO drafts (draft_id, run_id, step_id, idx, template, audience, subject,
+                     recipient, body_markdown, body_text, body_sha256, facts, created_at) ",
+            );
+            q.push_values([d], |mut b, d| {
+                b.push_bind(&d.draft_id)
+                    .push_bind(&d.run_id)
+                    .push_bind(&d.step_id)
+                    .push_bind(i64::from(d.idx))
+                    .push_bind(&d.template)
+                    .push_bind(&d.audience)
+                    .push_bind(&d.subject)
+                    .push_bind(to.clone())
+                    .push_bind(&d.body_markdown)
+                    .push_bind(&d.body_text)
+                    .push_bind(&d.body_sha256)
+                    .push_bind(facts.clone())
+                    .push_bind(&d.created_at);
+            });
         }
         Change::TruncateItems { step_id, from_idx } => {
-            sqlx::query("DELETE FROM items WHERE run_id = ? AND step_id = ? AND idx >= ?")
-                .bind(&lease.run_id)
-                .bind(step_id)
-                .bind(i64::from(*from_idx))
-                .execute(conn)
-                .await?;
+            q.push("DELETE FROM items WHERE run_id = ")
+                .push_bind(&lease.run_id)
+                .push(" AND step_id = ")
+                .push_bind(step_id)
+                .push(" AND idx >= ")
+                .push_bind(i64::from(*from_idx));
         }
         Change::WaitingNotice { id, step_id } => {
             let now = crate::time::now();
-            sqlx::query(
-                "INSERT INTO waiting_notices (id, run_id, step_id, status, attempts, next_at, created_at)
-                 VALUES (?, ?, ?, 'pending', 0, ?, ?)
-                 ON CONFLICT (id) DO NOTHING",
+            q.push(
+                "INSERT INTO waiting_notices (id, run_id, step_id, status, attempts, next_at,
+                     created_at) VALUES (",
             )
-            .bind(id)
-            .bind(&lease.run_id)
-            .bind(step_id)
-            .bind(&now)
-            .bind(&now)
-            .execute(conn)
-            .await?;
+            .push_bind(id)
+            .push(", ")
+            .push_bind(&lease.run_id)
+            .push(", ")
+            .push_bind(step_id)
+            .push(", 'pending', 0, ")
+            .push_bind(now.clone())
+            .push(", ")
+            .push_bind(now)
+            .push(") ON CONFLICT (id) DO NOTHING");
+        }
+    }
+    q.push("; ");
+    Ok(())
+}
+
+/// Push the statements that apply `changes` under `lease`: all step rows in one multi-row
+/// statement, all item rows in another, then the rest in order. Only `runs` is referenced
+/// by the other tables, so the order between tables does not matter; within a table it is
+/// kept. A commit that truncates items keeps its exact order (consecutive rows still share
+/// a statement). On an error the builder holds a partial text: drop it.
+fn push_changes<'a>(q: &mut Statements<'a>, lease: &'a Lease, changes: &'a [Change]) -> Result<()> {
+    let truncates = changes
+        .iter()
+        .any(|c| matches!(c, Change::TruncateItems { .. }));
+    if !truncates {
+        let mut steps = Vec::new();
+        let mut items = Vec::new();
+        for c in changes {
+            match c {
+                Change::Step(s) => {
+                    same_run(lease, "step record", &s.run_id)?;
+                    steps.push(s);
+                }
+                Change::Item(i) => {
+                    same_run(lease, "item record", &i.run_id)?;
+                    items.push(i);
+                }
+                _ => {}
+            }
+        }
+        if !items.is_empty() {
+            push_items(q, &items)?;
+        }
+        if !steps.is_empty() {
+            push_steps(q, &steps)?;
+        }
+        for c in changes {
+            if !matches!(c, Change::Step(_) | Change::Item(_)) {
+                push_change(q, lease, c)?;
+            }
+        }
+        return Ok(());
+    }
+    let mut i = 0;
+    while i < changes.len() {
+        match &changes[i] {
+            Change::Step(_) => {
+                let mut rows = Vec::new();
+                while let Some(Change::Step(s)) = changes.get(i) {
+                    same_run(lease, "step record", &s.run_id)?;
+                    rows.push(s);
+                    i += 1;
+                }
+                push_steps(q, &rows)?;
+            }
+            Change::Item(_) => {
+                let mut rows = Vec::new();
+                while let Some(Change::Item(it)) = changes.get(i) {
+                    same_run(lease, "item record", &it.run_id)?;
+                    rows.push(it);
+                    i += 1;
+                }
+                push_items(q, &rows)?;
+            }
+            other => {
+                push_change(q, lease, other)?;
+                i += 1;
+            }
         }
     }
     Ok(())
@@ -436,12 +585,13 @@ async fn run_exists(conn: &mut SqliteConnection, run_id: &str) -> Result<bool> {
     Ok(row.is_some())
 }
 
-/// Create a run, or join the active run with its concurrency key, inside `tx`.
+/// Create a run, or join the active run with its concurrency key, inside `tx`. Returns the
+/// audit event to append (`audit`, or the `run.joined` event made from it).
 async fn create_in(
     tx: &mut SqliteConnection,
     run: RunRecord,
     audit: AuditDraft,
-) -> Result<Created> {
+) -> Result<(Created, AuditDraft)> {
     if let Some(key) = &run.concurrency_key {
         let existing: Option<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM runs
@@ -476,22 +626,20 @@ async fn create_in(
                     "details": audit.details,
                 }),
             };
-            append_events(&mut *tx, vec![joined]).await?;
-            return Ok(Created::Joined(existing));
+            return Ok((Created::Joined(existing), joined));
         }
     }
     insert_run(&mut *tx, &run).await?;
-    append_events(&mut *tx, vec![audit]).await?;
-    Ok(Created::New(run))
+    Ok((Created::New(run), audit))
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_run(&self, run: RunRecord, audit: AuditDraft) -> Result<Created> {
-        let mut tx = self.begin_write().await?;
-        let created = create_in(&mut tx, run, audit).await?;
-        tx.commit().await?;
-        Ok(created)
+        self.writer
+            .submit(&self.write, Op::CreateRun { run, audit })
+            .await?
+            .created()
     }
 
     async fn create_run_once(
@@ -501,45 +649,13 @@ impl Store for SqliteStore {
         keys: &[DedupKey],
         remember_since: &str,
     ) -> Result<Triggered> {
-        let mut tx = self.begin_write().await?;
-        let created = create_in(&mut tx, run, audit).await?;
-        let target = match &created {
-            Created::New(r) | Created::Joined(r) => r.id.clone(),
+        let op = Op::CreateRunOnce {
+            run,
+            audit,
+            keys: keys.to_vec(),
+            remember_since: remember_since.to_string(),
         };
-        let at = crate::time::now();
-        for k in keys {
-            // Insert, or take over a row old enough to be forgotten; a row that is neither
-            // new nor stale returns nothing: a repeat.
-            let mine: Option<(String,)> = sqlx::query_as(
-                "INSERT INTO webhook_deliveries (hook, kind, key, run_id, at) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (hook, kind, key) DO UPDATE
-                     SET run_id = excluded.run_id, at = excluded.at
-                     WHERE webhook_deliveries.at < ?
-                 RETURNING run_id",
-            )
-            .bind(&k.hook)
-            .bind(&k.kind)
-            .bind(&k.key)
-            .bind(&target)
-            .bind(&at)
-            .bind(remember_since)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if mine.is_none() {
-                let (first,): (String,) = sqlx::query_as(
-                    "SELECT run_id FROM webhook_deliveries WHERE hook = ? AND kind = ? AND key = ?",
-                )
-                .bind(&k.hook)
-                .bind(&k.kind)
-                .bind(&k.key)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.rollback().await?;
-                return Ok(Triggered::Duplicate(first));
-            }
-        }
-        tx.commit().await?;
-        Ok(Triggered::Created(Box::new(created)))
+        self.writer.submit(&self.write, op).await?.triggered()
     }
 
     async fn fire_schedule(
@@ -562,7 +678,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(Fired::Duplicate(run_id));
         }
-        let created = create_in(&mut tx, run, audit).await?;
+        let (created, event) = create_in(&mut tx, run, audit).await?;
         let (outcome, run_id) = match &created {
             Created::New(r) => ("fired", r.id.clone()),
             Created::Joined(r) => ("joined", r.id.clone()),
@@ -581,9 +697,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(Fired::Duplicate(None));
         }
-        if let Some(m) = missed {
-            append_events(&mut tx, vec![m]).await?;
-        }
+        append_events(&mut tx, std::iter::once(event).chain(missed).collect()).await?;
         tx.commit().await?;
         Ok(Fired::Claimed(Box::new(created)))
     }
@@ -824,70 +938,29 @@ impl Store for SqliteStore {
         steal_from: Option<&str>,
     ) -> Result<Option<Lease>> {
         let now = chrono::Utc::now();
-        let until = crate::time::format(now + ttl(ttl_ms));
-        let now = crate::time::format(now);
-        let mut tx = self.begin_write().await?;
-        // Free, expired (until <= now), ours, or held by the process the caller proved dead.
-        let token: Option<(i64,)> = sqlx::query_as(
-            "UPDATE runs SET lease_owner = ?1, lease_until = ?2, lease_token = lease_token + 1
-             WHERE id = ?3 AND (lease_owner IS NULL OR lease_until IS NULL
-                 OR lease_until <= ?4 OR lease_owner = ?1 OR lease_owner = ?5)
-             RETURNING lease_token",
-        )
-        .bind(owner)
-        .bind(&until)
-        .bind(run_id)
-        .bind(&now)
-        .bind(steal_from)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let lease = match token {
-            Some((token,)) => Some(Lease {
-                run_id: run_id.to_owned(),
-                owner: owner.to_owned(),
-                token,
-            }),
-            None if run_exists(&mut tx, run_id).await? => None,
-            None => return Err(StoreError::RunNotFound(run_id.to_owned())),
+        let op = Op::AcquireLease {
+            run_id: run_id.to_owned(),
+            owner: owner.to_owned(),
+            until: crate::time::format(now + ttl(ttl_ms)),
+            now: crate::time::format(now),
+            steal_from: steal_from.map(str::to_owned),
         };
-        tx.commit().await?;
-        Ok(lease)
+        self.writer.submit(&self.write, op).await?.lease()
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<()> {
-        let until = crate::time::format(chrono::Utc::now() + ttl(ttl_ms));
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE runs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND lease_token = ?",
-        )
-        .bind(&until)
-        .bind(&lease.run_id)
-        .bind(&lease.owner)
-        .bind(lease.token)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::LeaseLost(lease.run_id.clone()));
-        }
-        tx.commit().await?;
-        Ok(())
+        let op = Op::RenewLease {
+            lease: lease.clone(),
+            until: crate::time::format(chrono::Utc::now() + ttl(ttl_ms)),
+        };
+        self.writer.submit(&self.write, op).await.map(drop)
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        // A lease already lost is already released: nothing to do, and never touch the
-        // new holder's lease.
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_until = NULL
-             WHERE id = ? AND lease_owner = ? AND lease_token = ?",
-        )
-        .bind(&lease.run_id)
-        .bind(&lease.owner)
-        .bind(lease.token)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let op = Op::ReleaseLease {
+            lease: lease.clone(),
+        };
+        self.writer.submit(&self.write, op).await.map(drop)
     }
 
     async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>> {
@@ -954,33 +1027,22 @@ impl Store for SqliteStore {
         changes: Vec<Change>,
         audit: Vec<AuditDraft>,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let current: Option<(Option<String>, i64)> =
-            sqlx::query_as("SELECT lease_owner, lease_token FROM runs WHERE id = ?")
-                .bind(&lease.run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match current {
-            None => return Err(StoreError::RunNotFound(lease.run_id.clone())),
-            Some((Some(owner), token)) if owner == lease.owner && token == lease.token => {}
-            Some(_) => return Err(StoreError::LeaseLost(lease.run_id.clone())),
-        }
-        for change in &changes {
-            apply(&mut tx, lease, change).await?;
-        }
-        append_events(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        let op = Op::Commit {
+            lease: lease.clone(),
+            changes,
+            audit,
+        };
+        self.writer.submit(&self.write, op).await.map(drop)
     }
 
     async fn append_audit(&self, audit: Vec<AuditDraft>) -> Result<()> {
         if audit.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
-        append_events(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        self.writer
+            .submit(&self.write, Op::AppendAudit { audit })
+            .await
+            .map(drop)
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
