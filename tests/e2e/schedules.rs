@@ -288,6 +288,19 @@ fn wait_messages(
     }
 }
 
+/// The run's `action` events once there is one: a notice's event is committed when its
+/// send is settled, a moment after the message arrived.
+fn sent_events(s: &Serving, run: &str, action: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = audit_of(s, run, action);
+        if !found.is_empty() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn audit_of(s: &Serving, run: &str, action: &str) -> Vec<Value> {
     s.get(&format!("/api/v1/runs/{run}/audit"), Some(token("root")))
         .json()
@@ -332,7 +345,7 @@ fn notify_waiting_posts_once_per_waiting_step_with_the_approval_link_across_rest
     ] {
         assert!(msgs[0].contains(needle), "no `{needle}` in {}", msgs[0]);
     }
-    let sent = audit_of(&s, &r1, "notify.waiting_sent");
+    let sent = sent_events(&s, &r1, "notify.waiting_sent");
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert_eq!(sent[0]["details"]["link"], json!(link));
     assert_eq!(sent[0]["details"]["connector"], "soc-slack");
@@ -497,7 +510,7 @@ fn notify_waiting_emails_the_configured_recipients_through_smtp() {
         mail.contains("legal@example.com") && mail.contains("counsel@example.com"),
         "{mail}"
     );
-    let sent = audit_of(&s, &id, "notify.waiting_sent");
+    let sent = sent_events(&s, &id, "notify.waiting_sent");
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert_eq!(sent[0]["details"]["connector"], "mail");
     assert_eq!(s.stop(), 0);
