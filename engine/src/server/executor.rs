@@ -26,15 +26,15 @@ use tracing::Instrument;
 use super::metrics::{Metrics, StepTimer};
 use crate::exec::{owner_is_dead, Engine, ExecError};
 
-/// Queued runs younger than this are left to the process that created them (a `cordon run`
-/// about to take the lease), except at start.
-const FRESH_QUEUED: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
-/// At start, queued runs younger than this are still left to their creator: a `cordon run`
-/// takes its run's lease within moments, while a run queued by a process that has died
-/// since should not wait the full [`FRESH_QUEUED`].
-const FRESH_QUEUED_AT_START: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
-/// How many runs the first sweep may claim beyond the free execution slots (they queue for
-/// a slot; their leases lapse meanwhile and another node may take them first).
+/// Queued runs younger than this are left to the process that created them: a `cordon run`
+/// takes its run's lease within moments. Older queued runs without a lease are anyone's (a
+/// node's own queue of accepted runs included: another node with free slots helps out).
+const FRESH_QUEUED: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+/// Each sweep claims runs until this many per execution slot are executing or queued here,
+/// so that slots freed between sweeps find work waiting. Claimed runs that wait for a slot
+/// longer than a lease may be taken by another node first; this one then skips them.
+const CLAIMED_PER_SLOT: usize = 4;
+/// The first sweep may claim this many at least (a restart with a backlog).
 const CLAIM_AT_START: usize = 256;
 /// How often old webhook deliveries are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
@@ -43,6 +43,8 @@ pub struct Executor {
     engine: Engine,
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
+    /// `max_concurrent_runs`.
+    slot_count: usize,
     tracker: TaskTracker,
     /// Runs submitted to this process → "submitted again while executing".
     active: Mutex<HashMap<String, bool>>,
@@ -57,6 +59,7 @@ impl Executor {
             engine,
             metrics,
             slots: Arc::new(Semaphore::new(max_concurrent_runs.max(1))),
+            slot_count: max_concurrent_runs.max(1),
             tracker: TaskTracker::new(),
             active: Mutex::new(HashMap::new()),
             step_types: Mutex::new(HashMap::new()),
@@ -217,23 +220,16 @@ impl Executor {
             }
             Err(e) => tracing::warn!(error = %e, "cannot list unfinished runs"),
         }
-        let free = self
-            .slots
-            .available_permits()
-            .saturating_sub(self.metrics.queue_depth.get().max(0) as usize);
-        // At start every run nobody holds is ours to try; later, only what fits.
+        let here = self.metrics.queue_depth.get().max(0) as usize
+            + self.metrics.executing.get().max(0) as usize;
+        let room = (self.slot_count * CLAIMED_PER_SLOT).saturating_sub(here);
         let limit = if at_start {
-            free.max(CLAIM_AT_START)
+            room.max(CLAIM_AT_START)
         } else {
-            free
+            room
         };
         if limit > 0 {
-            let fresh = if at_start {
-                FRESH_QUEUED_AT_START
-            } else {
-                FRESH_QUEUED
-            };
-            let fresh_ms = u64::try_from(fresh.num_milliseconds()).unwrap_or(0);
+            let fresh_ms = u64::try_from(FRESH_QUEUED.num_milliseconds()).unwrap_or(0);
             let claimed = store
                 .claim_runnable(
                     &me.owner,
