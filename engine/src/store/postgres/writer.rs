@@ -448,3 +448,327 @@ fn fail_all(batch: &mut Vec<Request>, e: sqlx::Error) {
         let _ = request.reply.send(Err(StoreError::Database(err)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::super::testing::TestSchema;
+    use super::super::PgStore;
+    use crate::store::conformance::{assert_chain_intact, draft, run};
+    use crate::store::{Change, EvidenceRecord, ItemRecord, Lease, StepStatus, Store, StoreError};
+
+    fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
+        ItemRecord {
+            run_id: run_id.into(),
+            step_id: step_id.into(),
+            idx,
+            status: StepStatus::Succeeded,
+            attempts: 1,
+            inputs: json!({"user": format!("u{idx}")}),
+            connector: "okta-prod".into(),
+            output: Some(json!({"already": false})),
+            error: None,
+            prior_state: None,
+            secret_output: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn evidence(run_id: &str, evidence_id: &str) -> EvidenceRecord {
+        EvidenceRecord {
+            evidence_id: evidence_id.into(),
+            run_id: run_id.into(),
+            step_id: "snapshot".into(),
+            path: format!("{run_id}/{evidence_id}.jsonl"),
+            sha256: "ab".repeat(32),
+            bytes: 10,
+            records: 1,
+            collected_at: "2026-11-25T23:58:00.000Z".into(),
+            meta: cordon_connectors::evidence::EvidenceMeta {
+                connector_type: "okta".into(),
+                instance: "okta-prod".into(),
+                action: "snapshot_system_log".into(),
+                extension: "jsonl".into(),
+                media_type: "application/x-ndjson".into(),
+                source: json!({}),
+            },
+        }
+    }
+
+    async fn fresh() -> Option<(TestSchema, PgStore)> {
+        let schema = TestSchema::create().await?;
+        let store = PgStore::open(&schema.url).await.expect("open");
+        Some((schema, store))
+    }
+
+    async fn leased_run(store: &PgStore, id: &str) -> Lease {
+        store
+            .create_run(
+                run(id, None, "2026-11-25T23:00:00.000Z"),
+                draft(Some(id), "run.created", json!({})),
+            )
+            .await
+            .expect("create run");
+        store
+            .acquire_lease(id, "node-a/1/x", 60_000, None)
+            .await
+            .expect("acquire")
+            .expect("free")
+    }
+
+    /// Wait until `n` requests in all were handed to the writer.
+    async fn submitted(store: &PgStore, n: u64) {
+        for _ in 0..2000 {
+            if store.write_stats().submitted >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("only {:?} requests reached the writer", store.write_stats());
+    }
+
+    fn commit_task(
+        store: &PgStore,
+        lease: &Lease,
+        changes: Vec<Change>,
+        action: &str,
+    ) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        let store = store.clone();
+        let lease = lease.clone();
+        let event = draft(Some(&lease.run_id), action, json!({}));
+        tokio::spawn(async move { store.commit(&lease, changes, vec![event]).await })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_commits_share_one_transaction_and_one_chain() {
+        let Some((_schema, store)) = fresh().await else {
+            return;
+        };
+        let mut leases = Vec::new();
+        for r in 0..8 {
+            leases.push(leased_run(&store, &format!("01GROUP{r:019}")).await);
+        }
+        let before = store.write_stats();
+        // While the writer is held, 64 commits from 8 runs queue up.
+        let hold = store.writer.hold().await;
+        let mut tasks = Vec::new();
+        for n in 0..64u32 {
+            let lease = &leases[n as usize % 8];
+            let it = item(&lease.run_id, "suspend", n / 8);
+            tasks.push(commit_task(
+                &store,
+                lease,
+                vec![Change::Item(it)],
+                "step.succeeded",
+            ));
+        }
+        submitted(&store, before.submitted + 64).await;
+        drop(hold);
+        for t in tasks {
+            t.await.expect("task").expect("commit");
+        }
+        let after = store.write_stats();
+        assert_eq!(after.requests - before.requests, 64);
+        assert_eq!(
+            after.transactions - before.transactions,
+            1,
+            "64 commits queued together land in one transaction: {before:?} → {after:?}"
+        );
+        for lease in &leases {
+            assert_eq!(store.items(&lease.run_id).await.expect("items").len(), 8);
+            let events = store
+                .audit_events(Some(&lease.run_id))
+                .await
+                .expect("events");
+            assert_eq!(events.len(), 1 + 8, "run.created and eight step events");
+        }
+        assert_chain_intact(&store).await;
+
+        // Unheld and concurrent: fewer transactions than requests, one chain.
+        let before = store.write_stats();
+        let mut tasks = Vec::new();
+        for n in 0..256u32 {
+            let lease = &leases[n as usize % 8];
+            let it = item(&lease.run_id, "later", n / 8);
+            tasks.push(commit_task(&store, lease, vec![Change::Item(it)], "later"));
+        }
+        for t in tasks {
+            t.await.expect("task").expect("commit");
+        }
+        let after = store.write_stats();
+        assert_eq!(after.requests - before.requests, 256);
+        assert!(
+            after.transactions - before.transactions < 256,
+            "{before:?} → {after:?}"
+        );
+        assert_eq!(
+            store.audit_events(None).await.expect("events").len(),
+            8 + 64 + 256
+        );
+        assert_chain_intact(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failing_request_in_a_batch_does_not_affect_the_others() {
+        let Some((_schema, store)) = fresh().await else {
+            return;
+        };
+        let a = leased_run(&store, "01FAILA0000000000000000000").await;
+        let b = leased_run(&store, "01FAILB0000000000000000000").await;
+        let c = leased_run(&store, "01FAILC0000000000000000000").await;
+        let d = leased_run(&store, "01FAILD0000000000000000000").await;
+        // b's lease is taken over by another node: b's holder is fenced off.
+        let stolen = store
+            .acquire_lease(&b.run_id, "node-b/2/y", 60_000, Some("node-a/1/x"))
+            .await
+            .expect("steal")
+            .expect("stolen");
+        assert!(stolen.token > b.token);
+        store
+            .commit(
+                &c,
+                vec![Change::Evidence(evidence(&c.run_id, "01EVIDENCE-TAKEN"))],
+                vec![],
+            )
+            .await
+            .expect("first evidence");
+        let events_before = store.audit_events(None).await.expect("events").len();
+        let before = store.write_stats();
+
+        let hold = store.writer.hold().await;
+        let ta = commit_task(
+            &store,
+            &a,
+            vec![Change::Item(item(&a.run_id, "s", 0))],
+            "a.ok",
+        );
+        let tb = commit_task(
+            &store,
+            &b,
+            vec![Change::Item(item(&b.run_id, "s", 0))],
+            "b.stale",
+        );
+        // c writes an item, then an evidence record whose id is taken: refused by the
+        // database after a write.
+        let tc = commit_task(
+            &store,
+            &c,
+            vec![
+                Change::Item(item(&c.run_id, "s", 0)),
+                Change::Evidence(evidence(&c.run_id, "01EVIDENCE-TAKEN")),
+            ],
+            "c.bad",
+        );
+        let td = commit_task(
+            &store,
+            &d,
+            vec![Change::Item(item(&d.run_id, "s", 0))],
+            "d.ok",
+        );
+        // b's stale holder also releases: the new holder's lease stays.
+        let store2 = store.clone();
+        let b2 = b.clone();
+        let te = tokio::spawn(async move { store2.release_lease(&b2).await });
+        submitted(&store, before.submitted + 5).await;
+        drop(hold);
+        ta.await.expect("a").expect("a commits");
+        let eb = tb.await.expect("b").expect_err("b is fenced");
+        assert!(
+            matches!(eb, StoreError::LeaseLost(ref r) if r == &b.run_id),
+            "{eb}"
+        );
+        let ec = tc.await.expect("c").expect_err("c is refused");
+        assert!(matches!(ec, StoreError::Database(_)), "{ec}");
+        td.await.expect("d").expect("d commits");
+        te.await.expect("e").expect("a lost lease releases quietly");
+
+        let after = store.write_stats();
+        assert_eq!(after.transactions - before.transactions, 1, "one batch");
+        assert_eq!(after.requests - before.requests, 5);
+        assert_eq!(store.items(&a.run_id).await.expect("a").len(), 1);
+        assert_eq!(store.items(&d.run_id).await.expect("d").len(), 1);
+        assert!(store.items(&b.run_id).await.expect("b").is_empty());
+        assert!(
+            store.items(&c.run_id).await.expect("c").is_empty(),
+            "c's first write was rolled back to its savepoint"
+        );
+        let holder = store.lease_holder(&b.run_id).await.expect("holder");
+        assert_eq!(holder.map(|h| h.owner).as_deref(), Some("node-b/2/y"));
+        let events = store.audit_events(None).await.expect("events");
+        let mut new: Vec<&str> = events[events_before..]
+            .iter()
+            .map(|e| e.action.as_str())
+            .collect();
+        new.sort();
+        assert_eq!(new, ["a.ok", "d.ok"], "only the committed requests' events");
+        assert_chain_intact(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_broken_connection_fails_every_waiter_of_its_batch() {
+        let Some((schema, store)) = fresh().await else {
+            return;
+        };
+        let a = leased_run(&store, "01CONNA0000000000000000000").await;
+        let b = leased_run(&store, "01CONNB0000000000000000000").await;
+        // A second pool locks a's row, so the next batch waits on it; then its session is
+        // terminated by the server while it waits.
+        let other = PgStore::open(&schema.url).await.expect("open other");
+        let mut blocker = other.pool.begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(&a.run_id)
+            .execute(&mut *blocker)
+            .await
+            .expect("lock a");
+        let before = store.write_stats();
+        let ta = commit_task(&store, &a, vec![], "a.event");
+        let tb = commit_task(&store, &b, vec![], "b.event");
+        submitted(&store, before.submitted + 2).await;
+        // Kill the writer's session (the one waiting for the lock on a's row).
+        let mut killed = 0;
+        for _ in 0..200 {
+            let done = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT id, lease_owner%'
+                   AND pid <> pg_backend_pid() AND datname = current_database()",
+            )
+            .fetch_all(&mut *blocker)
+            .await
+            .expect("terminate");
+            killed = done.len();
+            if killed > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(killed, 1, "the writer's session was waiting for the lock");
+        let ea = ta.await.expect("a").expect_err("a fails");
+        assert!(ea.is_unavailable(), "{ea}");
+        // b was in the same batch (or the next one, which then commits).
+        match tb.await.expect("b") {
+            Err(e) => assert!(e.is_unavailable(), "{e}"),
+            Ok(()) => {}
+        }
+        blocker.rollback().await.expect("rollback");
+        // Nothing of the failed batch is stored; the store goes on.
+        assert!(store
+            .audit_events(Some(&a.run_id))
+            .await
+            .expect("events")
+            .iter()
+            .all(|e| e.action != "a.event"));
+        store
+            .commit(&a, vec![], vec![draft(Some(&a.run_id), "a.again", json!({}))])
+            .await
+            .expect("the next batch commits");
+        assert_chain_intact(&store).await;
+        other.close().await;
+        store.close().await;
+    }
+}
