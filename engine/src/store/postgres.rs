@@ -26,6 +26,13 @@
 //!   to lock. Lock order is always "run row or concurrency key, then audit head", so writers
 //!   queue and never deadlock. [`Store::audit_chain`] reads events and head in one
 //!   `REPEATABLE READ` read-only transaction (one snapshot).
+//! - **Group commit.** Step commits, run creation without a concurrency key, lease
+//!   releases and audit appends go to one writer task per store ([`writer`]): a batch locks
+//!   its runs' rows in id order (one statement, which also reads the fencing tokens),
+//!   applies each request behind its own savepoint, takes the audit head once for all of
+//!   them, and COMMITs once; every waiter is answered only after that COMMIT. A node holds
+//!   the head for one batch instead of one commit at a time, so the nodes' commits share
+//!   WAL flushes instead of queueing one by one behind the head's lock.
 //! - **Once across nodes.** Webhook deliveries and schedule fire times are inserted with
 //!   `INSERT … ON CONFLICT` in the transaction that creates the run; a concurrent identical
 //!   insert waits for the first transaction and then sees the conflict, so exactly one run
