@@ -9,9 +9,12 @@
 //!    `SELECT … WHERE id = ANY($1) ORDER BY id FOR UPDATE`, and reads their lease owner and
 //!    fencing token: each commit's fencing check is then a lookup, and no acquisition can
 //!    slip in before COMMIT;
-//! 2. applies each request behind its own `SAVEPOINT`: a request whose fencing check fails
-//!    writes nothing and is answered `LeaseLost`; one whose statements fail is rolled back
-//!    to its savepoint and answered with its own error; the others go on;
+//! 2. applies each request: a request whose fencing check fails writes nothing and is
+//!    answered `LeaseLost`. The statements of the others run without savepoints first (a
+//!    savepoint is a round trip per request); if the database refuses one of them, the
+//!    batch is rolled back and applied again with each request behind its own `SAVEPOINT`,
+//!    where the refused request is rolled back to its savepoint and answered with its own
+//!    error, and the others go on;
 //! 3. locks `audit_head` once, seals the audit events of every kept request onto the chain
 //!    in request order, stores them with a multi-row insert and moves the head in the same
 //!    statement;
@@ -192,6 +195,9 @@ enum BatchError {
     /// The database refused the batch as a whole (sealing the events, COMMIT): it was
     /// rolled back, and its requests can be tried one by one.
     Refused(StoreError),
+    /// Applied without savepoints, a request's statement failed: the batch was rolled
+    /// back, to be applied again with a savepoint per request.
+    Retry,
 }
 
 impl From<StoreError> for BatchError {
@@ -233,8 +239,15 @@ async fn process(
         }
     }
     let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
-    let outcomes = match try_batch(&mut conn, &ops, shared).await {
+    let mut first = try_batch(&mut conn, &ops, shared, false).await;
+    if matches!(first, Err(BatchError::Retry)) {
+        first = try_batch(&mut conn, &ops, shared, true).await;
+    }
+    let outcomes = match first {
         Ok(outcomes) => outcomes,
+        Err(BatchError::Retry) => {
+            return fail_each(batch, "the PostgreSQL writer could not apply a batch");
+        }
         Err(BatchError::Connection(e)) => {
             // The connection is not returned to the pool for reuse.
             conn.close_on_drop();
@@ -246,13 +259,16 @@ async fn process(
                 "a grouped PostgreSQL transaction failed; committing its requests one by one");
             let mut alone = Vec::with_capacity(ops.len());
             for (i, op) in ops.iter().enumerate() {
-                match try_batch(&mut conn, &[*op], shared).await {
+                match try_batch(&mut conn, &[*op], shared, true).await {
                     Ok(mut v) => alone.push(v.pop().unwrap_or_else(|| {
                         Err(StoreError::Corrupt(
                             "the PostgreSQL writer lost an answer".into(),
                         ))
                     })),
                     Err(BatchError::Refused(e)) => alone.push(Err(e)),
+                    Err(BatchError::Retry) => alone.push(Err(StoreError::Corrupt(
+                        "the PostgreSQL writer could not apply a request".into(),
+                    ))),
                     Err(BatchError::Connection(e)) => {
                         conn.close_on_drop();
                         let mut rest: Vec<Request> = batch.drain(i..).collect();
@@ -306,15 +322,22 @@ async fn lock_runs(conn: &mut PgConnection, ops: &[&Op]) -> Result<Leases> {
 
 type Outcomes = std::result::Result<Vec<Result<()>>, BatchError>;
 
-/// Apply `ops` in one transaction; each request's outcome once it committed.
-async fn try_batch(conn: &mut PgConnection, ops: &[&Op], shared: &Shared) -> Outcomes {
+/// Apply `ops` in one transaction; each request's outcome once it committed. Without
+/// `savepoints`, a batch whose requests all apply costs no savepoint round trips; the first
+/// request refused by the database makes it [`BatchError::Retry`] with them.
+async fn try_batch(
+    conn: &mut PgConnection,
+    ops: &[&Op],
+    shared: &Shared,
+    savepoints: bool,
+) -> Outcomes {
     let mut tx = conn.begin().await?;
     let mut leases = lock_runs(&mut tx, ops).await?;
     let grouped = ops.len() > 1;
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut audit = Vec::new();
     for op in ops {
-        match apply_one(&mut tx, op, &mut leases, grouped).await {
+        match apply_one(&mut tx, op, &mut leases, grouped && savepoints).await {
             Ok(events) => {
                 audit.extend(events);
                 outcomes.push(Ok(()));
@@ -326,6 +349,14 @@ async fn try_batch(conn: &mut PgConnection, ops: &[&Op], shared: &Shared) -> Out
                 // Alone: the transaction is the request's; nothing of it is kept.
                 tx.rollback().await?;
                 return Ok(vec![Err(e)]);
+            }
+            // Fenced off before any statement of its own: nothing to undo.
+            Err(e @ (StoreError::LeaseLost(_) | StoreError::RunNotFound(_))) => {
+                outcomes.push(Err(e));
+            }
+            Err(_) if !savepoints => {
+                tx.rollback().await?;
+                return Err(BatchError::Retry);
             }
             Err(e) => outcomes.push(Err(e)),
         }
@@ -430,6 +461,13 @@ async fn undo<T>(conn: &mut PgConnection, grouped: bool, error: StoreError) -> R
         }
     }
     Err(error)
+}
+
+/// Answer every request with one error.
+fn fail_each(batch: &mut Vec<Request>, text: &str) {
+    for request in batch.drain(..) {
+        let _ = request.reply.send(Err(StoreError::Corrupt(text.to_owned())));
+    }
 }
 
 /// The batch could not be applied for want of a connection: every waiter learns why.
