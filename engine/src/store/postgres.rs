@@ -224,8 +224,11 @@ async fn append_events(conn: &mut PgConnection, drafts: Vec<AuditDraft>) -> Resu
     let chunks: Vec<_> = sealed.chunks(EVENTS_PER_INSERT).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         let last = i + 1 == chunks.len();
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(if last { "WITH events AS (" } else { "" });
-        q.push("INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash) ");
+        let mut q: QueryBuilder<Postgres> =
+            QueryBuilder::new(if last { "WITH events AS (" } else { "" });
+        q.push(
+            "INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash) ",
+        );
         q.push_values(*chunk, |mut b, (ev, details)| {
             b.push_bind(ev.seq)
                 .push_bind(&ev.at)

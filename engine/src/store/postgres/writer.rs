@@ -60,9 +60,16 @@ pub(super) enum Op {
         audit: Vec<AuditDraft>,
     },
     /// A run without a concurrency key (a key needs the advisory lock: not grouped).
-    CreateRun { run: RunRecord, audit: AuditDraft },
-    ReleaseLease { lease: Lease },
-    AppendAudit { audit: Vec<AuditDraft> },
+    CreateRun {
+        run: RunRecord,
+        audit: AuditDraft,
+    },
+    ReleaseLease {
+        lease: Lease,
+    },
+    AppendAudit {
+        audit: Vec<AuditDraft>,
+    },
 }
 
 impl Op {
@@ -451,8 +458,7 @@ async fn savepoint(conn: &mut PgConnection, grouped: bool) -> Result<()> {
 /// even that fails, the connection is unusable and the error says so.
 async fn undo<T>(conn: &mut PgConnection, grouped: bool, error: StoreError) -> Result<T> {
     if grouped {
-        if let Err(e) = conn.execute("ROLLBACK TO SAVEPOINT request").await
-        {
+        if let Err(e) = conn.execute("ROLLBACK TO SAVEPOINT request").await {
             return Err(StoreError::Database(sqlx::Error::Io(
                 std::io::Error::other(format!(
                     "cannot roll a request back to its savepoint ({e}) after: {error}"
@@ -466,7 +472,9 @@ async fn undo<T>(conn: &mut PgConnection, grouped: bool, error: StoreError) -> R
 /// Answer every request with one error.
 fn fail_each(batch: &mut Vec<Request>, text: &str) {
     for request in batch.drain(..) {
-        let _ = request.reply.send(Err(StoreError::Corrupt(text.to_owned())));
+        let _ = request
+            .reply
+            .send(Err(StoreError::Corrupt(text.to_owned())));
     }
 }
 
@@ -802,7 +810,11 @@ mod tests {
             .iter()
             .all(|e| e.action != "a.event"));
         store
-            .commit(&a, vec![], vec![draft(Some(&a.run_id), "a.again", json!({}))])
+            .commit(
+                &a,
+                vec![],
+                vec![draft(Some(&a.run_id), "a.again", json!({}))],
+            )
             .await
             .expect("the next batch commits");
         assert_chain_intact(&store).await;
