@@ -560,7 +560,13 @@ impl Store for PgStore {
         if run.concurrency_key.is_none() {
             let created = run.clone();
             self.writer
-                .submit(&self.pool, Op::CreateRun { run, audit })
+                .submit(
+                    &self.pool,
+                    Op::CreateRun {
+                        run: Box::new(run),
+                        audit,
+                    },
+                )
                 .await?;
             return Ok(Created::New(created));
         }

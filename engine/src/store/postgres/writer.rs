@@ -61,7 +61,7 @@ pub(super) enum Op {
     },
     /// A run without a concurrency key (a key needs the advisory lock: not grouped).
     CreateRun {
-        run: RunRecord,
+        run: Box<RunRecord>,
         audit: AuditDraft,
     },
     ReleaseLease {
@@ -797,9 +797,8 @@ mod tests {
         let ea = ta.await.expect("a").expect_err("a fails");
         assert!(ea.is_unavailable(), "{ea}");
         // b was in the same batch (or the next one, which then commits).
-        match tb.await.expect("b") {
-            Err(e) => assert!(e.is_unavailable(), "{e}"),
-            Ok(()) => {}
+        if let Err(e) = tb.await.expect("b") {
+            assert!(e.is_unavailable(), "{e}");
         }
         blocker.rollback().await.expect("rollback");
         // Nothing of the failed batch is stored; the store goes on.
