@@ -23,7 +23,8 @@ use anyhow::Context;
 use cordon::config::Config;
 use cordon::exec::{Engine, Observer, Progress, StartRequest};
 use cordon::runbook::validate::{validate, ValidationContext};
-use cordon::store::sqlite::SqliteStore;
+use cordon::store::postgres::PgStore;
+use cordon::store::sqlite::{SqliteStore, WriteStats};
 use cordon::store::{Created, RunStatus, Store};
 use cordon_connectors::registry::Registry;
 use cordon_connectors::secret::Redactor;
@@ -91,8 +92,23 @@ impl Database {
     }
 }
 
+/// A node's store, kept to read its group-commit counters.
+enum Counted {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl Counted {
+    fn write_stats(&self) -> WriteStats {
+        match self {
+            Counted::Sqlite(s) => s.write_stats(),
+            Counted::Postgres(s) => s.write_stats(),
+        }
+    }
+}
+
 /// One engine (a node): its own store handle (pool) and lease owner.
-async fn engine(dir: &std::path::Path, url: &str) -> anyhow::Result<(Engine, Option<SqliteStore>)> {
+async fn engine(dir: &std::path::Path, url: &str) -> anyhow::Result<(Engine, Option<Counted>)> {
     let cfg_path = dir.join("config.yaml");
     std::fs::write(
         &cfg_path,
@@ -102,13 +118,18 @@ async fn engine(dir: &std::path::Path, url: &str) -> anyhow::Result<(Engine, Opt
     let redactor = Redactor::default();
     let registry = Registry::from_config(&config.connectors, &config.base_dir, &redactor)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let (store, sqlite): (Arc<dyn Store>, Option<SqliteStore>) = if url.starts_with("sqlite:") {
+    let (store, counted): (Arc<dyn Store>, Option<Counted>) = if url.starts_with("sqlite:") {
         let s = SqliteStore::open(url).await?;
-        (Arc::new(s.clone()), Some(s))
+        (Arc::new(s.clone()), Some(Counted::Sqlite(s)))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let s = PgStore::open(url)
+            .await
+            .with_context(|| format!("cannot open {url}"))?;
+        (Arc::new(s.clone()), Some(Counted::Postgres(s)))
     } else {
         (cordon::cli::open_store(url).await?, None)
     };
-    Ok((Engine::new(config, store, registry, redactor), sqlite))
+    Ok((Engine::new(config, store, registry, redactor), counted))
 }
 
 fn chain(name: &str, n: usize) -> String {
@@ -175,14 +196,14 @@ async fn bench(
         "PostgreSQL"
     };
     let mut engines = Vec::with_capacity(nodes);
-    let mut sqlite = Vec::new();
+    let mut counted = Vec::new();
     for _ in 0..nodes {
         let (e, s) = engine(dir, url).await?;
         engines.push(e);
-        sqlite.extend(s);
+        counted.extend(s);
     }
-    let stats = |sqlite: &[SqliteStore]| {
-        sqlite.iter().fold((0, 0), |(r, t), s| {
+    let stats = |counted: &[Counted]| {
+        counted.iter().fold((0, 0), |(r, t), s| {
             let w = s.write_stats();
             (r + w.requests, t + w.transactions)
         })
@@ -218,7 +239,7 @@ async fn bench(
     for i in 0..runs {
         ids.push(start(&engines[i % nodes], &text).await?);
     }
-    let (req0, tx0) = stats(&sqlite);
+    let (req0, tx0) = stats(&counted);
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -248,8 +269,8 @@ async fn bench(
         (runs * 5) as f64 / el.as_secs_f64(),
         el.as_secs_f64()
     );
-    if !sqlite.is_empty() {
-        let (req1, tx1) = stats(&sqlite);
+    if !counted.is_empty() {
+        let (req1, tx1) = stats(&counted);
         let (req, tx) = (req1 - req0, tx1 - tx0);
         println!(
             "  group commit: {req} write requests in {tx} transactions ({:.1} per transaction)",

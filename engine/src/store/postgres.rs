@@ -26,6 +26,13 @@
 //!   to lock. Lock order is always "run row or concurrency key, then audit head", so writers
 //!   queue and never deadlock. [`Store::audit_chain`] reads events and head in one
 //!   `REPEATABLE READ` read-only transaction (one snapshot).
+//! - **Group commit.** Step commits, run creation without a concurrency key, lease
+//!   releases and audit appends go to one writer task per store ([`writer`]): a batch locks
+//!   its runs' rows in id order (one statement, which also reads the fencing tokens),
+//!   applies each request behind its own savepoint, takes the audit head once for all of
+//!   them, and COMMITs once; every waiter is answered only after that COMMIT. A node holds
+//!   the head for one batch instead of one commit at a time, so the nodes' commits share
+//!   WAL flushes instead of queueing one by one behind the head's lock.
 //! - **Once across nodes.** Webhook deliveries and schedule fire times are inserted with
 //!   `INSERT … ON CONFLICT` in the transaction that creates the run; a concurrent identical
 //!   insert waits for the first transaction and then sees the conflict, so exactly one run
@@ -58,6 +65,7 @@
 //!   the column collations can be dropped there.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,6 +85,11 @@ use super::{
     UnfinishedRun, WaitingNotice,
 };
 use crate::audit::Chain;
+
+mod writer;
+
+pub use super::sqlite::WriteStats;
+use writer::{Op, Writer};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -121,6 +134,9 @@ fn clamp_ms(ms: u64) -> i64 {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The group-commit writer: step commits, run creation, lease releases and audit
+    /// appends of this node share transactions ([`writer`]).
+    writer: Arc<Writer>,
 }
 
 impl PgStore {
@@ -160,11 +176,20 @@ impl PgStore {
         // Under the migrator's session advisory lock: nodes starting together wait for the
         // first one's migrations, then find them applied.
         MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            writer: Arc::default(),
+        })
+    }
+
+    /// How many write requests the group-commit writer took, in how many transactions.
+    pub fn write_stats(&self) -> WriteStats {
+        self.writer.stats()
     }
 
     /// Close the pool, waiting for connections to finish.
     pub async fn close(&self) {
+        self.writer.stop();
         self.pool.close().await;
     }
 
@@ -194,11 +219,17 @@ async fn append_events(conn: &mut PgConnection, drafts: Vec<AuditDraft>) -> Resu
         let details = json_text(&ev.details)?;
         sealed.push((ev, details));
     }
-    for chunk in sealed.chunks(EVENTS_PER_INSERT) {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+    let head = chain.head();
+    // The last chunk's insert and the head's move are one statement (one round trip).
+    let chunks: Vec<_> = sealed.chunks(EVENTS_PER_INSERT).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let mut q: QueryBuilder<Postgres> =
+            QueryBuilder::new(if last { "WITH events AS (" } else { "" });
+        q.push(
             "INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash) ",
         );
-        q.push_values(chunk, |mut b, (ev, details)| {
+        q.push_values(*chunk, |mut b, (ev, details)| {
             b.push_bind(ev.seq)
                 .push_bind(&ev.at)
                 .push_bind(&ev.run_id)
@@ -208,17 +239,15 @@ async fn append_events(conn: &mut PgConnection, drafts: Vec<AuditDraft>) -> Resu
                 .push_bind(&ev.prev_hash)
                 .push_bind(&ev.hash);
         });
+        if last {
+            q.push(") INSERT INTO audit_head (id, seq, hash) VALUES (1, ")
+                .push_bind(head.seq)
+                .push(", ")
+                .push_bind(&head.hash)
+                .push(") ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash");
+        }
         q.build().execute(&mut *conn).await?;
     }
-    let head = chain.head();
-    sqlx::query(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2)
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-    )
-    .bind(head.seq)
-    .bind(&head.hash)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 
@@ -528,6 +557,19 @@ fn run_status(id: &str, status: &str) -> Result<RunStatus> {
 #[async_trait]
 impl Store for PgStore {
     async fn create_run(&self, run: RunRecord, audit: AuditDraft) -> Result<Created> {
+        if run.concurrency_key.is_none() {
+            let created = run.clone();
+            self.writer
+                .submit(
+                    &self.pool,
+                    Op::CreateRun {
+                        run: Box::new(run),
+                        audit,
+                    },
+                )
+                .await?;
+            return Ok(Created::New(created));
+        }
         let mut tx = self.begin().await?;
         let created = create_in(&mut tx, run, audit).await?;
         tx.commit().await?;
@@ -925,17 +967,11 @@ impl Store for PgStore {
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         // A lease already lost is already released: nothing to do, and never touch the
-        // new holder's lease.
-        sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_until = NULL
-             WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
-        )
-        .bind(&lease.run_id)
-        .bind(&lease.owner)
-        .bind(lease.token)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        // new holder's lease (see the writer).
+        let op = Op::ReleaseLease {
+            lease: lease.clone(),
+        };
+        self.writer.submit(&self.pool, op).await
     }
 
     async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>> {
@@ -999,35 +1035,23 @@ impl Store for PgStore {
         changes: Vec<Change>,
         audit: Vec<AuditDraft>,
     ) -> Result<()> {
-        let mut tx = self.begin().await?;
-        // The run row's lock is held to the end: no acquisition can slip in between the
-        // fencing check and the writes.
-        let current: Option<(Option<String>, i64)> =
-            sqlx::query_as("SELECT lease_owner, lease_token FROM runs WHERE id = $1 FOR UPDATE")
-                .bind(&lease.run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match current {
-            None => return Err(StoreError::RunNotFound(lease.run_id.clone())),
-            Some((Some(owner), token)) if owner == lease.owner && token == lease.token => {}
-            Some(_) => return Err(StoreError::LeaseLost(lease.run_id.clone())),
-        }
-        for change in &changes {
-            apply(&mut tx, lease, change).await?;
-        }
-        append_events(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        // The writer locks the run row and checks owner and token in the transaction that
+        // writes: no acquisition can slip in between the fencing check and the writes.
+        let op = Op::Commit {
+            lease: lease.clone(),
+            changes,
+            audit,
+        };
+        self.writer.submit(&self.pool, op).await
     }
 
     async fn append_audit(&self, audit: Vec<AuditDraft>) -> Result<()> {
         if audit.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin().await?;
-        append_events(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        self.writer
+            .submit(&self.pool, Op::AppendAudit { audit })
+            .await
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
