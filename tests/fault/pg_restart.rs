@@ -32,6 +32,9 @@ use crate::common::{
 use crate::harness::{Env, TestServer};
 use crate::postgres_schema::loud_skip;
 
+/// How long after PostgreSQL answers again a node may still see the outage (see the check
+/// of repeated keys).
+const RECOVERY_GRACE: Duration = Duration::from_secs(2);
 const TEST: &str = "PostgreSQL restart and crash under webhook load";
 const HOOK_TOKEN: &str = "pg-restart-hook-token";
 const DELIVERIES: usize = 100;
@@ -630,9 +633,13 @@ fn postgres_restarted_and_crashed_under_load_loses_and_repeats_nothing() {
                 show_requests(&reqs, t0)
             );
             for pair in reqs.windows(2) {
+                // The first request may also fall just after the outage as the test saw it
+                // end: a node's first commits then can still fail on a connection the crash
+                // broke, or find that a lease lapsed during the outage was taken over, and
+                // the call's outcome is unknown to the store.
                 let across = outages
                     .iter()
-                    .any(|(d, u)| pair[0].start <= *u && pair[1].start >= *d);
+                    .any(|(d, u)| pair[0].start <= *u + RECOVERY_GRACE && pair[1].start >= *d);
                 assert!(
                     across,
                     "{ctx}: key {key} repeated with no outage between its requests (outages at {:?} ms):\n{}",
