@@ -79,7 +79,7 @@ fn step(run_id: &str, step_id: &str, status: StepStatus) -> StepRecord {
     }
 }
 
-fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
+pub fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
     ItemRecord {
         run_id: run_id.into(),
         step_id: step_id.into(),
@@ -97,7 +97,7 @@ fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
     }
 }
 
-fn evidence(run_id: &str, evidence_id: &str) -> EvidenceRecord {
+pub fn evidence(run_id: &str, evidence_id: &str) -> EvidenceRecord {
     EvidenceRecord {
         evidence_id: evidence_id.into(),
         run_id: run_id.into(),

@@ -736,45 +736,16 @@ mod tests {
     use serde_json::json;
 
     use super::super::SqliteStore;
+    use crate::store::conformance::evidence;
     use crate::store::conformance::{assert_chain_intact, draft, run};
-    use crate::store::{Change, EvidenceRecord, ItemRecord, Lease, StepStatus, Store, StoreError};
+    use crate::store::{Change, ItemRecord, Lease, StepStatus, Store, StoreError};
 
+    /// The conformance suite's item, as a finished call.
     fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
         ItemRecord {
-            run_id: run_id.into(),
-            step_id: step_id.into(),
-            idx,
             status: StepStatus::Succeeded,
-            attempts: 1,
-            inputs: json!({"user": format!("u{idx}")}),
-            connector: "okta-prod".into(),
             output: Some(json!({"already": false})),
-            error: None,
-            prior_state: None,
-            secret_output: None,
-            started_at: None,
-            finished_at: None,
-        }
-    }
-
-    fn evidence(run_id: &str, evidence_id: &str) -> EvidenceRecord {
-        EvidenceRecord {
-            evidence_id: evidence_id.into(),
-            run_id: run_id.into(),
-            step_id: "snapshot".into(),
-            path: format!("{run_id}/{evidence_id}.jsonl"),
-            sha256: "ab".repeat(32),
-            bytes: 10,
-            records: 1,
-            collected_at: "2026-11-25T23:58:00.000Z".into(),
-            meta: cordon_connectors::evidence::EvidenceMeta {
-                connector_type: "okta".into(),
-                instance: "okta-prod".into(),
-                action: "snapshot_system_log".into(),
-                extension: "jsonl".into(),
-                media_type: "application/x-ndjson".into(),
-                source: json!({}),
-            },
+            ..crate::store::conformance::item(run_id, step_id, idx)
         }
     }
 
