@@ -172,6 +172,30 @@ pub fn audit_events(env: &Env, run: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A run's audit events, read through `node`'s API, after checking that each of `steps` has
+/// exactly one `step.succeeded` event.
+pub fn events_with_each_step_succeeded_once(
+    node: &Node,
+    run: &str,
+    steps: &[&str],
+    ctx: &str,
+) -> Vec<Value> {
+    let (st, events) = node
+        .api(&format!("/runs/{run}/audit"))
+        .unwrap_or_else(|e| panic!("{ctx}: audit of {run}: {e}"));
+    assert_eq!(st, 200, "{ctx}: audit of {run}: {events}");
+    let events = events.as_array().cloned().unwrap_or_default();
+    let ok = succeeded_events(&events);
+    for step in steps {
+        assert_eq!(
+            ok.get(*step).copied().unwrap_or(0),
+            1,
+            "{ctx}: run {run}: step.succeeded events of {step}: {ok:?}"
+        );
+    }
+    events
+}
+
 /// How many `step.succeeded` events each step has among `events`.
 pub fn succeeded_events(events: &[Value]) -> BTreeMap<String, usize> {
     let mut n = BTreeMap::new();

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::{
-    admin_yaml, assert_audit_verifies, by_key, show_requests, succeeded_events, wait_for, Node,
+    admin_yaml, assert_audit_verifies, by_key, events_with_each_step_succeeded_once, show_requests,
+    wait_for, Node,
 };
 use crate::harness::{Env, TestServer};
 use crate::postgres_schema::loud_skip;
@@ -667,19 +668,7 @@ fn postgres_restarted_and_crashed_under_load_loses_and_repeats_nothing() {
 
     // The store: each step succeeded once, each run was created once.
     for run in &runs {
-        let (st, events) = b
-            .api(&format!("/runs/{run}/audit"))
-            .unwrap_or_else(|e| panic!("{ctx}: audit of {run}: {e}"));
-        assert_eq!(st, 200, "{ctx}: audit of {run}: {events}");
-        let events = events.as_array().cloned().unwrap_or_default();
-        let ok = succeeded_events(&events);
-        for step in STEPS {
-            assert_eq!(
-                ok.get(step).copied().unwrap_or(0),
-                1,
-                "{ctx}: run {run}: step.succeeded events of {step}: {ok:?}"
-            );
-        }
+        let events = events_with_each_step_succeeded_once(&b, run, &STEPS, ctx);
         let created = events
             .iter()
             .filter(|e| e["action"] == "run.created")

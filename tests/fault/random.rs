@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 
 use crate::backend::Backend;
 use crate::common::{
-    admin_yaml, assert_audit_verifies, by_key, show_requests, succeeded_events, Node,
+    admin_yaml, assert_audit_verifies, by_key, events_with_each_step_succeeded_once, show_requests,
+    Node,
 };
 use crate::harness::{Env, TestServer};
 
@@ -271,19 +272,7 @@ fn random_kills(backend: Backend) {
 
     // The store: each step succeeded once; a repeated step was re-executed by a resume.
     for run in &distinct {
-        let (st, events) = node
-            .api(&format!("/runs/{run}/audit"))
-            .unwrap_or_else(|e| panic!("{ctx}: audit of {run}: {e}"));
-        assert_eq!(st, 200, "{ctx}: audit of {run}: {events}");
-        let events = events.as_array().cloned().unwrap_or_default();
-        let ok = succeeded_events(&events);
-        for step in STEPS {
-            assert_eq!(
-                ok.get(step).copied().unwrap_or(0),
-                1,
-                "{ctx}: run {run}: step.succeeded events of {step}: {ok:?}"
-            );
-        }
+        let events = events_with_each_step_succeeded_once(&node, run, &STEPS, &ctx);
         for (_, step, n) in repeated.iter().filter(|(r, _, _)| r == *run) {
             let reexecuted = events
                 .iter()
