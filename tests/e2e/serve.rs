@@ -1292,6 +1292,11 @@ fn the_openapi_document_parses_and_lists_every_path() {
     assert!(a.headers.contains_key("x-request-id"));
     // Structured logs: one JSON object per line, request ids in the span.
     let rid = a.headers["x-request-id"].to_str().unwrap().to_string();
+    // The request's log line may be written (and read from the pipe) just after the answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.log().contains(&rid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let log = s.log();
     assert_eq!(s.stop(), 0);
     let lines: Vec<Value> = log
