@@ -106,6 +106,12 @@ fn run_show_verify_and_serve_on_postgres() {
                 .json(&json!({"id": "pg-alert-1"})),
         )
     };
+    // Evidence in a local folder beside a shared database is warned about at start.
+    assert!(
+        s.log().contains("evidence goes to a local folder"),
+        "no evidence warning:\n{}",
+        s.log()
+    );
     let a = deliver();
     assert_eq!(a.status, 202, "{a:?}");
     let hooked = a.json()["run_id"].as_str().expect("run_id").to_string();
