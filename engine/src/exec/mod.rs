@@ -313,9 +313,9 @@ impl Engine {
     ///
     /// A decision recorded by another process while this one parks the run (after the
     /// runner last looked, before the lease was released) finds the lease still held, so
-    /// that process cannot continue the run: after parking, the decisions are counted again
-    /// and the run is driven once more if one arrived. A decision recorded after the release
-    /// is continued by whoever recorded it.
+    /// that process cannot continue the run: the runner counts the decisions again after
+    /// parking, and the run is driven once more if one arrived. A decision recorded after
+    /// the release is continued by whoever recorded it.
     pub async fn execute(
         &self,
         run_id: &str,
@@ -323,12 +323,8 @@ impl Engine {
     ) -> Result<RunRecord, ExecError> {
         let mut lease = self.acquire(run_id).await?;
         loop {
-            let seen = self.store().decisions(run_id).await?.len();
-            let run = runner::drive(self.clone(), lease, observer.clone()).await?;
-            if run.status != RunStatus::Waiting
-                || self.inner.shutdown.is_cancelled()
-                || self.store().decisions(run_id).await?.len() == seen
-            {
+            let (run, again) = runner::drive(self.clone(), lease, observer.clone()).await?;
+            if !again || self.inner.shutdown.is_cancelled() {
                 return Ok(run);
             }
             lease = match self.acquire(run_id).await {

@@ -32,12 +32,13 @@ use crate::store::{
 const POLL: Duration = Duration::from_millis(500);
 const DEFAULT_MAX_PARALLEL: u32 = 8;
 
-/// Drive a run whose lease we hold, until it finishes or waits for people.
+/// Drive a run whose lease we hold, until it finishes or waits for people. The flag: a
+/// decision arrived while the run parked, so it must be driven again.
 pub async fn drive(
     engine: Engine,
     lease: Lease,
     observer: Arc<dyn Observer>,
-) -> Result<RunRecord, ExecError> {
+) -> Result<(RunRecord, bool), ExecError> {
     let store = engine.inner.store.clone();
     let run = store
         .get_run(&lease.run_id)
@@ -45,7 +46,7 @@ pub async fn drive(
         .ok_or_else(|| ExecError::NotFound(lease.run_id.clone()))?;
     if !run.status.is_active() && !run.cancel_requested {
         store.release_lease(&lease).await?;
-        return Ok(run);
+        return Ok((run, false));
     }
     let rb = engine.stored_runbook(&run)?;
     let lost = Arc::new(AtomicBool::new(false));
@@ -76,7 +77,7 @@ pub async fn drive(
     if result.is_err() {
         runner.cancel.cancel();
     }
-    result
+    result.map(|run| (run, runner.decided_while_parking))
 }
 
 /// What one commit of the run loop holds, for the crash points around it
@@ -190,6 +191,11 @@ struct Runner {
     active: BTreeMap<usize, String>,
     /// Per running step: index of the first item that may still be pending.
     cursor: HashMap<String, usize>,
+    /// How many decisions the run had when they were last applied.
+    decisions_seen: usize,
+    /// A decision arrived while the run parked (after the last look, before the lease was
+    /// released): whoever recorded it found the lease held, so the run must be driven again.
+    decided_while_parking: bool,
 }
 
 impl Runner {
@@ -353,6 +359,8 @@ impl Runner {
             .map(|(i, (id, _))| (id.clone(), i))
             .collect();
         Ok(Runner {
+            decisions_seen: 0,
+            decided_while_parking: false,
             store,
             engine,
             lease,
@@ -1277,6 +1285,7 @@ impl Runner {
             return Ok(());
         }
         let decisions = self.store.decisions(&self.run.id).await?;
+        self.decisions_seen = decisions.len();
         let waiting: Vec<String> = self
             .order
             .iter()
@@ -1414,6 +1423,8 @@ impl Runner {
         });
         self.flush().await?;
         self.store.release_lease(&self.lease).await?;
+        self.decided_while_parking =
+            self.store.decisions(&self.run.id).await?.len() != self.decisions_seen;
         self.reload().await
     }
 
