@@ -10,6 +10,7 @@
 //! (`2026-11-25T23:57:58.123Z`), which sort as text.
 
 pub mod postgres;
+mod queue;
 mod rows;
 pub mod sqlite;
 

@@ -88,7 +88,7 @@ use crate::audit::Chain;
 
 mod writer;
 
-pub use super::sqlite::WriteStats;
+pub use super::queue::WriteStats;
 use writer::{Op, Writer};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -38,15 +38,15 @@
 //! and then the audit head, in the same order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor, PgPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::{append_events, apply, insert_run, Lease, Result, StoreError};
-use crate::store::sqlite::WriteStats;
+use crate::store::queue::{Counters, Queue, WriteStats};
 use crate::store::{AuditDraft, Change, RunRecord};
 
 /// At most this many requests share one transaction (bounds the first waiter's delay).
@@ -82,31 +82,31 @@ impl Op {
     }
 }
 
-struct Request {
-    op: Op,
-    reply: oneshot::Sender<Result<()>>,
-}
+type Request = crate::store::queue::Request<Op, ()>;
 
-#[derive(Default)]
-struct Counters {
-    submitted: AtomicU64,
-    requests: AtomicU64,
-    transactions: AtomicU64,
-}
-
-#[derive(Default)]
 struct Shared {
-    counters: Counters,
+    counters: Arc<Counters>,
     /// Held by a test to keep the writer from starting a batch.
     #[cfg(test)]
     hold: tokio::sync::Mutex<()>,
 }
 
 /// The handle every clone of a store shares.
-#[derive(Default)]
 pub(super) struct Writer {
-    sender: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    queue: Queue<Op, ()>,
     shared: Arc<Shared>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        let queue = Queue::default();
+        let shared = Arc::new(Shared {
+            counters: queue.counters.clone(),
+            #[cfg(test)]
+            hold: tokio::sync::Mutex::new(()),
+        });
+        Writer { queue, shared }
+    }
 }
 
 impl std::fmt::Debug for Writer {
@@ -119,12 +119,7 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     pub(super) fn stats(&self) -> WriteStats {
-        let c = &self.shared.counters;
-        WriteStats {
-            submitted: c.submitted.load(Ordering::Relaxed),
-            requests: c.requests.load(Ordering::Relaxed),
-            transactions: c.transactions.load(Ordering::Relaxed),
-        }
+        self.queue.stats()
     }
 
     /// While the guard lives the writer starts no batch (requests queue up).
@@ -135,51 +130,16 @@ impl Writer {
 
     /// Let the writer task end once it has answered what is queued.
     pub(super) fn stop(&self) {
-        if let Ok(mut s) = self.sender.lock() {
-            *s = None;
-        }
-    }
-
-    /// The sender to a live writer task, starting one if there is none.
-    fn sender(&self, pool: &PgPool) -> Option<mpsc::UnboundedSender<Request>> {
-        let mut slot = self.sender.lock().ok()?;
-        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Some(s.clone());
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool.clone(), rx, self.shared.clone()));
-        *slot = Some(tx.clone());
-        Some(tx)
+        self.queue.stop();
     }
 
     /// Hand `op` to the writer and wait until the transaction holding it committed.
     pub(super) async fn submit(&self, pool: &PgPool, op: Op) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        let mut request = Request { op, reply };
-        self.shared
-            .counters
-            .submitted
-            .fetch_add(1, Ordering::Relaxed);
-        // A closed channel means the task's runtime is gone: start another and try again.
-        for _ in 0..2 {
-            let Some(sender) = self.sender(pool) else {
-                break;
-            };
-            match sender.send(request) {
-                Ok(()) => {
-                    return answer
-                        .await
-                        .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
-                }
-                Err(mpsc::error::SendError(back)) => {
-                    request = back;
-                    if let Ok(mut s) = self.sender.lock() {
-                        *s = None;
-                    }
-                }
-            }
-        }
-        Err(StoreError::Database(sqlx::Error::WorkerCrashed))
+        self.queue
+            .submit(op, |rx| {
+                tokio::spawn(run(pool.clone(), rx, self.shared.clone()));
+            })
+            .await
     }
 }
 

@@ -13,15 +13,18 @@
 //!   retried request by request, one transaction each, so every caller gets its own outcome.
 //! - A crash before COMMIT loses the batch, and none of its requests was answered.
 //!
-//! The task is started on first use in the caller's runtime, and again if that runtime
-//! went away (a store kept across runtimes in tests).
+//! Callers reach the task through [`Queue`](crate::store::queue::Queue).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+#[cfg(test)]
+use std::sync::Mutex;
 
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+
+use crate::store::queue::{Counters, Queue};
 
 use super::{
     append_events, create_in, insert_run, push_changes, push_insert_run, AuditDraft, Change,
@@ -112,45 +115,36 @@ struct Applied {
     audit: Vec<AuditDraft>,
 }
 
-struct Request {
-    op: Op,
-    reply: oneshot::Sender<Result<Answer>>,
-}
+type Request = crate::store::queue::Request<Op, Answer>;
 
-/// Counters of the writer: how many requests, in how many committed transactions.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct WriteStats {
-    /// Requests handed to the writer.
-    pub submitted: u64,
-    /// Requests answered after a COMMIT (including those refused inside their savepoint).
-    pub requests: u64,
-    /// Transactions committed by the writer.
-    pub transactions: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    submitted: AtomicU64,
-    requests: AtomicU64,
-    transactions: AtomicU64,
-}
+pub use crate::store::queue::WriteStats;
 
 /// Called by the writer just before each COMMIT with the batch's size (crash tests).
 #[cfg(test)]
 pub(super) type BeforeCommit = Arc<dyn Fn(usize) + Send + Sync>;
 
-#[derive(Default)]
 struct Shared {
-    counters: Counters,
+    counters: Arc<Counters>,
     #[cfg(test)]
     before_commit: Mutex<Option<BeforeCommit>>,
 }
 
 /// The handle every clone of a store shares.
-#[derive(Default)]
 pub(super) struct Writer {
-    sender: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    queue: Queue<Op, Answer>,
     shared: Arc<Shared>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        let queue = Queue::default();
+        let shared = Arc::new(Shared {
+            counters: queue.counters.clone(),
+            #[cfg(test)]
+            before_commit: Mutex::new(None),
+        });
+        Writer { queue, shared }
+    }
 }
 
 impl std::fmt::Debug for Writer {
@@ -163,12 +157,7 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     pub(super) fn stats(&self) -> WriteStats {
-        let c = &self.shared.counters;
-        WriteStats {
-            submitted: c.submitted.load(Ordering::Relaxed),
-            requests: c.requests.load(Ordering::Relaxed),
-            transactions: c.transactions.load(Ordering::Relaxed),
-        }
+        self.queue.stats()
     }
 
     #[cfg(test)]
@@ -180,51 +169,16 @@ impl Writer {
 
     /// Let the writer task end once it has answered what is queued.
     pub(super) fn stop(&self) {
-        if let Ok(mut s) = self.sender.lock() {
-            *s = None;
-        }
-    }
-
-    /// The sender to a live writer task, starting one if there is none.
-    fn sender(&self, pool: &SqlitePool) -> Option<mpsc::UnboundedSender<Request>> {
-        let mut slot = self.sender.lock().ok()?;
-        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Some(s.clone());
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool.clone(), rx, self.shared.clone()));
-        *slot = Some(tx.clone());
-        Some(tx)
+        self.queue.stop();
     }
 
     /// Hand `op` to the writer and wait until the transaction holding it committed.
     pub(super) async fn submit(&self, pool: &SqlitePool, op: Op) -> Result<Answer> {
-        let (reply, answer) = oneshot::channel();
-        let mut request = Request { op, reply };
-        self.shared
-            .counters
-            .submitted
-            .fetch_add(1, Ordering::Relaxed);
-        // A closed channel means the task's runtime is gone: start another and try again.
-        for _ in 0..2 {
-            let Some(sender) = self.sender(pool) else {
-                break;
-            };
-            match sender.send(request) {
-                Ok(()) => {
-                    return answer
-                        .await
-                        .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
-                }
-                Err(mpsc::error::SendError(back)) => {
-                    request = back;
-                    if let Ok(mut s) = self.sender.lock() {
-                        *s = None;
-                    }
-                }
-            }
-        }
-        Err(StoreError::Database(sqlx::Error::WorkerCrashed))
+        self.queue
+            .submit(op, |rx| {
+                tokio::spawn(run(pool.clone(), rx, self.shared.clone()));
+            })
+            .await
     }
 }
 
