@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc rather than glibc malloc: under load the engine allocates many small, short-lived
+/// values (JSON trees, SQL arguments), and glibc spent about a fifth of serve's CPU on them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cordon::cli::Cli::parse();
     // The service logs what it does (info); one-shot commands show progress instead (warn).
