@@ -16,6 +16,10 @@
 mod support;
 use support::{arg, pct};
 
+/// The allocator the `cordon` binary uses, so the engine is measured as it ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

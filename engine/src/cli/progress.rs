@@ -67,7 +67,7 @@ impl Display {
 impl Observer for Display {
     fn event(&self, event: Progress) {
         match event {
-            Progress::StepStarted { step, items } => {
+            Progress::StepStarted { step, items, .. } => {
                 if self.live.is_some() {
                     self.bar(&step, items);
                 } else if items > 1 {

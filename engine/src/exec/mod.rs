@@ -54,6 +54,8 @@ pub enum Progress {
     StepStarted {
         step: String,
         items: u32,
+        /// The connector type of its action (`uses` up to the dot).
+        connector: String,
     },
     StepRetrying {
         step: String,

@@ -175,10 +175,8 @@ struct Runner {
     /// Distinct targets of mutating items so far (guard `max_targets_per_run`).
     targets: BTreeSet<String>,
     cel: HashMap<String, crate::expr::CelProgram>,
-    /// Step definitions by id (main and on_failure).
-    defs: HashMap<String, Step>,
-    /// Per step: the step ids its templates and expressions read (None: all of them).
-    refs: HashMap<String, Option<BTreeSet<String>>>,
+    /// Step definitions by id (main and on_failure), shared with every run of the runbook.
+    defs: Arc<HashMap<String, Step>>,
     /// Steps worth looking at in the next `schedule` (their needs may have finished).
     candidates: std::collections::VecDeque<String>,
     /// Steps that need each step.
@@ -318,13 +316,7 @@ impl Runner {
             run.started_at = Some(now);
         }
         let cancelling = run.cancel_requested;
-        let defs: HashMap<String, Step> = rb
-            .runbook
-            .steps
-            .iter()
-            .chain(rb.runbook.on_failure.iter())
-            .map(|s| (s.id.clone(), s.clone()))
-            .collect();
+        let defs = rb.steps_by_id();
         let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
         for (id, _) in &order {
             if let Some(d) = defs.get(id) {
@@ -392,7 +384,6 @@ impl Runner {
             active,
             cursor: HashMap::new(),
             defs,
-            refs: HashMap::new(),
         })
     }
 
@@ -590,10 +581,11 @@ impl Runner {
     }
 
     fn start_step(&mut self, id: &str, all_skipped: bool) {
-        let Some(def) = self.def(id).cloned() else {
+        let defs = self.defs.clone();
+        let Some(def) = defs.get(id) else {
             return;
         };
-        let ctx = self.step_ctx(&def);
+        let ctx = self.step_ctx(def);
         if let Some(cond) = &def.condition {
             match self.eval_bool(cond, &ctx) {
                 Ok(true) => {}
@@ -626,8 +618,8 @@ impl Runner {
             return;
         }
         match def.kind() {
-            StepKind::Approval | StepKind::Task => self.start_gate(&def, &ctx),
-            StepKind::Action => self.start_action(&def, &ctx),
+            StepKind::Approval | StepKind::Task => self.start_gate(def, &ctx),
+            StepKind::Action => self.start_action(def, &ctx),
         }
     }
 
@@ -775,9 +767,11 @@ impl Runner {
             s.reason = None;
             self.changes.push(Change::Step(s.clone()));
         }
+        let connector = uses.split_once('.').map_or(uses.as_str(), |(t, _)| t);
         self.observer.event(Progress::StepStarted {
             step: id.to_string(),
             items: n,
+            connector: connector.to_string(),
         });
         self.maybe_finalize(id);
     }
@@ -893,7 +887,8 @@ impl Runner {
             .cloned()
             .collect();
         for id in ids {
-            let Some(def) = self.def(&id).cloned() else {
+            let defs = self.defs.clone();
+            let Some(def) = defs.get(&id) else {
                 continue;
             };
             let Some((_, decl)) = def.uses.as_deref().and_then(find_action) else {
@@ -905,7 +900,7 @@ impl Runner {
                 1
             };
             let mut busy = self.running.get(&id).copied().unwrap_or(0);
-            let policy = retry_policy(&def);
+            let policy = retry_policy(def);
             let timeout = def
                 .timeout
                 .as_deref()
@@ -954,7 +949,7 @@ impl Runner {
                     continue;
                 }
                 let connector =
-                    match resolve_connector(&self.engine, &def, Some(item.connector.as_str())) {
+                    match resolve_connector(&self.engine, def, Some(item.connector.as_str())) {
                         Ok(c) => c,
                         Err(e) => {
                             item.status = StepStatus::Failed;
@@ -1299,7 +1294,8 @@ impl Runner {
     }
 
     async fn apply_decisions(&mut self, id: &str, all: &[Decision]) -> Result<(), ExecError> {
-        let Some(def) = self.def(id).cloned() else {
+        let defs = self.defs.clone();
+        let Some(def) = defs.get(id) else {
             return Ok(());
         };
         let mine: Vec<&Decision> = all.iter().filter(|d| d.step_id == id).collect();
@@ -1421,8 +1417,9 @@ impl Runner {
             action: "run.waiting".into(),
             details: json!({"steps": waiting}),
         });
+        // The lease goes with the commit that parks the run: one transaction, not two.
+        self.changes.push(Change::ReleaseLease);
         self.flush().await?;
-        self.store.release_lease(&self.lease).await?;
         self.decided_while_parking =
             self.store.decisions(&self.run.id).await?.len() != self.decisions_seen;
         self.reload().await
@@ -1468,11 +1465,12 @@ impl Runner {
             RunStatus::Cancelled => Some("cancelled".into()),
             _ => None,
         };
+        let finished_at = crate::time::now();
         self.changes.push(Change::Run {
             status,
             error: error.clone(),
             started_at: None,
-            finished_at: Some(crate::time::now()),
+            finished_at: Some(finished_at.clone()),
         });
         self.audit.push(AuditDraft {
             run_id: Some(self.run.id.clone()),
@@ -1480,9 +1478,16 @@ impl Runner {
             action: format!("run.{}", status.as_str()),
             details: json!({"error": error}),
         });
+        // The lease goes with the run's last commit: one transaction, not two.
+        self.changes.push(Change::ReleaseLease);
         self.flush().await?;
-        self.store.release_lease(&self.lease).await?;
-        self.reload().await
+        // What that commit made of the run's row, without reading it back.
+        let mut run = self.run.clone();
+        run.status = status;
+        run.error = error;
+        run.finished_at = Some(finished_at);
+        run.cancel_requested |= self.cancelling;
+        Ok(run)
     }
 
     async fn reload(&self) -> Result<RunRecord, ExecError> {
@@ -1504,18 +1509,10 @@ impl Runner {
     /// The context one step renders against: inputs, run, and only the steps it reads
     /// (validation guarantees those are among its ancestors). Keeps rendering cheap in
     /// long runbooks and wide fan-outs.
-    fn step_ctx(&mut self, def: &Step) -> Value {
-        let refs = match self.refs.get(&def.id) {
-            Some(r) => r.clone(),
-            None => {
-                let r = step_refs(def);
-                self.refs.insert(def.id.clone(), r.clone());
-                r
-            }
-        };
-        match refs {
+    fn step_ctx(&self, def: &Step) -> Value {
+        match self.rb.reads(&def.id) {
             None => self.ctx.value(),
-            Some(ids) => self.ctx.value_with(&ids),
+            Some(ids) => self.ctx.value_with(ids),
         }
     }
 
@@ -1667,48 +1664,6 @@ pub(crate) fn check_guards(
         ));
     }
     Ok(next)
-}
-
-/// The step ids a step's templates and CEL expressions read; None when that cannot be told
-/// (then the whole context is used).
-fn step_refs(def: &Step) -> Option<BTreeSet<String>> {
-    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
-        match v {
-            Value::String(s) => out.push(s),
-            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
-            Value::Object(m) => m.values().for_each(|x| strings(x, out)),
-            _ => {}
-        }
-    }
-    let mut paths: Vec<String> = Vec::new();
-    let with = def.with.clone().map(Value::Object).unwrap_or(Value::Null);
-    let mut texts = Vec::new();
-    strings(&with, &mut texts);
-    if let Some(a) = &def.approval {
-        texts.extend(a.message.as_deref());
-    }
-    if let Some(t) = &def.task {
-        texts.push(&t.message);
-    }
-    for t in texts {
-        if t.contains("{{") {
-            paths.extend(crate::expr::template_refs(t).ok()?);
-        }
-    }
-    for e in [&def.condition, &def.for_each].into_iter().flatten() {
-        paths.extend(Cel::compile(e).ok()?.references());
-    }
-    let mut ids = BTreeSet::new();
-    for p in paths {
-        if p == "steps" {
-            return None;
-        }
-        if let Some(rest) = p.strip_prefix("steps.") {
-            let id = rest.split('.').next().unwrap_or(rest);
-            ids.insert(id.to_string());
-        }
-    }
-    Some(ids)
 }
 
 /// The connector that runs a step: a role action bound to its instances, or one instance.

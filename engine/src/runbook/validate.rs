@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use cordon_connectors::catalog::{self, ActionDecl, TypeDecl};
 use serde_json::{Map, Value};
@@ -50,9 +51,39 @@ pub struct ValidatedRunbook {
     /// The ids of `steps` (not `on_failure`) in a topological order: every step after the
     /// steps it needs, otherwise in file order.
     pub order: Vec<String>,
+    /// What the engine derives from the steps, once however many runs execute them.
+    derived: OnceLock<Derived>,
+}
+
+/// Worked out from a runbook's steps on first use and kept with it.
+#[derive(Debug, Clone)]
+struct Derived {
+    by_id: Arc<HashMap<String, Step>>,
+    reads: HashMap<String, Option<BTreeSet<String>>>,
 }
 
 impl ValidatedRunbook {
+    fn derived(&self) -> &Derived {
+        self.derived.get_or_init(|| {
+            let all = || self.runbook.steps.iter().chain(&self.runbook.on_failure);
+            Derived {
+                by_id: Arc::new(all().map(|s| (s.id.clone(), s.clone())).collect()),
+                reads: all().map(|s| (s.id.clone(), step_reads(s))).collect(),
+            }
+        })
+    }
+
+    /// Every step of `steps` and `on_failure` by id, shared by the runs that execute them.
+    pub fn steps_by_id(&self) -> Arc<HashMap<String, Step>> {
+        self.derived().by_id.clone()
+    }
+
+    /// The ids of the steps whose results step `id`'s templates and expressions read; None
+    /// when that cannot be told (or `id` is no step), and so any of them may be read.
+    pub fn reads(&self, id: &str) -> Option<&BTreeSet<String>> {
+        self.derived().reads.get(id)?.as_ref()
+    }
+
     /// A step of `steps` or `on_failure` by id.
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.runbook
@@ -130,7 +161,50 @@ pub fn validate(
         file: file.to_owned(),
         order,
         runbook,
+        derived: OnceLock::new(),
     })
+}
+
+/// The step ids a step's templates and CEL expressions read; None when that cannot be told.
+fn step_reads(def: &Step) -> Option<BTreeSet<String>> {
+    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut texts = Vec::new();
+    if let Some(with) = &def.with {
+        with.values().for_each(|v| strings(v, &mut texts));
+    }
+    if let Some(a) = &def.approval {
+        texts.extend(a.message.as_deref());
+    }
+    if let Some(t) = &def.task {
+        texts.push(&t.message);
+    }
+    let mut paths: Vec<String> = Vec::new();
+    for t in texts {
+        if t.contains("{{") {
+            paths.extend(template_refs(t).ok()?);
+        }
+    }
+    for e in [&def.condition, &def.for_each].into_iter().flatten() {
+        paths.extend(Cel::compile(e).ok()?.references());
+    }
+    let mut ids = BTreeSet::new();
+    for p in paths {
+        if p == "steps" {
+            return None;
+        }
+        if let Some(rest) = p.strip_prefix("steps.") {
+            let id = rest.split('.').next().unwrap_or(rest);
+            ids.insert(id.to_string());
+        }
+    }
+    Some(ids)
 }
 
 /// Read and validate a runbook file; an unreadable file is a diagnostic at 1:1.

@@ -48,8 +48,6 @@ pub struct Executor {
     tracker: TaskTracker,
     /// Runs submitted to this process → "submitted again while executing".
     active: Mutex<HashMap<String, bool>>,
-    /// Step → connector type, per runbook text hash.
-    step_types: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
     last_purge: Mutex<Option<Instant>>,
 }
 
@@ -62,7 +60,6 @@ impl Executor {
             slot_count: max_concurrent_runs.max(1),
             tracker: TaskTracker::new(),
             active: Mutex::new(HashMap::new()),
-            step_types: Mutex::new(HashMap::new()),
             last_purge: Mutex::new(None),
         }
     }
@@ -113,10 +110,7 @@ impl Executor {
         };
         self.metrics.executing.inc();
         loop {
-            let observer = Arc::new(StepTimer::new(
-                self.metrics.clone(),
-                self.types_of(&id).await,
-            ));
+            let observer = Arc::new(StepTimer::new(self.metrics.clone()));
             match self.engine.execute(&id, observer).await {
                 Ok(run) => {
                     tracing::info!(status = run.status.as_str(), "run executed");
@@ -156,40 +150,6 @@ impl Executor {
         if let Ok(mut active) = self.active.lock() {
             active.remove(id);
         }
-    }
-
-    /// Step id → connector type for the run's runbook, cached by runbook hash.
-    async fn types_of(&self, id: &str) -> Arc<HashMap<String, String>> {
-        let Ok(Some(run)) = self.engine.store().get_run(id).await else {
-            return Arc::default();
-        };
-        if let Some(t) = self
-            .step_types
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&run.runbook_sha256).cloned())
-        {
-            return t;
-        }
-        let Ok(rb) = crate::exec::runner::stored_runbook(&run) else {
-            return Arc::default();
-        };
-        let types: HashMap<String, String> = rb
-            .runbook
-            .steps
-            .iter()
-            .chain(rb.runbook.on_failure.iter())
-            .filter_map(|s| {
-                let uses = s.uses.as_deref()?;
-                let ty = uses.split_once('.').map(|(t, _)| t).unwrap_or(uses);
-                Some((s.id.clone(), ty.to_string()))
-            })
-            .collect();
-        let types = Arc::new(types);
-        if let Ok(mut m) = self.step_types.lock() {
-            m.insert(run.runbook_sha256.clone(), types.clone());
-        }
-        types
     }
 
     /// Pick up what needs this process: unfinished runs nobody executes, overdue approvals,

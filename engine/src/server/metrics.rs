@@ -164,16 +164,14 @@ impl Metrics {
 /// Times action steps for the latency histogram. One per execution of a run.
 pub struct StepTimer {
     metrics: Arc<Metrics>,
-    /// Step id → connector type (the part of `uses` before the dot).
-    types: Arc<HashMap<String, String>>,
-    started: Mutex<HashMap<String, Instant>>,
+    /// Action steps started: step id → when, and its connector type.
+    started: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl StepTimer {
-    pub fn new(metrics: Arc<Metrics>, types: Arc<HashMap<String, String>>) -> StepTimer {
+    pub fn new(metrics: Arc<Metrics>) -> StepTimer {
         StepTimer {
             metrics,
-            types,
             started: Mutex::new(HashMap::new()),
         }
     }
@@ -182,19 +180,19 @@ impl StepTimer {
 impl Observer for StepTimer {
     fn event(&self, event: Progress) {
         match event {
-            Progress::StepStarted { step, .. } if self.types.contains_key(&step) => {
+            Progress::StepStarted {
+                step, connector, ..
+            } => {
                 if let Ok(mut m) = self.started.lock() {
-                    m.insert(step, Instant::now());
+                    m.insert(step, (Instant::now(), connector));
                 }
             }
             Progress::StepFinished { step, .. } => {
                 let began = self.started.lock().ok().and_then(|mut m| m.remove(&step));
-                if let (Some(began), Some(ty)) = (began, self.types.get(&step)) {
+                if let Some((began, connector)) = began {
                     self.metrics
                         .step_duration
-                        .get_or_create(&ConnectorLabel {
-                            connector: ty.clone(),
-                        })
+                        .get_or_create(&ConnectorLabel { connector })
                         .observe(began.elapsed().as_secs_f64());
                 }
             }

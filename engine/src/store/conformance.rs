@@ -326,6 +326,40 @@ pub async fn lease_lifecycle(store: &dyn Store) {
         .expect("free");
     assert!(d.token > c.token);
 
+    // A commit can give the lease up with its changes: the run's state and the release
+    // land together, the lease is then free, and the old lease commits nothing more.
+    store
+        .commit(
+            &d,
+            vec![
+                Change::Run {
+                    status: RunStatus::Waiting,
+                    error: None,
+                    started_at: None,
+                    finished_at: None,
+                },
+                Change::ReleaseLease,
+            ],
+            vec![draft(Some(id), "run.waiting", json!({}))],
+        )
+        .await
+        .expect("commit and release");
+    assert_eq!(store.lease_holder(id).await.expect("holder"), None);
+    assert_eq!(
+        store.get_run(id).await.expect("get").expect("run").status,
+        RunStatus::Waiting
+    );
+    assert!(matches!(
+        store.commit(&d, vec![], vec![]).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let e = store
+        .acquire_lease(id, "proc-e", 60_000, None)
+        .await
+        .expect("acquire after a releasing commit")
+        .expect("free");
+    assert!(e.token > d.token);
+
     assert!(matches!(
         store.acquire_lease("no-such-run", "proc-a", 1000, None).await,
         Err(StoreError::RunNotFound(r)) if r == "no-such-run"

@@ -309,6 +309,9 @@ pub enum Change {
     /// Queue a notice that the step now waits (`notify_waiting`), in the commit that makes
     /// it wait: `cordon serve` sends it once.
     WaitingNotice { id: String, step_id: String },
+    /// Give the run's lease up in this commit (the run finished or now waits for people),
+    /// rather than in a transaction of its own.
+    ReleaseLease,
 }
 
 /// Filters for [`Store::list_runs`].

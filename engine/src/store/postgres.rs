@@ -466,6 +466,17 @@ async fn apply(conn: &mut PgConnection, lease: &Lease, change: &Change) -> Resul
             .execute(conn)
             .await?;
         }
+        Change::ReleaseLease => {
+            sqlx::query(
+                "UPDATE runs SET lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_owner = $2 AND lease_token = $3",
+            )
+            .bind(&lease.run_id)
+            .bind(&lease.owner)
+            .bind(lease.token)
+            .execute(conn)
+            .await?;
+        }
     }
     Ok(())
 }

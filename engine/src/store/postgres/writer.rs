@@ -365,6 +365,9 @@ async fn apply_one(
                     return undo(conn, grouped, e).await;
                 }
             }
+            if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
+                leases.insert(lease.run_id.clone(), (None, lease.token));
+            }
             Ok(audit.clone())
         }
         Op::CreateRun { run, audit } => {

@@ -442,6 +442,9 @@ async fn apply(
                     };
                 }
             }
+            if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
+                leases.insert(lease.run_id.clone(), (None, lease.token));
+            }
             Ok(kept(Answer::Done, audit.clone()))
         }
         Op::CreateRun { run, audit } if run.concurrency_key.is_none() => {
