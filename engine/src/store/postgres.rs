@@ -64,6 +64,7 @@
 //! - `COLLATE "C"` (bytewise text order, as on SQLite) is their default string order, so
 //!   the column collations can be dropped there.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -345,6 +346,304 @@ async fn upsert_item(conn: &mut PgConnection, i: &ItemRecord) -> Result<()> {
     .bind(opt_json_text(&i.secret_output)?)
     .bind(&i.started_at)
     .bind(&i.finished_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The run-row changes of one run gathered from a batch's commits, applied together.
+#[derive(Debug, Default)]
+struct RunUpdate {
+    /// The last `Change::Run` (status, error, finished_at), and the first `started_at`.
+    status: Option<String>,
+    error: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    /// Give the lease with this token up.
+    release: Option<i64>,
+}
+
+/// Rows that many commits of a group-commit batch write, gathered so that each table
+/// takes one multi-row statement per batch instead of one statement per change. A later
+/// change of the same row replaces an earlier one, as applying them in order would; a
+/// step keeps the position of its first appearance.
+#[derive(Debug, Default)]
+pub(super) struct Gathered<'a> {
+    items: Vec<&'a ItemRecord>,
+    item_at: HashMap<(&'a str, &'a str, u32), usize>,
+    steps: Vec<&'a StepRecord>,
+    step_at: HashMap<(&'a str, &'a str), usize>,
+    runs: Vec<(&'a str, RunUpdate)>,
+    run_at: HashMap<&'a str, usize>,
+}
+
+impl<'a> Gathered<'a> {
+    /// Whether a commit's changes can be gathered: all but evidence, drafts, notices and
+    /// truncations, which are rare and are applied at once.
+    pub(super) fn takes(changes: &[Change]) -> bool {
+        changes.iter().all(|c| {
+            matches!(
+                c,
+                Change::Item(_) | Change::Step(_) | Change::Run { .. } | Change::ReleaseLease
+            )
+        })
+    }
+
+    /// Gather a commit's changes (every one of which [`Gathered::takes`]).
+    pub(super) fn add(&mut self, lease: &'a Lease, changes: &'a [Change]) -> Result<()> {
+        for c in changes {
+            match c {
+                Change::Item(i) => {
+                    same_run(lease, "item record", &i.run_id)?;
+                    let key = (i.run_id.as_str(), i.step_id.as_str(), i.idx);
+                    match self.item_at.get(&key) {
+                        Some(&at) => self.items[at] = i,
+                        None => {
+                            self.item_at.insert(key, self.items.len());
+                            self.items.push(i);
+                        }
+                    }
+                }
+                Change::Step(s) => {
+                    same_run(lease, "step record", &s.run_id)?;
+                    let key = (s.run_id.as_str(), s.step_id.as_str());
+                    match self.step_at.get(&key) {
+                        Some(&at) => self.steps[at] = s,
+                        None => {
+                            self.step_at.insert(key, self.steps.len());
+                            self.steps.push(s);
+                        }
+                    }
+                }
+                Change::Run {
+                    status,
+                    error,
+                    started_at,
+                    finished_at,
+                } => {
+                    let u = self.run(&lease.run_id);
+                    u.status = Some(status.as_str().to_owned());
+                    u.error.clone_from(error);
+                    u.finished_at.clone_from(finished_at);
+                    if u.started_at.is_none() {
+                        u.started_at.clone_from(started_at);
+                    }
+                }
+                Change::ReleaseLease => self.run(&lease.run_id).release = Some(lease.token),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "a gathered commit carries a change it cannot gather: {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, id: &'a str) -> &mut RunUpdate {
+        let at = *self.run_at.entry(id).or_insert_with(|| {
+            self.runs.push((id, RunUpdate::default()));
+            self.runs.len() - 1
+        });
+        &mut self.runs[at].1
+    }
+
+    /// Write what was gathered: one statement per table that has rows.
+    pub(super) async fn apply(self, conn: &mut PgConnection) -> Result<()> {
+        if !self.items.is_empty() {
+            upsert_items(conn, &self.items).await?;
+        }
+        if !self.steps.is_empty() {
+            upsert_steps(conn, &self.steps).await?;
+        }
+        if !self.runs.is_empty() {
+            update_runs(conn, &self.runs).await?;
+        }
+        Ok(())
+    }
+}
+
+/// [`upsert_item`] for many rows in one statement (no two with the same key).
+async fn upsert_items(conn: &mut PgConnection, rows: &[&ItemRecord]) -> Result<()> {
+    let n = rows.len();
+    let (mut run, mut step, mut idx, mut status, mut attempts, mut inputs, mut connector) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut output, mut error, mut prior, mut secret, mut started, mut finished) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for i in rows {
+        run.push(i.run_id.as_str());
+        step.push(i.step_id.as_str());
+        idx.push(i64::from(i.idx));
+        status.push(i.status.as_str());
+        attempts.push(i64::from(i.attempts));
+        inputs.push(json_text(&i.inputs)?);
+        connector.push(i.connector.as_str());
+        output.push(opt_json_text(&i.output)?);
+        error.push(i.error.as_deref());
+        prior.push(opt_json_text(&i.prior_state)?);
+        secret.push(opt_json_text(&i.secret_output)?);
+        started.push(i.started_at.as_deref());
+        finished.push(i.finished_at.as_deref());
+    }
+    sqlx::query(
+        "INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector, output,
+             error, prior_state, secret_output, started_at, finished_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[],
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+             $12::text[], $13::text[])
+         ON CONFLICT (run_id, step_id, idx) DO UPDATE SET
+             status = excluded.status, attempts = excluded.attempts, inputs = excluded.inputs,
+             connector = excluded.connector, output = excluded.output, error = excluded.error,
+             prior_state = excluded.prior_state, secret_output = excluded.secret_output,
+             started_at = excluded.started_at, finished_at = excluded.finished_at",
+    )
+    .bind(run)
+    .bind(step)
+    .bind(idx)
+    .bind(status)
+    .bind(attempts)
+    .bind(inputs)
+    .bind(connector)
+    .bind(output)
+    .bind(error)
+    .bind(prior)
+    .bind(secret)
+    .bind(started)
+    .bind(finished)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// [`upsert_step`] for many rows in one statement (no two with the same key). A new step
+/// is placed after the run's last one, in the order given (positions may skip numbers
+/// where a row of the statement updated an existing step; only their order matters).
+async fn upsert_steps(conn: &mut PgConnection, rows: &[&StepRecord]) -> Result<()> {
+    let n = rows.len();
+    let (mut run, mut step, mut status, mut attempts, mut items, mut inputs, mut output) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut error, mut reason, mut started, mut finished, mut deadline, mut on_failure) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for s in rows {
+        run.push(s.run_id.as_str());
+        step.push(s.step_id.as_str());
+        status.push(s.status.as_str());
+        attempts.push(i64::from(s.attempts));
+        items.push(i64::from(s.items));
+        inputs.push(opt_json_text(&s.inputs)?);
+        output.push(opt_json_text(&s.output)?);
+        error.push(s.error.as_deref());
+        reason.push(s.reason.as_deref());
+        started.push(s.started_at.as_deref());
+        finished.push(s.finished_at.as_deref());
+        deadline.push(s.deadline.as_deref());
+        on_failure.push(s.on_failure);
+    }
+    // The run rows are locked by the batch, so no position can be taken twice.
+    sqlx::query(
+        "INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output, error,
+             reason, started_at, finished_at, deadline, on_failure)
+         SELECT u.run_id, u.step_id,
+             (SELECT COALESCE(MAX(s.pos), -1) FROM steps s WHERE s.run_id = u.run_id)
+                 + ROW_NUMBER() OVER (PARTITION BY u.run_id ORDER BY u.ord),
+             u.status, u.attempts, u.items, u.inputs, u.output, u.error, u.reason,
+             u.started_at, u.finished_at, u.deadline, u.on_failure
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[],
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+             $13::bool[]) WITH ORDINALITY
+             AS u(run_id, step_id, status, attempts, items, inputs, output, error, reason,
+                  started_at, finished_at, deadline, on_failure, ord)
+         ON CONFLICT (run_id, step_id) DO UPDATE SET
+             status = excluded.status, attempts = excluded.attempts, items = excluded.items,
+             inputs = excluded.inputs, output = excluded.output, error = excluded.error,
+             reason = excluded.reason, started_at = excluded.started_at,
+             finished_at = excluded.finished_at, deadline = excluded.deadline,
+             on_failure = excluded.on_failure",
+    )
+    .bind(run)
+    .bind(step)
+    .bind(status)
+    .bind(attempts)
+    .bind(items)
+    .bind(inputs)
+    .bind(output)
+    .bind(error)
+    .bind(reason)
+    .bind(started)
+    .bind(finished)
+    .bind(deadline)
+    .bind(on_failure)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The gathered `Change::Run` and `Change::ReleaseLease` of many runs in one statement.
+async fn update_runs(conn: &mut PgConnection, runs: &[(&str, RunUpdate)]) -> Result<()> {
+    let n = runs.len();
+    let (mut id, mut set, mut status, mut error, mut started, mut finished, mut release) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (run, u) in runs {
+        id.push(*run);
+        set.push(u.status.is_some());
+        status.push(u.status.as_deref());
+        error.push(u.error.as_deref());
+        started.push(u.started_at.as_deref());
+        finished.push(u.finished_at.as_deref());
+        release.push(u.release);
+    }
+    sqlx::query(
+        "UPDATE runs AS r SET
+             status = CASE WHEN u.set THEN u.status ELSE r.status END,
+             error = CASE WHEN u.set THEN u.error ELSE r.error END,
+             started_at = COALESCE(r.started_at, u.started_at),
+             finished_at = CASE WHEN u.set THEN u.finished_at ELSE r.finished_at END,
+             lease_owner = CASE WHEN u.release = r.lease_token THEN NULL ELSE r.lease_owner END,
+             lease_until = CASE WHEN u.release = r.lease_token THEN NULL ELSE r.lease_until END
+         FROM UNNEST($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::text[],
+             $7::int8[]) AS u(id, set, status, error, started_at, finished_at, release)
+         WHERE r.id = u.id",
+    )
+    .bind(id)
+    .bind(set)
+    .bind(status)
+    .bind(error)
+    .bind(started)
+    .bind(finished)
+    .bind(release)
     .execute(conn)
     .await?;
     Ok(())

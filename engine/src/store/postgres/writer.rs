@@ -45,7 +45,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor, PgPool};
 use tokio::sync::mpsc;
 
-use super::{append_events, apply, insert_run, Lease, Result, StoreError};
+use super::{append_events, apply, insert_run, Gathered, Lease, Result, StoreError};
 use crate::store::queue::{Counters, Queue, WriteStats};
 use crate::store::{AuditDraft, Change, RunRecord};
 
@@ -78,6 +78,14 @@ impl Op {
         match self {
             Op::Commit { lease, .. } | Op::ReleaseLease { lease } => Some(&lease.run_id),
             Op::CreateRun { .. } | Op::AppendAudit { .. } => None,
+        }
+    }
+
+    /// Whether the request can be part of a gathered batch (see [`Gathered`]).
+    fn gatherable(&self) -> bool {
+        match self {
+            Op::Commit { changes, .. } => Gathered::takes(changes),
+            Op::CreateRun { .. } | Op::ReleaseLease { .. } | Op::AppendAudit { .. } => true,
         }
     }
 }
@@ -303,8 +311,17 @@ async fn try_batch(
     let grouped = ops.len() > 1;
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut audit = Vec::new();
+    // Without savepoints, the rows of every commit are written together after the loop
+    // (when every commit of the batch consists of such rows).
+    let mut gathered =
+        (grouped && !savepoints && ops.iter().all(|op| op.gatherable())).then(Gathered::default);
     for op in ops {
-        match apply_one(&mut tx, op, &mut leases, grouped && savepoints).await {
+        let applied = match gathered.as_mut() {
+            // A new run is inserted at once: no gathered row can be of it (it has no lease).
+            Some(g) if !matches!(op, Op::CreateRun { .. }) => gather_one(op, &mut leases, g),
+            _ => apply_one(&mut tx, op, &mut leases, grouped && savepoints).await,
+        };
+        match applied {
             Ok(events) => {
                 audit.extend(events);
                 outcomes.push(Ok(()));
@@ -328,6 +345,15 @@ async fn try_batch(
             Err(e) => outcomes.push(Err(e)),
         }
     }
+    if let Some(g) = gathered {
+        if let Err(e) = g.apply(&mut tx).await {
+            if matches!(&e, StoreError::Database(d) if is_connection(d)) {
+                return Err(e.into());
+            }
+            tx.rollback().await?;
+            return Err(BatchError::Retry);
+        }
+    }
     append_events(&mut tx, audit).await?;
     tx.commit().await?;
     let c = &shared.counters;
@@ -343,6 +369,42 @@ fn holds(leases: &Leases, lease: &Lease) -> Result<()> {
         Some(_) => Err(StoreError::LeaseLost(lease.run_id.clone())),
     }
 }
+
+/// Take one request of a gathered batch: check its fencing and gather its rows (written
+/// after the loop); its audit events to seal if it is kept.
+fn gather_one<'a>(
+    op: &'a Op,
+    leases: &mut Leases,
+    gathered: &mut Gathered<'a>,
+) -> Result<Vec<AuditDraft>> {
+    match op {
+        Op::Commit {
+            lease,
+            changes,
+            audit,
+        } => {
+            holds(leases, lease)?;
+            gathered.add(lease, changes)?;
+            if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
+                leases.insert(lease.run_id.clone(), (None, lease.token));
+            }
+            Ok(audit.clone())
+        }
+        Op::ReleaseLease { lease } => {
+            if holds(leases, lease).is_ok() {
+                gathered.add(lease, std::slice::from_ref(&RELEASE))?;
+                leases.insert(lease.run_id.clone(), (None, lease.token));
+            }
+            Ok(Vec::new())
+        }
+        Op::AppendAudit { audit } => Ok(audit.clone()),
+        Op::CreateRun { .. } => Err(StoreError::Corrupt(
+            "the PostgreSQL writer tried to gather a run creation".into(),
+        )),
+    }
+}
+
+static RELEASE: Change = Change::ReleaseLease;
 
 /// Apply one request; its audit events to seal if it is kept. In a batch (`grouped`), a
 /// request that writes opens its own savepoint first and rolls back to it when it fails.
@@ -468,7 +530,9 @@ mod tests {
     use super::super::PgStore;
     use crate::store::conformance::evidence;
     use crate::store::conformance::{assert_chain_intact, draft, run};
-    use crate::store::{Change, ItemRecord, Lease, StepStatus, Store, StoreError};
+    use crate::store::{
+        Change, ItemRecord, Lease, RunStatus, StepRecord, StepStatus, Store, StoreError,
+    };
 
     /// The conformance suite's item, as a finished call.
     fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
@@ -588,6 +652,160 @@ mod tests {
         assert_eq!(
             store.audit_events(None).await.expect("events").len(),
             8 + 64 + 256
+        );
+        assert_chain_intact(&store).await;
+        store.close().await;
+    }
+
+    fn step(run_id: &str, step_id: &str, status: StepStatus) -> StepRecord {
+        StepRecord {
+            run_id: run_id.into(),
+            step_id: step_id.into(),
+            status,
+            attempts: 1,
+            items: 1,
+            inputs: None,
+            output: None,
+            error: None,
+            reason: None,
+            started_at: Some("2026-11-25T23:00:01.000Z".into()),
+            finished_at: None,
+            deadline: None,
+            on_failure: false,
+        }
+    }
+
+    fn status(status: RunStatus, started: Option<&str>, finished: Option<&str>) -> Change {
+        Change::Run {
+            status,
+            error: None,
+            started_at: started.map(str::to_owned),
+            finished_at: finished.map(str::to_owned),
+        }
+    }
+
+    /// Commits queued in this order while the writer is held, so they share one batch.
+    async fn queued_in_order(
+        store: &PgStore,
+        commits: Vec<(&Lease, Vec<Change>)>,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), StoreError>>> {
+        let mut tasks = Vec::new();
+        for (lease, changes) in commits {
+            let n = store.write_stats().submitted;
+            tasks.push(commit_task(store, lease, changes, "step.succeeded"));
+            submitted(store, n + 1).await;
+        }
+        tasks
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_gathered_batch_writes_what_its_commits_in_order_would() {
+        let Some((_schema, store)) = fresh().await else {
+            return;
+        };
+        let a = leased_run(&store, "01GATHERA00000000000000000").await;
+        let b = leased_run(&store, "01GATHERB00000000000000000").await;
+        let (ra, rb) = (a.run_id.as_str(), b.run_id.as_str());
+        let before = store.write_stats();
+        let hold = store.writer.hold().await;
+        let running = ItemRecord {
+            status: StepStatus::Running,
+            output: None,
+            ..crate::store::conformance::item(ra, "s1", 0)
+        };
+        let tasks = queued_in_order(
+            &store,
+            vec![
+                (
+                    &a,
+                    vec![
+                        status(RunStatus::Running, Some("2026-11-25T23:00:01.000Z"), None),
+                        Change::Step(step(ra, "s1", StepStatus::Running)),
+                        Change::Step(step(ra, "s2", StepStatus::Pending)),
+                        Change::Item(running),
+                    ],
+                ),
+                (
+                    &b,
+                    vec![
+                        Change::Step(step(rb, "x", StepStatus::Succeeded)),
+                        Change::Item(item(rb, "x", 0)),
+                        status(RunStatus::Succeeded, None, Some("2026-11-25T23:00:09.000Z")),
+                        Change::ReleaseLease,
+                    ],
+                ),
+                (
+                    &a,
+                    vec![
+                        status(RunStatus::Running, Some("2026-11-25T23:00:05.000Z"), None),
+                        Change::Item(item(ra, "s1", 0)),
+                        Change::Step(step(ra, "s1", StepStatus::Succeeded)),
+                        Change::Step(step(ra, "s3", StepStatus::Running)),
+                    ],
+                ),
+                (
+                    &a,
+                    vec![
+                        status(RunStatus::Failed, None, Some("2026-11-25T23:00:07.000Z")),
+                        Change::ReleaseLease,
+                    ],
+                ),
+            ],
+        )
+        .await;
+        drop(hold);
+        for t in tasks {
+            t.await.expect("task").expect("commit");
+        }
+        let after = store.write_stats();
+        assert_eq!(after.transactions - before.transactions, 1, "one batch");
+
+        // Steps in the order they first appeared, each as its last commit left it.
+        let steps: Vec<(String, StepStatus)> = store
+            .steps(ra)
+            .await
+            .expect("steps")
+            .into_iter()
+            .map(|s| (s.step_id, s.status))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("s1".into(), StepStatus::Succeeded),
+                ("s2".into(), StepStatus::Pending),
+                ("s3".into(), StepStatus::Running),
+            ]
+        );
+        let items = store.items(ra).await.expect("items");
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].status, StepStatus::Succeeded);
+        let run_a = store.get_run(ra).await.expect("get").expect("run a");
+        assert_eq!(run_a.status, RunStatus::Failed);
+        assert_eq!(
+            run_a.started_at.as_deref(),
+            Some("2026-11-25T23:00:01.000Z")
+        );
+        assert_eq!(
+            run_a.finished_at.as_deref(),
+            Some("2026-11-25T23:00:07.000Z")
+        );
+        let run_b = store.get_run(rb).await.expect("get").expect("run b");
+        assert_eq!(run_b.status, RunStatus::Succeeded);
+        assert_eq!(store.items(rb).await.expect("items").len(), 1);
+        // Both leases were given up with their runs' last commits.
+        for lease in [&a, &b] {
+            assert_eq!(
+                store.lease_holder(&lease.run_id).await.expect("holder"),
+                None
+            );
+            assert!(matches!(
+                store.commit(lease, vec![], vec![]).await,
+                Err(StoreError::LeaseLost(_))
+            ));
+        }
+        assert_eq!(
+            store.audit_events(Some(ra)).await.expect("events").len(),
+            1 + 3
         );
         assert_chain_intact(&store).await;
         store.close().await;
