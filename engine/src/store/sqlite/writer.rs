@@ -197,6 +197,9 @@ enum BatchError {
     Begin(sqlx::Error),
     /// Sealing the audit events or COMMIT failed: the batch was rolled back.
     Later(StoreError),
+    /// Applied without savepoints, a request's statement failed: the batch was rolled
+    /// back, to be applied again with a savepoint per request.
+    Retry,
 }
 
 async fn process(
@@ -217,16 +220,24 @@ async fn process(
         }
     }
     let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
-    let outcomes = match try_batch(&mut conn, &ops, shared).await {
+    let mut first = try_batch(&mut conn, &ops, shared, false).await;
+    if matches!(first, Err(BatchError::Retry)) {
+        first = try_batch(&mut conn, &ops, shared, true).await;
+    }
+    let outcomes = match first {
         Ok(outcomes) => outcomes,
         Err(BatchError::Begin(e)) => return fail_all(batch, e),
+        Err(BatchError::Retry) => {
+            let e = StoreError::Corrupt("the SQLite writer could not apply a batch".into());
+            vec![Err(e)]
+        }
         Err(BatchError::Later(e)) if ops.len() == 1 => vec![Err(e)],
         Err(BatchError::Later(e)) => {
             tracing::warn!(error = %e, requests = ops.len(),
                 "a grouped SQLite transaction failed; committing its requests one by one");
             let mut alone = Vec::with_capacity(ops.len());
             for op in &ops {
-                alone.push(match try_batch(&mut conn, &[*op], shared).await {
+                alone.push(match try_batch(&mut conn, &[*op], shared, true).await {
                     Ok(mut v) => v.pop().unwrap_or_else(|| {
                         Err(StoreError::Corrupt(
                             "the SQLite writer lost an answer".into(),
@@ -234,6 +245,9 @@ async fn process(
                     }),
                     Err(BatchError::Begin(e)) => Err(e.into()),
                     Err(BatchError::Later(e)) => Err(e),
+                    Err(BatchError::Retry) => Err(StoreError::Corrupt(
+                        "the SQLite writer could not apply a request".into(),
+                    )),
                 });
             }
             alone
@@ -275,11 +289,16 @@ async fn read_leases(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Leases>
     Ok(leases)
 }
 
-/// Apply `ops` in one transaction; each request's outcome once it committed.
+/// Apply `ops` in one transaction; each request's outcome once it committed. Without
+/// `savepoints`, only the requests that may have to undo their own statements (a run
+/// creation that finds its delivery already remembered, or joins a concurrency key) open
+/// one; the statement journal work of a savepoint per commit is saved, and the first
+/// other request the database refuses makes the batch [`BatchError::Retry`] with them.
 async fn try_batch(
     conn: &mut SqliteConnection,
     ops: &[&Op],
     shared: &Shared,
+    savepoints: bool,
 ) -> Result<Vec<Result<Answer>>, BatchError> {
     let mut tx = conn
         .begin_with("BEGIN IMMEDIATE")
@@ -309,9 +328,10 @@ async fn try_batch(
             }
         }
     } else {
-        // Each request rolls itself back to its own savepoint when it fails (see `apply`).
+        // A request with a savepoint rolls itself back to it when it fails (see `apply`).
         for op in ops {
-            match apply(&mut tx, op, &mut leases, true).await {
+            let savepoint = savepoints || op.may_undo();
+            match apply(&mut tx, op, &mut leases, savepoint).await {
                 Ok(a) => {
                     if a.keep {
                         audit.extend(a.audit);
@@ -320,6 +340,16 @@ async fn try_batch(
                 }
                 Err(StoreError::Database(e)) if is_fatal(&e) => {
                     return Err(BatchError::Later(StoreError::Database(e)))
+                }
+                // Fenced off before any statement of its own: nothing to undo.
+                Err(e @ (StoreError::LeaseLost(_) | StoreError::RunNotFound(_))) => {
+                    outcomes.push(Err(e));
+                }
+                Err(_) if !savepoint => {
+                    tx.rollback()
+                        .await
+                        .map_err(|e| BatchError::Later(e.into()))?;
+                    return Err(BatchError::Retry);
                 }
                 Err(e) => outcomes.push(Err(e)),
             }
@@ -386,6 +416,18 @@ fn same_error(text: &str) -> sqlx::Error {
 }
 
 impl Op {
+    /// Whether the request may have to undo statements of its own that succeeded: a run
+    /// creation whose delivery key turns out to be remembered, or one that joins an active
+    /// run of its concurrency key. The others are refused before their statements run (the
+    /// fencing check) or not at all.
+    fn may_undo(&self) -> bool {
+        match self {
+            Op::CreateRunOnce { .. } => true,
+            Op::CreateRun { run, .. } => run.concurrency_key.is_some(),
+            _ => false,
+        }
+    }
+
     /// The run whose lease the request reads or changes.
     fn run_id(&self) -> Option<&str> {
         match self {
@@ -414,7 +456,7 @@ fn kept(answer: Answer, audit: Vec<AuditDraft>) -> Applied {
     }
 }
 
-/// Apply one request on `conn`. In a batch (`grouped`), a request of several statements
+/// Apply one request on `conn`. With a savepoint (`grouped`), a request of several statements
 /// opens its own savepoint in the same round trip as its statements, and rolls back to it
 /// when it fails or stores nothing; alone, the caller rolls the transaction back.
 async fn apply(
