@@ -97,6 +97,121 @@ pub fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
     }
 }
 
+fn run_status(status: RunStatus, started: Option<&str>, finished: Option<&str>) -> Change {
+    Change::Run {
+        status,
+        error: None,
+        started_at: started.map(str::to_owned),
+        finished_at: finished.map(str::to_owned),
+    }
+}
+
+/// Commits of two leased runs that a group-commit writer may apply together (its tests
+/// queue them, in this order, into one batch): rows written twice, new steps, run-row
+/// changes and lease releases. [`assert_gathered_outcome`] checks what they must leave.
+pub fn gathered_commits(a: &Lease, b: &Lease) -> Vec<(Lease, Vec<Change>)> {
+    let (ra, rb) = (a.run_id.as_str(), b.run_id.as_str());
+    let finished = |run, step, idx| ItemRecord {
+        status: StepStatus::Succeeded,
+        output: Some(json!({"already": false})),
+        ..item(run, step, idx)
+    };
+    let running = ItemRecord {
+        status: StepStatus::Running,
+        output: None,
+        ..item(ra, "s1", 0)
+    };
+    vec![
+        (
+            a.clone(),
+            vec![
+                run_status(RunStatus::Running, Some("2026-11-25T23:00:01.000Z"), None),
+                Change::Step(step(ra, "s1", StepStatus::Running)),
+                Change::Step(step(ra, "s2", StepStatus::Pending)),
+                Change::Item(running),
+            ],
+        ),
+        (
+            b.clone(),
+            vec![
+                Change::Step(step(rb, "x", StepStatus::Succeeded)),
+                Change::Item(finished(rb, "x", 0)),
+                run_status(RunStatus::Succeeded, None, Some("2026-11-25T23:00:09.000Z")),
+                Change::ReleaseLease,
+            ],
+        ),
+        (
+            a.clone(),
+            vec![
+                run_status(RunStatus::Running, Some("2026-11-25T23:00:05.000Z"), None),
+                Change::Item(finished(ra, "s1", 0)),
+                Change::Step(step(ra, "s1", StepStatus::Succeeded)),
+                Change::Step(step(ra, "s3", StepStatus::Running)),
+            ],
+        ),
+        (
+            a.clone(),
+            vec![
+                run_status(RunStatus::Failed, None, Some("2026-11-25T23:00:07.000Z")),
+                Change::ReleaseLease,
+            ],
+        ),
+    ]
+}
+
+/// What [`gathered_commits`] applied in order leave (each commit carried one audit event).
+pub async fn assert_gathered_outcome(store: &dyn Store, a: &Lease, b: &Lease) {
+    let (ra, rb) = (a.run_id.as_str(), b.run_id.as_str());
+    // Steps in the order they first appeared, each as its last commit left it.
+    let steps: Vec<(String, StepStatus)> = store
+        .steps(ra)
+        .await
+        .expect("steps")
+        .into_iter()
+        .map(|s| (s.step_id, s.status))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("s1".into(), StepStatus::Succeeded),
+            ("s2".into(), StepStatus::Pending),
+            ("s3".into(), StepStatus::Running),
+        ]
+    );
+    let items = store.items(ra).await.expect("items");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].status, StepStatus::Succeeded);
+    let run_a = store.get_run(ra).await.expect("get").expect("run a");
+    assert_eq!(run_a.status, RunStatus::Failed);
+    assert_eq!(
+        run_a.started_at.as_deref(),
+        Some("2026-11-25T23:00:01.000Z")
+    );
+    assert_eq!(
+        run_a.finished_at.as_deref(),
+        Some("2026-11-25T23:00:07.000Z")
+    );
+    let run_b = store.get_run(rb).await.expect("get").expect("run b");
+    assert_eq!(run_b.status, RunStatus::Succeeded);
+    assert_eq!(store.items(rb).await.expect("items").len(), 1);
+    // Both leases were given up with their runs' last commits.
+    for lease in [a, b] {
+        assert_eq!(
+            store.lease_holder(&lease.run_id).await.expect("holder"),
+            None
+        );
+        assert!(matches!(
+            store.commit(lease, vec![], vec![]).await,
+            Err(StoreError::LeaseLost(_))
+        ));
+    }
+    assert_eq!(
+        store.audit_events(Some(ra)).await.expect("events").len(),
+        1 + 3
+    );
+    assert_chain_intact(store).await;
+}
+
 pub fn evidence(run_id: &str, evidence_id: &str) -> EvidenceRecord {
     EvidenceRecord {
         evidence_id: evidence_id.into(),

@@ -529,10 +529,10 @@ mod tests {
     use super::super::testing::TestSchema;
     use super::super::PgStore;
     use crate::store::conformance::evidence;
-    use crate::store::conformance::{assert_chain_intact, draft, run};
-    use crate::store::{
-        Change, ItemRecord, Lease, RunStatus, StepRecord, StepStatus, Store, StoreError,
+    use crate::store::conformance::{
+        assert_chain_intact, assert_gathered_outcome, draft, gathered_commits, run,
     };
+    use crate::store::{Change, ItemRecord, Lease, StepStatus, Store, StoreError};
 
     /// The conformance suite's item, as a finished call.
     fn item(run_id: &str, step_id: &str, idx: u32) -> ItemRecord {
@@ -657,42 +657,15 @@ mod tests {
         store.close().await;
     }
 
-    fn step(run_id: &str, step_id: &str, status: StepStatus) -> StepRecord {
-        StepRecord {
-            run_id: run_id.into(),
-            step_id: step_id.into(),
-            status,
-            attempts: 1,
-            items: 1,
-            inputs: None,
-            output: None,
-            error: None,
-            reason: None,
-            started_at: Some("2026-11-25T23:00:01.000Z".into()),
-            finished_at: None,
-            deadline: None,
-            on_failure: false,
-        }
-    }
-
-    fn status(status: RunStatus, started: Option<&str>, finished: Option<&str>) -> Change {
-        Change::Run {
-            status,
-            error: None,
-            started_at: started.map(str::to_owned),
-            finished_at: finished.map(str::to_owned),
-        }
-    }
-
     /// Commits queued in this order while the writer is held, so they share one batch.
     async fn queued_in_order(
         store: &PgStore,
-        commits: Vec<(&Lease, Vec<Change>)>,
+        commits: Vec<(Lease, Vec<Change>)>,
     ) -> Vec<tokio::task::JoinHandle<Result<(), StoreError>>> {
         let mut tasks = Vec::new();
         for (lease, changes) in commits {
             let n = store.write_stats().submitted;
-            tasks.push(commit_task(store, lease, changes, "step.succeeded"));
+            tasks.push(commit_task(store, &lease, changes, "step.succeeded"));
             submitted(store, n + 1).await;
         }
         tasks
@@ -705,109 +678,16 @@ mod tests {
         };
         let a = leased_run(&store, "01GATHERA00000000000000000").await;
         let b = leased_run(&store, "01GATHERB00000000000000000").await;
-        let (ra, rb) = (a.run_id.as_str(), b.run_id.as_str());
         let before = store.write_stats();
         let hold = store.writer.hold().await;
-        let running = ItemRecord {
-            status: StepStatus::Running,
-            output: None,
-            ..crate::store::conformance::item(ra, "s1", 0)
-        };
-        let tasks = queued_in_order(
-            &store,
-            vec![
-                (
-                    &a,
-                    vec![
-                        status(RunStatus::Running, Some("2026-11-25T23:00:01.000Z"), None),
-                        Change::Step(step(ra, "s1", StepStatus::Running)),
-                        Change::Step(step(ra, "s2", StepStatus::Pending)),
-                        Change::Item(running),
-                    ],
-                ),
-                (
-                    &b,
-                    vec![
-                        Change::Step(step(rb, "x", StepStatus::Succeeded)),
-                        Change::Item(item(rb, "x", 0)),
-                        status(RunStatus::Succeeded, None, Some("2026-11-25T23:00:09.000Z")),
-                        Change::ReleaseLease,
-                    ],
-                ),
-                (
-                    &a,
-                    vec![
-                        status(RunStatus::Running, Some("2026-11-25T23:00:05.000Z"), None),
-                        Change::Item(item(ra, "s1", 0)),
-                        Change::Step(step(ra, "s1", StepStatus::Succeeded)),
-                        Change::Step(step(ra, "s3", StepStatus::Running)),
-                    ],
-                ),
-                (
-                    &a,
-                    vec![
-                        status(RunStatus::Failed, None, Some("2026-11-25T23:00:07.000Z")),
-                        Change::ReleaseLease,
-                    ],
-                ),
-            ],
-        )
-        .await;
+        let tasks = queued_in_order(&store, gathered_commits(&a, &b)).await;
         drop(hold);
         for t in tasks {
             t.await.expect("task").expect("commit");
         }
         let after = store.write_stats();
         assert_eq!(after.transactions - before.transactions, 1, "one batch");
-
-        // Steps in the order they first appeared, each as its last commit left it.
-        let steps: Vec<(String, StepStatus)> = store
-            .steps(ra)
-            .await
-            .expect("steps")
-            .into_iter()
-            .map(|s| (s.step_id, s.status))
-            .collect();
-        assert_eq!(
-            steps,
-            vec![
-                ("s1".into(), StepStatus::Succeeded),
-                ("s2".into(), StepStatus::Pending),
-                ("s3".into(), StepStatus::Running),
-            ]
-        );
-        let items = store.items(ra).await.expect("items");
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0].status, StepStatus::Succeeded);
-        let run_a = store.get_run(ra).await.expect("get").expect("run a");
-        assert_eq!(run_a.status, RunStatus::Failed);
-        assert_eq!(
-            run_a.started_at.as_deref(),
-            Some("2026-11-25T23:00:01.000Z")
-        );
-        assert_eq!(
-            run_a.finished_at.as_deref(),
-            Some("2026-11-25T23:00:07.000Z")
-        );
-        let run_b = store.get_run(rb).await.expect("get").expect("run b");
-        assert_eq!(run_b.status, RunStatus::Succeeded);
-        assert_eq!(store.items(rb).await.expect("items").len(), 1);
-        // Both leases were given up with their runs' last commits.
-        for lease in [&a, &b] {
-            assert_eq!(
-                store.lease_holder(&lease.run_id).await.expect("holder"),
-                None
-            );
-            assert!(matches!(
-                store.commit(lease, vec![], vec![]).await,
-                Err(StoreError::LeaseLost(_))
-            ));
-        }
-        assert_eq!(
-            store.audit_events(Some(ra)).await.expect("events").len(),
-            1 + 3
-        );
-        assert_chain_intact(&store).await;
+        assert_gathered_outcome(&store, &a, &b).await;
         store.close().await;
     }
 
