@@ -106,8 +106,8 @@ fn run_status(status: RunStatus, started: Option<&str>, finished: Option<&str>) 
     }
 }
 
-/// Commits of two leased runs that a group-commit writer may apply together (its tests
-/// queue them, in this order, into one batch): rows written twice, new steps, run-row
+/// Commits of two leased runs that a group-commit writer applies together (its tests
+/// queue them, in this order, into one batch; PostgreSQL's gathers their rows): rows written twice, new steps, run-row
 /// changes and lease releases. [`assert_gathered_outcome`] checks what they must leave.
 pub fn gathered_commits(a: &Lease, b: &Lease) -> Vec<(Lease, Vec<Change>)> {
     let (ra, rb) = (a.run_id.as_str(), b.run_id.as_str());

@@ -328,51 +328,8 @@ async fn try_batch(
             }
         }
     } else {
-        // Without savepoints, the statements of consecutive commits go to the database in
-        // one round trip: gathered here, sent before anything else touches their runs.
-        let mut gathered = Gathered::default();
         // A request with a savepoint rolls itself back to it when it fails (see `apply`).
         for op in ops {
-            if !savepoints {
-                if let Op::Commit {
-                    lease,
-                    changes,
-                    audit: events,
-                } = op
-                {
-                    match holds(&leases, lease) {
-                        Ok(()) => {}
-                        Err(e) => {
-                            outcomes.push(Err(e));
-                            continue;
-                        }
-                    }
-                    if push_changes(&mut gathered.q, lease, changes).is_err() {
-                        tx.rollback()
-                            .await
-                            .map_err(|e| BatchError::Later(e.into()))?;
-                        return Err(BatchError::Retry);
-                    }
-                    gathered.runs.insert(&lease.run_id);
-                    gathered.changes += changes.len();
-                    if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
-                        leases.insert(lease.run_id.clone(), (None, lease.token));
-                    }
-                    audit.extend(events.iter().cloned());
-                    outcomes.push(Ok(Answer::Done));
-                    if gathered.changes >= GATHER_CHANGES {
-                        if let Err(e) = gathered.send(&mut tx).await {
-                            return Err(abandon(tx, e).await);
-                        }
-                    }
-                    continue;
-                }
-                if op.run_id().is_some_and(|id| gathered.runs.contains(id)) {
-                    if let Err(e) = gathered.send(&mut tx).await {
-                        return Err(abandon(tx, e).await);
-                    }
-                }
-            }
             let savepoint = savepoints || op.may_undo();
             match apply(&mut tx, op, &mut leases, savepoint).await {
                 Ok(a) => {
@@ -397,9 +354,6 @@ async fn try_batch(
                 Err(e) => outcomes.push(Err(e)),
             }
         }
-        if let Err(e) = gathered.send(&mut tx).await {
-            return Err(abandon(tx, e).await);
-        }
     }
     append_events(&mut tx, audit)
         .await
@@ -416,58 +370,6 @@ async fn try_batch(
     c.transactions.fetch_add(1, Ordering::Relaxed);
     c.requests.fetch_add(ops.len() as u64, Ordering::Relaxed);
     Ok(outcomes)
-}
-
-/// Roll the batch back when it is to be applied again (`Retry`); other errors are passed
-/// on as they are (the transaction is dropped, and so rolled back).
-async fn abandon(tx: sqlx::Transaction<'_, Sqlite>, e: BatchError) -> BatchError {
-    match e {
-        BatchError::Retry => match tx.rollback().await {
-            Ok(()) => BatchError::Retry,
-            Err(r) => BatchError::Later(r.into()),
-        },
-        other => other,
-    }
-}
-
-/// Send the gathered statements once this many changes wait (well below SQLite's limit of
-/// bound parameters per statement list).
-const GATHER_CHANGES: usize = 512;
-
-/// Statements of consecutive commits of a batch, sent together (see `try_batch`).
-struct Gathered<'a> {
-    q: QueryBuilder<'a, Sqlite>,
-    /// The runs they write.
-    runs: std::collections::HashSet<&'a str>,
-    changes: usize,
-}
-
-impl Default for Gathered<'_> {
-    fn default() -> Self {
-        Gathered {
-            q: QueryBuilder::new(""),
-            runs: Default::default(),
-            changes: 0,
-        }
-    }
-}
-
-impl Gathered<'_> {
-    /// Run what was gathered. A statement the database refuses is [`BatchError::Retry`]:
-    /// the caller rolls the batch back to apply it again with a savepoint per request.
-    async fn send(&mut self, conn: &mut SqliteConnection) -> Result<(), BatchError> {
-        if self.runs.is_empty() {
-            return Ok(());
-        }
-        let mut q = std::mem::replace(&mut self.q, QueryBuilder::new(""));
-        self.runs.clear();
-        self.changes = 0;
-        match q.build().execute(&mut *conn).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_fatal(&e) => Err(BatchError::Later(e.into())),
-            Err(_) => Err(BatchError::Retry),
-        }
-    }
 }
 
 /// An error after which the transaction cannot go on (the savepoint could not be rolled
@@ -887,7 +789,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_gathered_batch_writes_what_its_commits_in_order_would() {
+    async fn a_batch_writes_what_its_commits_in_order_would() {
         let dir = tempfile::tempdir().expect("dir");
         let store = SqliteStore::open(&dir.path().join("g.db").to_string_lossy())
             .await
