@@ -2,16 +2,18 @@
 //! every `cordon` process on the machine (a run, an `approve`, a `cancel`, `serve`).
 //!
 //! - WAL journal, `synchronous=FULL` (a committed step survives power loss), foreign keys on,
-//!   and a 10 s busy timeout so processes queue for the write lock instead of failing.
+//!   and a 10 s busy timeout so processes queue for the write lock instead of failing. Each
+//!   connection maps the file (`mmap_size`) and keeps a 16 MiB page cache, so pages are not
+//!   read again with a system call each.
 //! - Every write is one transaction opened with `BEGIN IMMEDIATE`: it takes the write lock up
 //!   front, so two processes that read and then write cannot deadlock (a deferred transaction
 //!   that read first gets `SQLITE_BUSY` without waiting when it tries to write). Writes go
 //!   through a pool of one connection, which also queues this process's writers in order;
 //!   reads use a separate pool and see the last committed state (WAL readers never block).
 //! - The frequent writes (step commits, run creation, leases, audit appends) go through one
-//!   writer task that groups many callers' requests into one transaction, each in its own
-//!   savepoint, and answers them only after that COMMIT ([`writer`]): one fsync for many
-//!   runs' steps.
+//!   writer task that groups many callers' requests into one transaction (savepoints only
+//!   where a request may have to undo itself, or after the database refused one), and
+//!   answers them only after that COMMIT ([`writer`]): one fsync for many runs' steps.
 //! - Audit events are sealed inside the writing transaction from the head row read in that
 //!   same transaction, so the chain has one order even with several processes appending.
 //! - Lease expiry is judged on this process's clock (`crate::time::now()`), compared as RFC

@@ -10,9 +10,11 @@
 //!    fencing token: each commit's fencing check is then a lookup, and no acquisition can
 //!    slip in before COMMIT;
 //! 2. applies each request: a request whose fencing check fails writes nothing and is
-//!    answered `LeaseLost`. The statements of the others run without savepoints first (a
-//!    savepoint is a round trip per request); if the database refuses one of them, the
-//!    batch is rolled back and applied again with each request behind its own `SAVEPOINT`,
+//!    answered `LeaseLost`. The others run without savepoints first (a savepoint is a round
+//!    trip per request), and their step, item and run-row changes are gathered into one
+//!    multi-row statement per table for the whole batch ([`Gathered`]); if the database
+//!    refuses a statement, the batch is rolled back and applied again, one statement per
+//!    change and each request behind its own `SAVEPOINT`,
 //!    where the refused request is rolled back to its savepoint and answered with its own
 //!    error, and the others go on;
 //! 3. locks `audit_head` once, seals the audit events of every kept request onto the chain

@@ -2,13 +2,17 @@
 //!
 //! The frequent writes of executing runs (step commits, run creation, leases, audit appends)
 //! are handed to a single task. It takes everything queued, opens one `BEGIN IMMEDIATE`,
-//! applies each request in its own savepoint, seals all their audit events onto the chain in
-//! request order, and COMMITs once (one fsync for the whole batch). Only after that COMMIT
+//! applies each request, seals all their audit events onto the chain in request order, and
+//! COMMITs once (one fsync for the whole batch). Only after that COMMIT
 //! returned does it answer the waiters, so "durable before the next side effect" holds for
 //! every caller exactly as with one transaction each.
 //!
-//! - A request that fails (a lost lease, a constraint) is rolled back to its savepoint alone
-//!   and answered with its own error; the others commit.
+//! - A request whose lease was lost writes nothing and is answered with its own error. Run
+//!   creations, which may have to undo their own rows, run behind a savepoint; the other
+//!   requests do not (a savepoint makes SQLite journal every page the request touches). If
+//!   the database refuses a statement of one of them, the batch is rolled back and applied
+//!   again with a savepoint per request, where the refused request is rolled back alone and
+//!   answered with its own error; the others commit.
 //! - A failure of the batch as a whole after it began (sealing the audit events, COMMIT) is
 //!   retried request by request, one transaction each, so every caller gets its own outcome.
 //! - A crash before COMMIT loses the batch, and none of its requests was answered.
