@@ -2,9 +2,7 @@
 //! every `cordon` process on the machine (a run, an `approve`, a `cancel`, `serve`).
 //!
 //! - WAL journal, `synchronous=FULL` (a committed step survives power loss), foreign keys on,
-//!   and a 10 s busy timeout so processes queue for the write lock instead of failing. Each
-//!   connection maps the file (`mmap_size`) and keeps a 16 MiB page cache, so pages are not
-//!   read again with a system call each.
+//!   and a 10 s busy timeout so processes queue for the write lock instead of failing.
 //! - Every write is one transaction opened with `BEGIN IMMEDIATE`: it takes the write lock up
 //!   front, so two processes that read and then write cannot deadlock (a deferred transaction
 //!   that read first gets `SQLITE_BUSY` without waiting when it tries to write). Writes go
@@ -59,11 +57,6 @@ const MIGRATE_ATTEMPTS: u32 = 5;
 /// Prepared statements kept per connection: the multi-row inserts have one text per row
 /// count, and the common ones should stay prepared.
 const STATEMENT_CACHE: usize = 512;
-/// Bytes of the database file each connection maps (SQLite's `mmap_size`; an address-space
-/// reservation, not memory used).
-const MMAP_SIZE: &str = "268435456";
-/// Each connection's page cache, as SQLite's negative `cache_size`: KiB (16 MiB).
-const CACHE_SIZE: &str = "-16384";
 /// Rows per multi-row INSERT (well under SQLite's 32,766 bound parameters).
 const ROWS_PER_INSERT: usize = 64;
 
@@ -122,12 +115,7 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .statement_cache_capacity(STATEMENT_CACHE)
             // Savepoint and statement journals in memory: the batch's rollbacks stay cheap.
-            .pragma("temp_store", "memory")
-            // Pages read through a memory map rather than a `pread` each, and a larger page
-            // cache per connection: under load the readers and the writer otherwise spent
-            // thousands of system calls a second re-reading the same pages.
-            .pragma("mmap_size", MMAP_SIZE)
-            .pragma("cache_size", CACHE_SIZE);
+            .pragma("temp_store", "memory");
 
         // A local file's connection cannot go stale: no ping (a round trip to the
         // connection's thread) before every use.
