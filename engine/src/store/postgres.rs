@@ -291,64 +291,11 @@ async fn insert_run(conn: &mut PgConnection, run: &RunRecord) -> Result<()> {
 }
 
 async fn upsert_step(conn: &mut PgConnection, s: &StepRecord) -> Result<()> {
-    // The run row is locked by the commit, so `pos` cannot be taken twice.
-    sqlx::query(
-        "INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output, error,
-             reason, started_at, finished_at, deadline, on_failure)
-         VALUES ($1, $2, (SELECT COALESCE(MAX(pos), -1) + 1 FROM steps WHERE run_id = $1),
-             $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         ON CONFLICT (run_id, step_id) DO UPDATE SET
-             status = excluded.status, attempts = excluded.attempts, items = excluded.items,
-             inputs = excluded.inputs, output = excluded.output, error = excluded.error,
-             reason = excluded.reason, started_at = excluded.started_at,
-             finished_at = excluded.finished_at, deadline = excluded.deadline,
-             on_failure = excluded.on_failure",
-    )
-    .bind(&s.run_id)
-    .bind(&s.step_id)
-    .bind(s.status.as_str())
-    .bind(i64::from(s.attempts))
-    .bind(i64::from(s.items))
-    .bind(opt_json_text(&s.inputs)?)
-    .bind(opt_json_text(&s.output)?)
-    .bind(&s.error)
-    .bind(&s.reason)
-    .bind(&s.started_at)
-    .bind(&s.finished_at)
-    .bind(&s.deadline)
-    .bind(s.on_failure)
-    .execute(conn)
-    .await?;
-    Ok(())
+    upsert_steps(conn, &[s]).await
 }
 
 async fn upsert_item(conn: &mut PgConnection, i: &ItemRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector, output,
-             error, prior_state, secret_output, started_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         ON CONFLICT (run_id, step_id, idx) DO UPDATE SET
-             status = excluded.status, attempts = excluded.attempts, inputs = excluded.inputs,
-             connector = excluded.connector, output = excluded.output, error = excluded.error,
-             prior_state = excluded.prior_state, secret_output = excluded.secret_output,
-             started_at = excluded.started_at, finished_at = excluded.finished_at",
-    )
-    .bind(&i.run_id)
-    .bind(&i.step_id)
-    .bind(i64::from(i.idx))
-    .bind(i.status.as_str())
-    .bind(i64::from(i.attempts))
-    .bind(json_text(&i.inputs)?)
-    .bind(&i.connector)
-    .bind(opt_json_text(&i.output)?)
-    .bind(&i.error)
-    .bind(opt_json_text(&i.prior_state)?)
-    .bind(opt_json_text(&i.secret_output)?)
-    .bind(&i.started_at)
-    .bind(&i.finished_at)
-    .execute(conn)
-    .await?;
-    Ok(())
+    upsert_items(conn, &[i]).await
 }
 
 /// The run-row changes of one run gathered from a batch's commits, applied together.
@@ -463,41 +410,25 @@ impl<'a> Gathered<'a> {
     }
 }
 
-/// [`upsert_item`] for many rows in one statement (no two with the same key).
+/// One column of `rows`, as the array a statement binds.
+fn column<'a, T, U>(rows: &[&'a T], f: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(|r| f(r)).collect()
+}
+
+/// A column of JSON text (or NULL).
+fn json_column<'a, T>(
+    rows: &[&'a T],
+    f: impl Fn(&'a T) -> &'a Option<Value>,
+) -> Result<Vec<Option<String>>> {
+    rows.iter().map(|r| opt_json_text(f(r))).collect()
+}
+
+/// Items upserted in one statement (no two with the same key).
 async fn upsert_items(conn: &mut PgConnection, rows: &[&ItemRecord]) -> Result<()> {
-    let n = rows.len();
-    let (mut run, mut step, mut idx, mut status, mut attempts, mut inputs, mut connector) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut output, mut error, mut prior, mut secret, mut started, mut finished) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for i in rows {
-        run.push(i.run_id.as_str());
-        step.push(i.step_id.as_str());
-        idx.push(i64::from(i.idx));
-        status.push(i.status.as_str());
-        attempts.push(i64::from(i.attempts));
-        inputs.push(json_text(&i.inputs)?);
-        connector.push(i.connector.as_str());
-        output.push(opt_json_text(&i.output)?);
-        error.push(i.error.as_deref());
-        prior.push(opt_json_text(&i.prior_state)?);
-        secret.push(opt_json_text(&i.secret_output)?);
-        started.push(i.started_at.as_deref());
-        finished.push(i.finished_at.as_deref());
-    }
+    let inputs: Vec<String> = rows
+        .iter()
+        .map(|i| json_text(&i.inputs))
+        .collect::<Result<_>>()?;
     sqlx::query(
         "INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector, output,
              error, prior_state, secret_output, started_at, finished_at)
@@ -510,62 +441,29 @@ async fn upsert_items(conn: &mut PgConnection, rows: &[&ItemRecord]) -> Result<(
              prior_state = excluded.prior_state, secret_output = excluded.secret_output,
              started_at = excluded.started_at, finished_at = excluded.finished_at",
     )
-    .bind(run)
-    .bind(step)
-    .bind(idx)
-    .bind(status)
-    .bind(attempts)
+    .bind(column(rows, |i| i.run_id.as_str()))
+    .bind(column(rows, |i| i.step_id.as_str()))
+    .bind(column(rows, |i| i64::from(i.idx)))
+    .bind(column(rows, |i| i.status.as_str()))
+    .bind(column(rows, |i| i64::from(i.attempts)))
     .bind(inputs)
-    .bind(connector)
-    .bind(output)
-    .bind(error)
-    .bind(prior)
-    .bind(secret)
-    .bind(started)
-    .bind(finished)
+    .bind(column(rows, |i| i.connector.as_str()))
+    .bind(json_column(rows, |i| &i.output)?)
+    .bind(column(rows, |i| i.error.as_deref()))
+    .bind(json_column(rows, |i| &i.prior_state)?)
+    .bind(json_column(rows, |i| &i.secret_output)?)
+    .bind(column(rows, |i| i.started_at.as_deref()))
+    .bind(column(rows, |i| i.finished_at.as_deref()))
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// [`upsert_step`] for many rows in one statement (no two with the same key). A new step
-/// is placed after the run's last one, in the order given (positions may skip numbers
-/// where a row of the statement updated an existing step; only their order matters).
+/// Steps upserted in one statement (no two with the same key). A new step is placed after
+/// the run's last one, in the order given (positions may skip numbers where a row of the
+/// statement updated an existing step; only their order matters).
 async fn upsert_steps(conn: &mut PgConnection, rows: &[&StepRecord]) -> Result<()> {
-    let n = rows.len();
-    let (mut run, mut step, mut status, mut attempts, mut items, mut inputs, mut output) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut error, mut reason, mut started, mut finished, mut deadline, mut on_failure) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for s in rows {
-        run.push(s.run_id.as_str());
-        step.push(s.step_id.as_str());
-        status.push(s.status.as_str());
-        attempts.push(i64::from(s.attempts));
-        items.push(i64::from(s.items));
-        inputs.push(opt_json_text(&s.inputs)?);
-        output.push(opt_json_text(&s.output)?);
-        error.push(s.error.as_deref());
-        reason.push(s.reason.as_deref());
-        started.push(s.started_at.as_deref());
-        finished.push(s.finished_at.as_deref());
-        deadline.push(s.deadline.as_deref());
-        on_failure.push(s.on_failure);
-    }
-    // The run rows are locked by the batch, so no position can be taken twice.
+    // The writer holds the run rows locked, so no position can be taken twice.
     sqlx::query(
         "INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output, error,
              reason, started_at, finished_at, deadline, on_failure)
@@ -586,19 +484,19 @@ async fn upsert_steps(conn: &mut PgConnection, rows: &[&StepRecord]) -> Result<(
              finished_at = excluded.finished_at, deadline = excluded.deadline,
              on_failure = excluded.on_failure",
     )
-    .bind(run)
-    .bind(step)
-    .bind(status)
-    .bind(attempts)
-    .bind(items)
-    .bind(inputs)
-    .bind(output)
-    .bind(error)
-    .bind(reason)
-    .bind(started)
-    .bind(finished)
-    .bind(deadline)
-    .bind(on_failure)
+    .bind(column(rows, |s| s.run_id.as_str()))
+    .bind(column(rows, |s| s.step_id.as_str()))
+    .bind(column(rows, |s| s.status.as_str()))
+    .bind(column(rows, |s| i64::from(s.attempts)))
+    .bind(column(rows, |s| i64::from(s.items)))
+    .bind(json_column(rows, |s| &s.inputs)?)
+    .bind(json_column(rows, |s| &s.output)?)
+    .bind(column(rows, |s| s.error.as_deref()))
+    .bind(column(rows, |s| s.reason.as_deref()))
+    .bind(column(rows, |s| s.started_at.as_deref()))
+    .bind(column(rows, |s| s.finished_at.as_deref()))
+    .bind(column(rows, |s| s.deadline.as_deref()))
+    .bind(column(rows, |s| s.on_failure))
     .execute(conn)
     .await?;
     Ok(())
@@ -606,25 +504,9 @@ async fn upsert_steps(conn: &mut PgConnection, rows: &[&StepRecord]) -> Result<(
 
 /// The gathered `Change::Run` and `Change::ReleaseLease` of many runs in one statement.
 async fn update_runs(conn: &mut PgConnection, runs: &[(&str, RunUpdate)]) -> Result<()> {
-    let n = runs.len();
-    let (mut id, mut set, mut status, mut error, mut started, mut finished, mut release) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (run, u) in runs {
-        id.push(*run);
-        set.push(u.status.is_some());
-        status.push(u.status.as_deref());
-        error.push(u.error.as_deref());
-        started.push(u.started_at.as_deref());
-        finished.push(u.finished_at.as_deref());
-        release.push(u.release);
-    }
+    let col = |f: fn(&RunUpdate) -> Option<&str>| -> Vec<Option<&str>> {
+        runs.iter().map(|(_, u)| f(u)).collect()
+    };
     sqlx::query(
         "UPDATE runs AS r SET
              status = CASE WHEN u.set THEN u.status ELSE r.status END,
@@ -637,13 +519,17 @@ async fn update_runs(conn: &mut PgConnection, runs: &[(&str, RunUpdate)]) -> Res
              $7::int8[]) AS u(id, set, status, error, started_at, finished_at, release)
          WHERE r.id = u.id",
     )
-    .bind(id)
-    .bind(set)
-    .bind(status)
-    .bind(error)
-    .bind(started)
-    .bind(finished)
-    .bind(release)
+    .bind(runs.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(
+        runs.iter()
+            .map(|(_, u)| u.status.is_some())
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(|u| u.status.as_deref()))
+    .bind(col(|u| u.error.as_deref()))
+    .bind(col(|u| u.started_at.as_deref()))
+    .bind(col(|u| u.finished_at.as_deref()))
+    .bind(runs.iter().map(|(_, u)| u.release).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
