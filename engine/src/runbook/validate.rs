@@ -86,11 +86,7 @@ impl ValidatedRunbook {
 
     /// A step of `steps` or `on_failure` by id.
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.runbook
-            .steps
-            .iter()
-            .chain(&self.runbook.on_failure)
-            .find(|s| s.id == id)
+        self.derived().by_id.get(id)
     }
 
     /// Every step `id` needs, directly or through others.

@@ -9,7 +9,29 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Result, StoreError};
+use super::{Change, Lease, Result, StoreError};
+
+/// Each run's lease (owner, fencing token) as a writer's batch sees it: read (PostgreSQL:
+/// locked) once per batch and kept up to date by the batch's own lease requests, so a
+/// commit's fencing check costs no statement. A run absent from the map does not exist.
+pub(crate) type Leases = std::collections::HashMap<String, (Option<String>, i64)>;
+
+/// The fencing check of a request under `lease`.
+pub(crate) fn holds(leases: &Leases, lease: &Lease) -> Result<()> {
+    match leases.get(&lease.run_id) {
+        None => Err(StoreError::RunNotFound(lease.run_id.clone())),
+        Some((Some(owner), token)) if *owner == lease.owner && *token == lease.token => Ok(()),
+        Some(_) => Err(StoreError::LeaseLost(lease.run_id.clone())),
+    }
+}
+
+/// Note a committed request under `lease`: if it gave the lease up, the batch's later
+/// requests under that lease are fenced off.
+pub(crate) fn committed(leases: &mut Leases, lease: &Lease, changes: &[Change]) {
+    if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
+        leases.insert(lease.run_id.clone(), (None, lease.token));
+    }
+}
 
 /// One caller's request and where its answer goes.
 pub(crate) struct Request<Op, A> {

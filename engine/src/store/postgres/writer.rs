@@ -39,7 +39,6 @@
 //! cancel, and `claim_runnable`) are single statements that lock one row, or take one row
 //! and then the audit head, in the same order.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -48,7 +47,7 @@ use sqlx::{Connection, Executor, PgPool};
 use tokio::sync::mpsc;
 
 use super::{append_events, apply, insert_run, Gathered, Lease, Result, StoreError};
-use crate::store::queue::{Counters, Queue, WriteStats};
+use crate::store::queue::{committed, holds, Counters, Leases, Queue, WriteStats};
 use crate::store::{AuditDraft, Change, RunRecord};
 
 /// At most this many requests share one transaction (bounds the first waiter's delay).
@@ -268,10 +267,6 @@ fn answer(batch: &mut Vec<Request>, outcomes: Vec<Result<()>>) {
     }
 }
 
-/// Each locked run's lease (owner, token) as this transaction sees it, kept up to date by
-/// the batch's own releases. A run absent from the map does not exist.
-type Leases = HashMap<String, (Option<String>, i64)>;
-
 /// Lock the rows of every run the batch names, in id order, and read their leases.
 async fn lock_runs(conn: &mut PgConnection, ops: &[&Op]) -> Result<Leases> {
     let mut ids: Vec<String> = ops
@@ -364,14 +359,6 @@ async fn try_batch(
     Ok(outcomes)
 }
 
-fn holds(leases: &Leases, lease: &Lease) -> Result<()> {
-    match leases.get(&lease.run_id) {
-        None => Err(StoreError::RunNotFound(lease.run_id.clone())),
-        Some((Some(owner), token)) if *owner == lease.owner && *token == lease.token => Ok(()),
-        Some(_) => Err(StoreError::LeaseLost(lease.run_id.clone())),
-    }
-}
-
 /// Take one request of a gathered batch: check its fencing and gather its rows (written
 /// after the loop); its audit events to seal if it is kept.
 fn gather_one<'a>(
@@ -387,9 +374,7 @@ fn gather_one<'a>(
         } => {
             holds(leases, lease)?;
             gathered.add(lease, changes)?;
-            if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
-                leases.insert(lease.run_id.clone(), (None, lease.token));
-            }
+            committed(leases, lease, changes);
             Ok(audit.clone())
         }
         Op::ReleaseLease { lease } => {
@@ -429,9 +414,7 @@ async fn apply_one(
                     return undo(conn, grouped, e).await;
                 }
             }
-            if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
-                leases.insert(lease.run_id.clone(), (None, lease.token));
-            }
+            committed(leases, lease, changes);
             Ok(audit.clone())
         }
         Op::CreateRun { run, audit } => {

@@ -19,7 +19,6 @@
 //!
 //! Callers reach the task through [`Queue`](crate::store::queue::Queue).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 #[cfg(test)]
@@ -28,7 +27,7 @@ use std::sync::Mutex;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
 
-use crate::store::queue::{Counters, Queue};
+use crate::store::queue::{committed, holds, Counters, Leases, Queue};
 
 use super::{
     append_events, create_in, insert_run, push_changes, push_insert_run, AuditDraft, Change,
@@ -264,12 +263,6 @@ async fn process(
     }
 }
 
-/// Who holds each run's lease, as this transaction sees it: read once per batch and kept
-/// up to date by the batch's own lease requests (nobody else writes while it holds the
-/// write lock), so a commit's fencing check costs no statement. A run absent from the map
-/// does not exist.
-type Leases = HashMap<String, (Option<String>, i64)>;
-
 /// Read the leases of every run the batch's requests name.
 async fn read_leases(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Leases> {
     let mut ids: Vec<&str> = ops.iter().filter_map(|op| op.run_id()).collect();
@@ -444,14 +437,6 @@ impl Op {
     }
 }
 
-fn holds(leases: &Leases, lease: &Lease) -> Result<()> {
-    match leases.get(&lease.run_id) {
-        None => Err(StoreError::RunNotFound(lease.run_id.clone())),
-        Some((Some(owner), token)) if *owner == lease.owner && *token == lease.token => Ok(()),
-        Some(_) => Err(StoreError::LeaseLost(lease.run_id.clone())),
-    }
-}
-
 fn kept(answer: Answer, audit: Vec<AuditDraft>) -> Applied {
     Applied {
         answer,
@@ -488,9 +473,7 @@ async fn apply(
                     };
                 }
             }
-            if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
-                leases.insert(lease.run_id.clone(), (None, lease.token));
-            }
+            committed(leases, lease, changes);
             Ok(kept(Answer::Done, audit.clone()))
         }
         Op::CreateRun { run, audit } if run.concurrency_key.is_none() => {
