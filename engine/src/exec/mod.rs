@@ -323,9 +323,24 @@ impl Engine {
         run_id: &str,
         observer: Arc<dyn Observer>,
     ) -> Result<RunRecord, ExecError> {
+        self.execute_from(run_id, None, observer).await
+    }
+
+    /// [`Engine::execute`], given the record of the run as this process created it: if the
+    /// lease taken is the run's first ([`Lease::first`](crate::store::Lease::first)), the
+    /// run starts from it without reading the run, its steps and its items back.
+    pub async fn execute_from(
+        &self,
+        run_id: &str,
+        mut created: Option<RunRecord>,
+        observer: Arc<dyn Observer>,
+    ) -> Result<RunRecord, ExecError> {
         let mut lease = self.acquire(run_id).await?;
         loop {
-            let (run, again) = runner::drive(self.clone(), lease, observer.clone()).await?;
+            let known = created
+                .take()
+                .filter(|r| lease.first && r.id == lease.run_id);
+            let (run, again) = runner::drive(self.clone(), lease, known, observer.clone()).await?;
             if !again || self.inner.shutdown.is_cancelled() {
                 return Ok(run);
             }
@@ -418,4 +433,86 @@ fn is_zombie(pid: i32) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StepStatus;
+
+    const RUNBOOK: &str = "version: 1\nname: first\ninputs:\n  alert_id: { type: string, required: true }\nsteps:\n  - id: look\n    uses: core.noop\n    with: { alert: \"{{ inputs.alert_id }}\" }\n";
+
+    async fn engine(dir: &std::path::Path) -> Engine {
+        let cfg = dir.join("config.yaml");
+        std::fs::write(&cfg, "database: sqlite://c.db\n").unwrap();
+        let config = crate::config::Config::from_file(&cfg).unwrap();
+        crate::cli::App::from_config(config).await.unwrap().engine
+    }
+
+    async fn created(engine: &Engine) -> RunRecord {
+        let runbook =
+            crate::runbook::validate::validate(RUNBOOK, "first.yaml", &Default::default())
+                .unwrap_or_else(|d| panic!("{d:?}"));
+        let mut inputs = Map::new();
+        inputs.insert("alert_id".into(), Value::String("A-1".into()));
+        let (run, audit) = engine
+            .prepare_run(StartRequest {
+                runbook,
+                inputs,
+                trigger: "test".into(),
+                started_by: "test".into(),
+                dry_run: false,
+            })
+            .unwrap();
+        match engine.store().create_run(run, audit).await.unwrap() {
+            Created::New(r) => r,
+            Created::Joined(r) => panic!("joined {}", r.id),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_starts_from_the_record_it_was_created_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path()).await;
+        let run = created(&engine).await;
+        let id = run.id.clone();
+        let done = engine
+            .execute_from(&id, Some(run), Arc::new(Quiet))
+            .await
+            .unwrap();
+        assert_eq!(done.status, RunStatus::Succeeded);
+        let stored = engine.store().get_run(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status, RunStatus::Succeeded);
+        let steps = engine.store().steps(&id).await.unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].status, StepStatus::Succeeded);
+        assert_eq!(steps[0].output.as_ref().unwrap()["alert"], "A-1");
+    }
+
+    #[tokio::test]
+    async fn a_run_cancelled_before_its_first_lease_is_read_back_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path()).await;
+        let run = created(&engine).await;
+        let id = run.id.clone();
+        let audit = AuditDraft {
+            run_id: Some(id.clone()),
+            actor: "test".into(),
+            action: "run.cancel_requested".into(),
+            details: serde_json::json!({}),
+        };
+        engine.store().request_cancel(&id, audit).await.unwrap();
+        // The record in hand still says "queued, no cancellation": it must not be trusted.
+        assert!(!run.cancel_requested);
+        let done = engine
+            .execute_from(&id, Some(run), Arc::new(Quiet))
+            .await
+            .unwrap();
+        assert_eq!(done.status, RunStatus::Cancelled);
+        let steps = engine.store().steps(&id).await.unwrap();
+        assert!(
+            steps.iter().all(|s| s.status != StepStatus::Succeeded),
+            "{steps:?}"
+        );
+    }
 }

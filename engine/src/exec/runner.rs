@@ -34,16 +34,23 @@ const DEFAULT_MAX_PARALLEL: u32 = 8;
 
 /// Drive a run whose lease we hold, until it finishes or waits for people. The flag: a
 /// decision arrived while the run parked, so it must be driven again.
+///
+/// `created`: the run as this process created it, given only with the run's first lease
+/// ([`Lease::first`]): nothing has changed it since, and it has no steps or items yet.
 pub async fn drive(
     engine: Engine,
     lease: Lease,
+    created: Option<RunRecord>,
     observer: Arc<dyn Observer>,
 ) -> Result<(RunRecord, bool), ExecError> {
     let store = engine.inner.store.clone();
-    let run = store
-        .get_run(&lease.run_id)
-        .await?
-        .ok_or_else(|| ExecError::NotFound(lease.run_id.clone()))?;
+    let run = match created {
+        Some(run) => run,
+        None => store
+            .get_run(&lease.run_id)
+            .await?
+            .ok_or_else(|| ExecError::NotFound(lease.run_id.clone()))?,
+    };
     if !run.status.is_active() && !run.cancel_requested {
         store.release_lease(&lease).await?;
         return Ok((run, false));
@@ -207,15 +214,16 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Result<Runner, ExecError> {
         let store = engine.inner.store.clone();
-        let mut steps: HashMap<String, StepRecord> = store
-            .steps(&run.id)
-            .await?
-            .into_iter()
-            .map(|s| (s.step_id.clone(), s))
-            .collect();
+        // A run on its first lease has no rows of steps or items to read.
+        let mut steps: HashMap<String, StepRecord> = HashMap::new();
         let mut items: HashMap<String, Vec<ItemRecord>> = HashMap::new();
-        for it in store.items(&run.id).await? {
-            items.entry(it.step_id.clone()).or_default().push(it);
+        if !lease.first {
+            for s in store.steps(&run.id).await? {
+                steps.insert(s.step_id.clone(), s);
+            }
+            for it in store.items(&run.id).await? {
+                items.entry(it.step_id.clone()).or_default().push(it);
+            }
         }
         for v in items.values_mut() {
             v.sort_by_key(|i| i.idx);

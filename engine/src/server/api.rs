@@ -192,7 +192,7 @@ pub async fn start_run(
     audit.actor = who.actor();
     match state.engine.store().create_run(run, audit).await? {
         Created::New(run) => {
-            state.executor.submit(&run.id);
+            state.executor.submit_created(run.clone());
             let doc = document(&state, &run).await?;
             Ok((StatusCode::CREATED, Json(doc)).into_response())
         }

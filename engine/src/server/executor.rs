@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use super::metrics::{Metrics, StepTimer};
 use crate::exec::{owner_is_dead, Engine, ExecError};
+use crate::store::RunRecord;
 
 /// Queued runs younger than this are left to the process that created them: a `cordon run`
 /// takes its run's lease within moments. Older queued runs without a lease are anyone's (a
@@ -77,6 +78,17 @@ impl Executor {
 
     /// Execute `run_id` in the background (or once more, if it is executing now).
     pub fn submit(self: &Arc<Self>, run_id: &str) {
+        self.submit_from(run_id, None);
+    }
+
+    /// [`Executor::submit`] for a run this process just created, with its record: if it is
+    /// still untouched when its turn comes, it starts without being read back.
+    pub fn submit_created(self: &Arc<Self>, run: RunRecord) {
+        let id = run.id.clone();
+        self.submit_from(&id, Some(run));
+    }
+
+    fn submit_from(self: &Arc<Self>, run_id: &str, created: Option<RunRecord>) {
         if self.shutdown().is_cancelled() {
             return; // left durable for the next start
         }
@@ -94,10 +106,10 @@ impl Executor {
         let id = run_id.to_string();
         let span = tracing::info_span!("run", run_id = %id);
         self.tracker
-            .spawn(async move { this.execute(id).await }.instrument(span));
+            .spawn(async move { this.execute(id, created).await }.instrument(span));
     }
 
-    async fn execute(self: Arc<Self>, id: String) {
+    async fn execute(self: Arc<Self>, id: String, mut created: Option<RunRecord>) {
         self.metrics.queue_depth.inc();
         let permit = tokio::select! {
             p = self.slots.clone().acquire_owned() => p.ok(),
@@ -111,7 +123,11 @@ impl Executor {
         self.metrics.executing.inc();
         loop {
             let observer = Arc::new(StepTimer::new(self.metrics.clone()));
-            match self.engine.execute(&id, observer).await {
+            match self
+                .engine
+                .execute_from(&id, created.take(), observer)
+                .await
+            {
                 Ok(run) => {
                     tracing::info!(status = run.status.as_str(), "run executed");
                     if run.status.is_active() && self.shutdown().is_cancelled() {

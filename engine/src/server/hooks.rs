@@ -244,8 +244,9 @@ pub async fn receive(
         Triggered::Created(created) => match *created {
             Created::New(run) => {
                 state.metrics.accepted(&name, false);
-                state.executor.submit(&run.id);
-                Ok(answer(StatusCode::ACCEPTED, run.id, false))
+                let id = run.id.clone();
+                state.executor.submit_created(run);
+                Ok(answer(StatusCode::ACCEPTED, id, false))
             }
             Created::Joined(run) => {
                 state.metrics.accepted(&name, true);

@@ -18,6 +18,7 @@ use cordon_connectors::evidence::EvidenceMeta;
 pub async fn run_all(store: &dyn Store) {
     create_and_join(store).await;
     lease_lifecycle(store).await;
+    first_lease(store).await;
     stale_commit_changes_nothing(store).await;
     commit_is_atomic(store).await;
     commit_round_trips_state(store).await;
@@ -344,6 +345,43 @@ pub async fn create_and_join(store: &dyn Store) {
     assert_chain_intact(store).await;
 }
 
+/// [`Lease::first`] promises an untouched run: no lease before, still queued, no
+/// cancellation asked. A cancellation asked before the first lease withdraws that promise.
+pub async fn first_lease(store: &dyn Store) {
+    let id = "01FIRST000000000000000000A";
+    new_run(store, id).await;
+    store
+        .request_cancel(id, draft(Some(id), "run.cancel_requested", json!({})))
+        .await
+        .expect("cancel");
+    let lease = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(lease.token, 1);
+    assert!(
+        !lease.first,
+        "a cancelled run must be read back, not started as created"
+    );
+
+    let id = "01FIRST000000000000000000B";
+    new_run(store, id).await;
+    let lease = store
+        .acquire_lease(id, "proc-a", 60_000, None)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert!(lease.first);
+    store.release_lease(&lease).await.expect("release");
+    let again = store
+        .acquire_lease(id, "proc-b", 60_000, None)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert!(!again.first, "a run leased before may have been executed");
+}
+
 pub async fn lease_lifecycle(store: &dyn Store) {
     let id = "01LEASE000000000000000000A";
     new_run(store, id).await;
@@ -355,6 +393,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
         .expect("acquire")
         .expect("free");
     assert_eq!((a1.owner.as_str(), a1.run_id.as_str()), ("proc-a", id));
+    assert!(a1.first, "the first lease of a queued run is its first");
     let holder = store.lease_holder(id).await.expect("holder").expect("held");
     assert_eq!(holder.owner, "proc-a");
 
@@ -381,6 +420,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
         .expect("reacquire")
         .expect("ours");
     assert!(a2.token > a1.token);
+    assert!(!a2.first, "a second lease is not the first");
     assert!(matches!(
         store.renew_lease(&a1, 60_000).await,
         Err(StoreError::LeaseLost(r)) if r == id
@@ -394,6 +434,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
         .expect("steal")
         .expect("stolen");
     assert!(b.token > a2.token);
+    assert!(!b.first);
     assert!(matches!(
         store.commit(&a2, vec![], vec![]).await,
         Err(StoreError::LeaseLost(_))

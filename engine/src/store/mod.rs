@@ -275,6 +275,10 @@ pub struct Lease {
     pub run_id: String,
     pub owner: String,
     pub token: i64,
+    /// The run's first lease, taken while it was still queued with no cancellation asked:
+    /// nothing has executed it, so it has no step or item rows and its row is as created.
+    /// The executor then starts from the record it created instead of reading it back.
+    pub first: bool,
 }
 
 /// Who holds a run's lease and until when.

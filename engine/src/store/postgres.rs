@@ -1169,12 +1169,13 @@ impl Store for PgStore {
     ) -> Result<Option<Lease>> {
         // Free, expired (until <= now on the database clock), ours, or held by the process
         // the caller proved dead. One statement: the row lock makes it atomic.
-        let token: Option<(i64,)> = sqlx::query_as(&format!(
+        let token: Option<(i64, bool)> = sqlx::query_as(&format!(
             "UPDATE runs SET lease_owner = $1, lease_until = {until},
                  lease_token = lease_token + 1
              WHERE id = $3 AND (lease_owner IS NULL OR lease_until IS NULL
                  OR lease_until <= {NOW} OR lease_owner = $1 OR lease_owner = $4)
-             RETURNING lease_token",
+             RETURNING lease_token,
+                 lease_token = 1 AND status = 'queued' AND NOT cancel_requested",
             until = db_time("$2", '+'),
         ))
         .bind(owner)
@@ -1184,10 +1185,11 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         match token {
-            Some((token,)) => Ok(Some(Lease {
+            Some((token, first)) => Ok(Some(Lease {
                 run_id: run_id.to_owned(),
                 owner: owner.to_owned(),
                 token,
+                first,
             })),
             None => {
                 let mut conn = self.pool.acquire().await?;
@@ -1278,6 +1280,7 @@ impl Store for PgStore {
                 run_id,
                 owner: owner.to_owned(),
                 token,
+                first: false,
             })
             .collect())
     }

@@ -1025,6 +1025,7 @@ impl Store for SqliteStore {
                 run_id,
                 owner: owner.to_owned(),
                 token,
+                first: false,
             })
             .collect())
     }

@@ -581,11 +581,12 @@ async fn apply(
             }
             // Free, expired (until <= now), ours, or held by the process the caller proved
             // dead. One statement: atomic on its own.
-            let token: Option<(i64,)> = sqlx::query_as(
+            let token: Option<(i64, bool)> = sqlx::query_as(
                 "UPDATE runs SET lease_owner = ?1, lease_until = ?2, lease_token = lease_token + 1
                  WHERE id = ?3 AND (lease_owner IS NULL OR lease_until IS NULL
                      OR lease_until <= ?4 OR lease_owner = ?1 OR lease_owner = ?5)
-                 RETURNING lease_token",
+                 RETURNING lease_token,
+                     lease_token = 1 AND status = 'queued' AND NOT cancel_requested",
             )
             .bind(owner)
             .bind(until)
@@ -594,12 +595,13 @@ async fn apply(
             .bind(steal_from)
             .fetch_optional(&mut *conn)
             .await?;
-            let lease = token.map(|(token,)| {
+            let lease = token.map(|(token, first)| {
                 leases.insert(run_id.clone(), (Some(owner.clone()), token));
                 Lease {
                     run_id: run_id.clone(),
                     owner: owner.clone(),
                     token,
+                    first,
                 }
             });
             Ok(kept(Answer::Lease(lease), Vec::new()))
