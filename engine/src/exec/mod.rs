@@ -436,20 +436,24 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::StepStatus;
 
     const RUNBOOK: &str = "version: 1\nname: first\ninputs:\n  alert_id: { type: string, required: true }\nsteps:\n  - id: look\n    uses: core.noop\n    with: { alert: \"{{ inputs.alert_id }}\" }\n";
 
-    async fn engine(dir: &std::path::Path) -> Engine {
+    /// An engine on a SQLite database `c.db` in `dir`, with the default configuration.
+    pub(crate) async fn engine(dir: &std::path::Path) -> Engine {
         let cfg = dir.join("config.yaml");
         std::fs::write(&cfg, "database: sqlite://c.db\n").unwrap();
         let config = crate::config::Config::from_file(&cfg).unwrap();
         crate::cli::App::from_config(config).await.unwrap().engine
     }
 
-    async fn created(engine: &Engine) -> RunRecord {
+    /// A fresh engine and a run it created (not started), with the record in hand.
+    async fn created() -> (tempfile::TempDir, Engine, RunRecord) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path()).await;
         let runbook =
             crate::runbook::validate::validate(RUNBOOK, "first.yaml", &Default::default())
                 .unwrap_or_else(|d| panic!("{d:?}"));
@@ -464,17 +468,16 @@ mod tests {
                 dry_run: false,
             })
             .unwrap();
-        match engine.store().create_run(run, audit).await.unwrap() {
+        let run = match engine.store().create_run(run, audit).await.unwrap() {
             Created::New(r) => r,
             Created::Joined(r) => panic!("joined {}", r.id),
-        }
+        };
+        (dir, engine, run)
     }
 
     #[tokio::test]
     async fn a_run_starts_from_the_record_it_was_created_with() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = engine(dir.path()).await;
-        let run = created(&engine).await;
+        let (_dir, engine, run) = created().await;
         let id = run.id.clone();
         let done = engine
             .execute_from(&id, Some(run), Arc::new(Quiet))
@@ -491,9 +494,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_cancelled_before_its_first_lease_is_read_back_not_started() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = engine(dir.path()).await;
-        let run = created(&engine).await;
+        let (_dir, engine, run) = created().await;
         let id = run.id.clone();
         let audit = AuditDraft {
             run_id: Some(id.clone()),

@@ -366,17 +366,11 @@ pub async fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::tests::engine;
     use crate::store::Store;
     use std::sync::Mutex;
 
     const RUNBOOK: &str = "version: 1\nname: sweep\ninputs:\n  scope: { type: string, required: true }\nsteps:\n  - id: look\n    uses: core.noop\n";
-
-    async fn engine(dir: &std::path::Path) -> Engine {
-        let cfg = dir.join("config.yaml");
-        std::fs::write(&cfg, "database: sqlite://c.db\n").unwrap();
-        let config = crate::config::Config::from_file(&cfg).unwrap();
-        crate::cli::App::from_config(config).await.unwrap().engine
-    }
 
     fn scheduled(cron: &str, catch_up: &str) -> Arc<Scheduled> {
         let (mut defs, problems) = crate::triggers::schedule::build_all(&[json!({

@@ -245,6 +245,15 @@ async fn new_run(store: &dyn Store, id: &str) {
     assert!(matches!(created, Created::New(_)));
 }
 
+/// Take the lease of `id` for `owner`, which must succeed (the lease is free or stealable).
+async fn take(store: &dyn Store, id: &str, owner: &str, steal_from: Option<&str>) -> Lease {
+    store
+        .acquire_lease(id, owner, 60_000, steal_from)
+        .await
+        .expect("acquire")
+        .unwrap_or_else(|| panic!("the lease of {id} is not free for {owner}"))
+}
+
 /// The whole chain verifies and its head matches the last event.
 pub async fn assert_chain_intact(store: &dyn Store) {
     let events = store.audit_events(None).await.expect("audit events");
@@ -311,11 +320,7 @@ pub async fn create_and_join(store: &dyn Store) {
     assert_eq!(events[1].details["trigger"], json!("webhook:okta"));
 
     // Once the first run finished, the key is free again.
-    let lease = store
-        .acquire_lease(&first.id, "proc-a", 60_000, None)
-        .await
-        .expect("lease")
-        .expect("free lease");
+    let lease = take(store, &first.id, "proc-a", None).await;
     store
         .commit(
             &lease,
@@ -354,11 +359,7 @@ pub async fn first_lease(store: &dyn Store) {
         .request_cancel(id, draft(Some(id), "run.cancel_requested", json!({})))
         .await
         .expect("cancel");
-    let lease = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = take(store, id, "proc-a", None).await;
     assert_eq!(lease.token, 1);
     assert!(
         !lease.first,
@@ -367,18 +368,10 @@ pub async fn first_lease(store: &dyn Store) {
 
     let id = "01FIRST000000000000000000B";
     new_run(store, id).await;
-    let lease = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = take(store, id, "proc-a", None).await;
     assert!(lease.first);
     store.release_lease(&lease).await.expect("release");
-    let again = store
-        .acquire_lease(id, "proc-b", 60_000, None)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let again = take(store, id, "proc-b", None).await;
     assert!(!again.first, "a run leased before may have been executed");
 }
 
@@ -387,11 +380,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
     new_run(store, id).await;
     assert_eq!(store.lease_holder(id).await.expect("holder"), None);
 
-    let a1 = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let a1 = take(store, id, "proc-a", None).await;
     assert_eq!((a1.owner.as_str(), a1.run_id.as_str()), ("proc-a", id));
     assert!(a1.first, "the first lease of a queued run is its first");
     let holder = store.lease_holder(id).await.expect("holder").expect("held");
@@ -414,11 +403,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
     );
 
     // Ours again: a new token.
-    let a2 = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("reacquire")
-        .expect("ours");
+    let a2 = take(store, id, "proc-a", None).await;
     assert!(a2.token > a1.token);
     assert!(!a2.first, "a second lease is not the first");
     assert!(matches!(
@@ -428,11 +413,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
     store.renew_lease(&a2, 60_000).await.expect("renew current");
 
     // Stolen from a process proven dead.
-    let b = store
-        .acquire_lease(id, "proc-b", 60_000, Some("proc-a"))
-        .await
-        .expect("steal")
-        .expect("stolen");
+    let b = take(store, id, "proc-b", Some("proc-a")).await;
     assert!(b.token > a2.token);
     assert!(!b.first);
     assert!(matches!(
@@ -457,11 +438,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
     // Expiry: a lease renewed with no time left is free for anyone.
     store.renew_lease(&b, 0).await.expect("renew to now");
     assert_eq!(store.lease_holder(id).await.expect("holder"), None);
-    let c = store
-        .acquire_lease(id, "proc-c", 60_000, None)
-        .await
-        .expect("acquire expired")
-        .expect("expired lease is free");
+    let c = take(store, id, "proc-c", None).await;
     assert!(c.token > b.token);
     assert!(matches!(
         store.commit(&b, vec![], vec![]).await,
@@ -475,11 +452,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
         store.commit(&c, vec![], vec![]).await,
         Err(StoreError::LeaseLost(_))
     ));
-    let d = store
-        .acquire_lease(id, "proc-d", 60_000, None)
-        .await
-        .expect("acquire released")
-        .expect("free");
+    let d = take(store, id, "proc-d", None).await;
     assert!(d.token > c.token);
 
     // A commit can give the lease up with its changes: the run's state and the release
@@ -509,11 +482,7 @@ pub async fn lease_lifecycle(store: &dyn Store) {
         store.commit(&d, vec![], vec![]).await,
         Err(StoreError::LeaseLost(_))
     ));
-    let e = store
-        .acquire_lease(id, "proc-e", 60_000, None)
-        .await
-        .expect("acquire after a releasing commit")
-        .expect("free");
+    let e = take(store, id, "proc-e", None).await;
     assert!(e.token > d.token);
 
     assert!(matches!(
@@ -525,16 +494,8 @@ pub async fn lease_lifecycle(store: &dyn Store) {
 pub async fn stale_commit_changes_nothing(store: &dyn Store) {
     let id = "01STALE000000000000000000A";
     new_run(store, id).await;
-    let old = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("a")
-        .expect("a");
-    let new = store
-        .acquire_lease(id, "proc-b", 60_000, Some("proc-a"))
-        .await
-        .expect("b")
-        .expect("b");
+    let old = take(store, id, "proc-a", None).await;
+    let new = take(store, id, "proc-b", Some("proc-a")).await;
     let events_before = store.audit_events(None).await.expect("events").len();
     let head_before = store.audit_head().await.expect("head");
     let err = store
@@ -576,11 +537,7 @@ pub async fn stale_commit_changes_nothing(store: &dyn Store) {
 pub async fn commit_is_atomic(store: &dyn Store) {
     let id = "01ATOMIC00000000000000000A";
     new_run(store, id).await;
-    let lease = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("a")
-        .expect("a");
+    let lease = take(store, id, "proc-a", None).await;
     store
         .commit(&lease, vec![Change::Evidence(evidence(id, "ev-1"))], vec![])
         .await
@@ -645,11 +602,7 @@ pub async fn commit_is_atomic(store: &dyn Store) {
 pub async fn commit_round_trips_state(store: &dyn Store) {
     let id = "01STATE000000000000000000A";
     new_run(store, id).await;
-    let lease = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("a")
-        .expect("a");
+    let lease = take(store, id, "proc-a", None).await;
 
     // JSON that must come back exactly: key order, unicode, big integers, floats, nesting.
     let tricky = json!({
@@ -839,11 +792,7 @@ pub async fn decisions_cancel_pause_evidence(store: &dyn Store) {
         .expect("unpause");
     assert!(!store.is_paused().await.expect("paused"));
 
-    let lease = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("a")
-        .expect("a");
+    let lease = take(store, id, "proc-a", None).await;
     let e1 = evidence(id, "ev-b");
     let mut e2 = evidence(id, "ev-a");
     e2.collected_at = "2026-11-25T23:59:00.000Z".into();
@@ -915,11 +864,7 @@ pub async fn drafts_round_trip(store: &dyn Store) {
     new_run(store, id).await;
     assert!(store.drafts(id).await.expect("drafts").is_empty());
     assert_eq!(store.draft("no-such-draft").await.expect("draft"), None);
-    let lease = store
-        .acquire_lease(id, "proc-d", 60_000, None)
-        .await
-        .expect("lease")
-        .expect("lease");
+    let lease = take(store, id, "proc-d", None).await;
     let later = draft_record(id, "01DRAFTB", "2026-11-26T00:00:02.000Z");
     let mut earlier = draft_record(id, "01DRAFTA", "2026-11-26T00:00:01.000Z");
     earlier.to = None;
@@ -991,11 +936,7 @@ pub async fn list_filters(store: &dyn Store) {
             .await
             .expect("create");
     }
-    let lease = store
-        .acquire_lease(&c.id, "p", 60_000, None)
-        .await
-        .expect("l")
-        .expect("l");
+    let lease = take(store, &c.id, "p", None).await;
     store
         .commit(
             &lease,
@@ -1299,11 +1240,7 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
     );
 
     // Unfinished runs, with their leases.
-    let lease = store
-        .acquire_lease("dd-4", "host/1/x", 60_000, None)
-        .await
-        .expect("lease")
-        .expect("free");
+    let lease = take(store, "dd-4", "host/1/x", None).await;
     let unfinished = store.unfinished_runs().await.expect("unfinished");
     let dd1 = unfinished.iter().find(|u| u.id == "dd-1").expect("dd-1");
     assert_eq!((dd1.status, dd1.lease.is_none()), (RunStatus::Queued, true));
@@ -1529,11 +1466,7 @@ pub async fn schedule_fires(store: &dyn Store) {
 pub async fn waiting_notices(store: &dyn Store) {
     let id = "01NOTICE00000000000000000A";
     new_run(store, id).await;
-    let lease = store
-        .acquire_lease(id, "proc-a", 60_000, None)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = take(store, id, "proc-a", None).await;
     store
         .commit(
             &lease,
@@ -1671,11 +1604,7 @@ pub async fn waiting_notices(store: &dyn Store) {
 
 /// Set a run's status under a lease taken and given back again.
 async fn set_status(store: &dyn Store, id: &str, status: RunStatus) {
-    let lease = store
-        .acquire_lease(id, "setter", 60_000, None)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = take(store, id, "setter", None).await;
     store
         .commit(
             &lease,
@@ -1729,16 +1658,8 @@ pub async fn claim_runnable(store: &dyn Store) {
     set_status(store, "cl-running", RunStatus::Running).await;
     set_status(store, "cl-waiting", RunStatus::Waiting).await;
     set_status(store, "cl-done", RunStatus::Succeeded).await;
-    let held = store
-        .acquire_lease("cl-held", "other-node", 60_000, None)
-        .await
-        .expect("acquire")
-        .expect("free");
-    let expired = store
-        .acquire_lease("cl-expired", "dead-node", 60_000, None)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let held = take(store, "cl-held", "other-node", None).await;
+    let expired = take(store, "cl-expired", "dead-node", None).await;
     store.renew_lease(&expired, 0).await.expect("expire");
     // Queued a moment ago by a process that is about to run it itself.
     store
