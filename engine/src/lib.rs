@@ -21,6 +21,7 @@
 //!   that runs wait (`notify_waiting`), the review UI at `/ui/`, metrics, shutdown.
 //! - [`cli`]: the `cordon` command line and its progress display.
 
+pub mod alloc;
 pub mod audit;
 pub mod cli;
 pub mod config;

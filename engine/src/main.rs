@@ -7,6 +7,12 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The allocator's settings ([`cordon::alloc`]), before the first allocation.
+#[ctor::ctor(unsafe)]
+fn tune_allocator() {
+    cordon::alloc::tune();
+}
+
 fn main() -> std::process::ExitCode {
     let cli = cordon::cli::Cli::parse();
     // The service logs what it does (info); one-shot commands show progress instead (warn).

@@ -20,6 +20,12 @@ use support::{arg, pct};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The allocator's settings ([`cordon::alloc`]), before the first allocation.
+#[ctor::ctor(unsafe)]
+fn tune_allocator() {
+    cordon::alloc::tune();
+}
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
