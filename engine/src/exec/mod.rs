@@ -337,10 +337,8 @@ impl Engine {
     ) -> Result<RunRecord, ExecError> {
         let mut lease = self.acquire(run_id).await?;
         loop {
-            let known = created
-                .take()
-                .filter(|r| lease.first && r.id == lease.run_id);
-            let (run, again) = runner::drive(self.clone(), lease, known, observer.clone()).await?;
+            let (run, again) =
+                runner::drive(self.clone(), lease, created.take(), observer.clone()).await?;
             if !again || self.inner.shutdown.is_cancelled() {
                 return Ok(run);
             }

@@ -35,8 +35,9 @@ const DEFAULT_MAX_PARALLEL: u32 = 8;
 /// Drive a run whose lease we hold, until it finishes or waits for people. The flag: a
 /// decision arrived while the run parked, so it must be driven again.
 ///
-/// `created`: the run as this process created it, given only with the run's first lease
-/// ([`Lease::first`]): nothing has changed it since, and it has no steps or items yet.
+/// `created`: the run as this process created it. It is used only under the run's first
+/// lease ([`Lease::first`]): nothing has changed the run since, and it has no steps or
+/// items yet. Otherwise the run is read.
 pub async fn drive(
     engine: Engine,
     lease: Lease,
@@ -44,7 +45,7 @@ pub async fn drive(
     observer: Arc<dyn Observer>,
 ) -> Result<(RunRecord, bool), ExecError> {
     let store = engine.inner.store.clone();
-    let run = match created {
+    let run = match created.filter(|r| lease.first && r.id == lease.run_id) {
         Some(run) => run,
         None => store
             .get_run(&lease.run_id)
