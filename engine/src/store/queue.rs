@@ -1,8 +1,7 @@
 //! The queue in front of a store's group-commit writer task (`sqlite/writer.rs`,
 //! `postgres/writer.rs`): callers hand a request over and wait for its answer, which the
 //! writer sends only after the transaction holding the request committed. The task is
-//! started on first use in the caller's runtime, and again if that runtime went away (a
-//! store kept across runtimes in tests).
+//! started on first use, on a thread of its own ([`spawn_writer`]), and again if it ended.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +29,41 @@ pub(crate) fn holds(leases: &Leases, lease: &Lease) -> Result<()> {
 pub(crate) fn committed(leases: &mut Leases, lease: &Lease, changes: &[Change]) {
     if changes.iter().any(|c| matches!(c, Change::ReleaseLease)) {
         leases.insert(lease.run_id.clone(), (None, lease.token));
+    }
+}
+
+/// Start a writer task on a thread of its own, with a single-threaded runtime.
+///
+/// Every durable step waits for the writer, and a batch is several statements, each one a
+/// wake-up of the task. On the service's runtime, each of those wake-ups would queue behind
+/// the HTTP and run tasks that are runnable at that moment; on its own thread the writer
+/// goes on as soon as the database answers. If the thread cannot be started, the task runs
+/// on the caller's runtime.
+pub(crate) fn spawn_writer<F>(name: &str, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let task = Arc::new(Mutex::new(Some(task)));
+    let on_thread = task.clone();
+    let started = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let Some(task) = on_thread.lock().ok().and_then(|mut t| t.take()) else {
+                return;
+            };
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(task),
+                Err(e) => tracing::error!(error = %e, "cannot start the writer's runtime"),
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the writer's thread; it runs on the service's runtime");
+        if let Some(task) = task.lock().ok().and_then(|mut t| t.take()) {
+            tokio::spawn(task);
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
 
-use crate::store::queue::{committed, holds, Counters, Leases, Queue};
+use crate::store::queue::{committed, holds, spawn_writer, Counters, Leases, Queue};
 
 use super::{
     append_events, create_in, insert_run, push_changes, push_insert_run, AuditDraft, Change,
@@ -179,7 +179,7 @@ impl Writer {
     pub(super) async fn submit(&self, pool: &SqlitePool, op: Op) -> Result<Answer> {
         self.queue
             .submit(op, |rx| {
-                tokio::spawn(run(pool.clone(), rx, self.shared.clone()));
+                spawn_writer("sqlite-writer", run(pool.clone(), rx, self.shared.clone()));
             })
             .await
     }
