@@ -309,9 +309,10 @@ async fn try_batch(
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut audit = Vec::new();
     // Without savepoints, the rows of every commit are written together after the loop
-    // (when every commit of the batch consists of such rows).
+    // (when every commit of the batch consists of such rows): one statement per table, for
+    // a lone commit's rows as for a batch's.
     let mut gathered =
-        (grouped && !savepoints && ops.iter().all(|op| op.gatherable())).then(Gathered::default);
+        (!savepoints && ops.iter().all(|op| op.gatherable())).then(Gathered::default);
     for op in ops {
         let applied = match gathered.as_mut() {
             // A new run is inserted at once: no gathered row can be of it (it has no lease).
