@@ -1,7 +1,9 @@
 //! The queue in front of a store's group-commit writer task (`sqlite/writer.rs`,
 //! `postgres/writer.rs`): callers hand a request over and wait for its answer, which the
 //! writer sends only after the transaction holding the request committed. The task is
-//! started on first use, on a thread of its own ([`spawn_writer`]), and again if it ended.
+//! started on first use (SQLite's on a thread of its own, [`spawn_writer`]; PostgreSQL's
+//! in the caller's runtime), and again if it ended (PostgreSQL's when the runtime it ran
+//! in went away: a store kept across runtimes in tests).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
