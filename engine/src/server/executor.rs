@@ -181,20 +181,20 @@ impl Executor {
         let store = self.engine.store();
         let now = chrono::Utc::now();
         let me = &self.engine.inner;
-        match store.unfinished_runs().await {
+        // Only runs with a live lease are read: a backlog of accepted runs that nobody
+        // holds yet (thousands, after an outage) is left to `claim_runnable` below.
+        match store.held_runs().await {
             Ok(runs) => {
                 for r in runs {
-                    let ours = r
-                        .lease
-                        .as_ref()
-                        .is_some_and(|h| h.owner == me.owner || owner_is_dead(&me.node, &h.owner));
+                    let h = &r.lease;
+                    let ours = h.owner == me.owner || owner_is_dead(&me.node, &h.owner);
                     if ours && !self.is_active(&r.id) {
                         tracing::info!(run_id = %r.id, status = r.status.as_str(), "resuming run");
                         self.submit(&r.id);
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot list unfinished runs"),
+            Err(e) => tracing::warn!(error = %e, "cannot list the runs with a live lease"),
         }
         let here = self.metrics.queue_depth.get().max(0) as usize
             + self.metrics.executing.get().max(0) as usize;

@@ -1239,15 +1239,15 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
         "{after:?}"
     );
 
-    // Unfinished runs, with their leases.
+    // Unfinished runs with a live lease, and its holder; a queued run nobody holds is not
+    // listed.
     let lease = take(store, "dd-4", "host/1/x", None).await;
-    let unfinished = store.unfinished_runs().await.expect("unfinished");
-    let dd1 = unfinished.iter().find(|u| u.id == "dd-1").expect("dd-1");
-    assert_eq!((dd1.status, dd1.lease.is_none()), (RunStatus::Queued, true));
-    let dd4 = unfinished.iter().find(|u| u.id == "dd-4").expect("dd-4");
+    let held = store.held_runs().await.expect("held");
+    assert!(held.iter().all(|u| u.id != "dd-1"), "{held:?}");
+    let dd4 = held.iter().find(|u| u.id == "dd-4").expect("dd-4");
     assert_eq!(
-        dd4.lease.as_ref().map(|h| h.owner.as_str()),
-        Some("host/1/x")
+        (dd4.status, dd4.lease.owner.as_str()),
+        (RunStatus::Queued, "host/1/x")
     );
 
     // A waiting step past its deadline makes the run overdue.
@@ -1282,9 +1282,9 @@ pub async fn dedup_keys_and_service_queries(store: &dyn Store) {
         .expect("overdue");
     assert!(!early.contains(&"dd-4".to_string()), "{early:?}");
     assert!(!store
-        .unfinished_runs()
+        .held_runs()
         .await
-        .expect("unfinished")
+        .expect("held")
         .iter()
         .any(|u| u.id == "dd-4"));
     assert_eq!(store.get_evidence("ev-dd-4").await.expect("get"), Some(ev));

@@ -431,14 +431,13 @@ pub enum NoticeOutcome {
     Failed(String),
 }
 
-/// An unfinished run and who holds its lease, for the service's resume sweep.
+/// A queued or running run whose lease is held, and its holder, for the service's sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnfinishedRun {
+pub struct HeldRun {
     pub id: String,
     pub status: RunStatus,
     pub created_at: String,
-    /// None when the lease is free or expired.
-    pub lease: Option<LeaseHolder>,
+    pub lease: LeaseHolder,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -566,8 +565,10 @@ pub trait Store: Send + Sync {
     ) -> Result<Triggered>;
     /// Forget remembered keys older than `before`; returns how many.
     async fn purge_dedup_keys(&self, before: &str) -> Result<u64>;
-    /// Queued and running runs with their lease holders.
-    async fn unfinished_runs(&self) -> Result<Vec<UnfinishedRun>>;
+    /// Queued and running runs whose lease is held and not expired (on the store's clock),
+    /// with their holders, oldest first. Runs without a live lease are not listed (a
+    /// backlog of accepted runs can be long): [`Store::claim_runnable`] takes those.
+    async fn held_runs(&self) -> Result<Vec<HeldRun>>;
     /// Waiting runs with a waiting step whose deadline is before `now`.
     async fn overdue_runs(&self, now: &str) -> Result<Vec<String>>;
     /// How many runs are in each state (states with none are left out).

@@ -11,7 +11,7 @@
 //!   deadline is written as `clock_timestamp()` plus the TTL and every liveness check
 //!   compares with `clock_timestamp()`, both formatted in the store's RFC 3339 millisecond
 //!   text form (see [`NOW`]). That covers acquire, renew, claim, [`Store::lease_holder`] and
-//!   [`Store::unfinished_runs`]. Fencing does not depend on clocks at all: each acquisition
+//!   [`Store::held_runs`]. Fencing does not depend on clocks at all: each acquisition
 //!   increments `lease_token`, and [`Store::commit`] takes the run row's lock
 //!   (`SELECT … FOR UPDATE`) and checks owner and token in the transaction that writes, so a
 //!   stale holder changes nothing.
@@ -81,9 +81,9 @@ use super::rows::{
 };
 use super::{
     AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord,
-    EvidenceRecord, Fired, ItemRecord, Lease, LeaseHolder, NoticeOutcome, Result, RunFilter,
-    RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, Store, StoreError, Triggered,
-    UnfinishedRun, WaitingNotice,
+    EvidenceRecord, Fired, HeldRun, ItemRecord, Lease, LeaseHolder, NoticeOutcome, Result,
+    RunFilter, RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, Store, StoreError,
+    Triggered, WaitingNotice,
 };
 use crate::audit::Chain;
 
@@ -1089,33 +1089,23 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn unfinished_runs(&self) -> Result<Vec<UnfinishedRun>> {
-        #[allow(clippy::type_complexity)]
-        let rows: Vec<(
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<bool>,
-        )> = sqlx::query_as(&format!(
-            "SELECT id, status, created_at, lease_owner, lease_until, lease_until > {NOW}
-                 FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at, id"
+    async fn held_runs(&self) -> Result<Vec<HeldRun>> {
+        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(&format!(
+            "SELECT id, status, created_at, lease_owner, lease_until FROM runs
+                 WHERE status IN ('queued', 'running') AND lease_owner IS NOT NULL
+                     AND lease_until > {NOW}
+                 ORDER BY created_at, id"
         ))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, status, created_at, owner, until, live)| {
+            .map(|(id, status, created_at, owner, until)| {
                 let status = run_status(&id, &status)?;
-                let lease = match (owner, until, live) {
-                    (Some(owner), Some(until), Some(true)) => Some(LeaseHolder { owner, until }),
-                    _ => None,
-                };
-                Ok(UnfinishedRun {
+                Ok(HeldRun {
                     id,
                     status,
                     created_at,
-                    lease,
+                    lease: LeaseHolder { owner, until },
                 })
             })
             .collect()
@@ -1982,9 +1972,11 @@ mod tests {
             .expect("free");
         let holder = store.lease_holder(id).await.expect("holder").expect("held");
         assert_eq!(holder.until, "2100-01-01T00:01:00.000Z");
-        let unfinished = store.unfinished_runs().await.expect("unfinished");
+        let held = store.held_runs().await.expect("held");
         assert_eq!(
-            unfinished[0].lease.as_ref().map(|h| h.until.as_str()),
+            held.iter()
+                .find(|r| r.id == id)
+                .map(|r| r.lease.until.as_str()),
             Some("2100-01-01T00:01:00.000Z")
         );
         // A lease that runs an hour past the process's now is long over for the database.
@@ -1999,9 +1991,12 @@ mod tests {
         .await
         .expect("set lease_until");
         assert_eq!(store.lease_holder(id).await.expect("holder"), None);
-        assert!(store.unfinished_runs().await.expect("unfinished")[0]
-            .lease
-            .is_none());
+        assert!(store
+            .held_runs()
+            .await
+            .expect("held")
+            .iter()
+            .all(|r| r.id != id));
         let taken = store
             .acquire_lease(id, "node-b", 60_000, None)
             .await

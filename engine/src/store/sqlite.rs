@@ -39,9 +39,9 @@ use super::rows::{
 };
 use super::{
     AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord,
-    EvidenceRecord, Fired, ItemRecord, Lease, LeaseHolder, NoticeOutcome, Result, RunFilter,
-    RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, Store, StoreError, Triggered,
-    UnfinishedRun, WaitingNotice,
+    EvidenceRecord, Fired, HeldRun, ItemRecord, Lease, LeaseHolder, NoticeOutcome, Result,
+    RunFilter, RunRecord, RunStatus, ScheduleFire, ScheduleState, StepRecord, Store, StoreError,
+    Triggered, WaitingNotice,
 };
 use crate::audit::Chain;
 pub use writer::WriteStats;
@@ -872,24 +872,23 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn unfinished_runs(&self) -> Result<Vec<UnfinishedRun>> {
-        let rows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+    async fn held_runs(&self) -> Result<Vec<HeldRun>> {
+        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
             "SELECT id, status, created_at, lease_owner, lease_until FROM runs
-             WHERE status IN ('queued', 'running') ORDER BY created_at, id",
+             WHERE status IN ('queued', 'running') AND lease_owner IS NOT NULL
+                 AND lease_until > ?
+             ORDER BY created_at, id",
         )
+        .bind(crate::time::now())
         .fetch_all(&self.read)
         .await?;
-        let now = crate::time::now();
         rows.into_iter()
             .map(|(id, status, created_at, owner, until)| {
                 let status = RunStatus::parse(&status).ok_or_else(|| {
                     StoreError::Corrupt(format!("runs.status of run {id} holds {status:?}"))
                 })?;
-                let lease = match (owner, until) {
-                    (Some(owner), Some(until)) if until > now => Some(LeaseHolder { owner, until }),
-                    _ => None,
-                };
-                Ok(UnfinishedRun {
+                let lease = LeaseHolder { owner, until };
+                Ok(HeldRun {
                     id,
                     status,
                     created_at,
