@@ -436,7 +436,6 @@ pub enum NoticeOutcome {
 pub struct HeldRun {
     pub id: String,
     pub status: RunStatus,
-    pub created_at: String,
     pub lease: LeaseHolder,
 }
 

@@ -76,8 +76,8 @@ use sqlx::{Connection, Postgres, QueryBuilder};
 
 use super::rows::{
     json_text, opt_json_text, parse_json, to_i64, to_u32, to_u64, AuditRow, DecisionRow, DraftRow,
-    EvidenceRow, FireRow, ItemRow, NoticeRow, RunRow, StepRow, DRAFT_COLUMNS, NOTICE_COLUMNS,
-    RUN_COLUMNS,
+    EvidenceRow, FireRow, HeldRow, ItemRow, NoticeRow, RunRow, StepRow, DRAFT_COLUMNS,
+    NOTICE_COLUMNS, RUN_COLUMNS,
 };
 use super::{
     AuditDraft, AuditEvent, AuditHead, Change, Created, Decision, DedupKey, DraftRecord,
@@ -802,11 +802,6 @@ async fn create_in(tx: &mut PgConnection, run: RunRecord, audit: AuditDraft) -> 
     Ok(Created::New(run))
 }
 
-fn run_status(id: &str, status: &str) -> Result<RunStatus> {
-    RunStatus::parse(status)
-        .ok_or_else(|| StoreError::Corrupt(format!("runs.status of run {id} holds {status:?}")))
-}
-
 #[async_trait]
 impl Store for PgStore {
     async fn create_run(&self, run: RunRecord, audit: AuditDraft) -> Result<Created> {
@@ -1090,25 +1085,15 @@ impl Store for PgStore {
     }
 
     async fn held_runs(&self) -> Result<Vec<HeldRun>> {
-        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(&format!(
-            "SELECT id, status, created_at, lease_owner, lease_until FROM runs
+        let rows: Vec<HeldRow> = sqlx::query_as(&format!(
+            "SELECT id, status, lease_owner, lease_until FROM runs
                  WHERE status IN ('queued', 'running') AND lease_owner IS NOT NULL
                      AND lease_until > {NOW}
                  ORDER BY created_at, id"
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(id, status, created_at, owner, until)| {
-                let status = run_status(&id, &status)?;
-                Ok(HeldRun {
-                    id,
-                    status,
-                    created_at,
-                    lease: LeaseHolder { owner, until },
-                })
-            })
-            .collect()
+        rows.into_iter().map(HeldRow::into_record).collect()
     }
 
     async fn overdue_runs(&self, now: &str) -> Result<Vec<String>> {

@@ -39,33 +39,23 @@ pub(crate) fn committed(leases: &mut Leases, lease: &Lease, changes: &[Change]) 
 /// Every durable step waits for the writer, and a batch is several statements, each one a
 /// wake-up of the task. On the service's runtime, each of those wake-ups would queue behind
 /// the HTTP and run tasks that are runnable at that moment; on its own thread the writer
-/// goes on as soon as the database answers. If the thread cannot be started, the task runs
-/// on the caller's runtime.
+/// goes on as soon as the database answers. If the runtime or the thread cannot be had, the
+/// task (and its receiver) is dropped: [`Queue::submit`] finds the channel closed, tries to
+/// start another once, and then answers its caller with an error.
 pub(crate) fn spawn_writer<F>(name: &str, task: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let task = Arc::new(Mutex::new(Some(task)));
-    let on_thread = task.clone();
-    let started = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let Some(task) = on_thread.lock().ok().and_then(|mut t| t.take()) else {
-                return;
-            };
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(task),
-                Err(e) => tracing::error!(error = %e, "cannot start the writer's runtime"),
-            }
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || rt.block_on(task))
         });
     if let Err(e) = started {
-        tracing::warn!(error = %e, "cannot start the writer's thread; it runs on the service's runtime");
-        if let Some(task) = task.lock().ok().and_then(|mut t| t.take()) {
-            tokio::spawn(task);
-        }
+        tracing::error!(error = %e, writer = name, "cannot start the writer's thread");
     }
 }
 

@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    AuditEvent, Decision, DraftRecord, EvidenceRecord, ItemRecord, Result, RunRecord, RunStatus,
-    ScheduleFire, StepRecord, StepStatus, StoreError, WaitingNotice,
+    AuditEvent, Decision, DraftRecord, EvidenceRecord, HeldRun, ItemRecord, LeaseHolder, Result,
+    RunRecord, RunStatus, ScheduleFire, StepRecord, StepStatus, StoreError, WaitingNotice,
 };
 
 #[derive(sqlx::FromRow)]
@@ -133,14 +133,40 @@ pub(super) struct RunRow {
     cancel_requested: bool,
 }
 
+/// `runs.status` of run `id`, parsed.
+pub(super) fn run_status(id: &str, status: &str) -> Result<RunStatus> {
+    RunStatus::parse(status).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "runs.status of run {id} holds unknown status {status:?}"
+        ))
+    })
+}
+
+/// A run with a live lease, as [`Store::held_runs`](super::Store::held_runs) selects it.
+#[derive(sqlx::FromRow)]
+pub(super) struct HeldRow {
+    id: String,
+    status: String,
+    lease_owner: String,
+    lease_until: String,
+}
+
+impl HeldRow {
+    pub(super) fn into_record(self) -> Result<HeldRun> {
+        Ok(HeldRun {
+            status: run_status(&self.id, &self.status)?,
+            id: self.id,
+            lease: LeaseHolder {
+                owner: self.lease_owner,
+                until: self.lease_until,
+            },
+        })
+    }
+}
+
 impl RunRow {
     pub(super) fn into_record(self) -> Result<RunRecord> {
-        let status = RunStatus::parse(&self.status).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "runs.status of run {} holds unknown status {:?}",
-                self.id, self.status
-            ))
-        })?;
+        let status = run_status(&self.id, &self.status)?;
         Ok(RunRecord {
             inputs: parse_json(&self.inputs, "runs.inputs")?,
             id: self.id,

@@ -34,7 +34,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
 use super::rows::{
     json_text, opt_json_text, parse_json, to_i64, to_u32, to_u64, ttl, AuditRow, DecisionRow,
-    DraftRow, EvidenceRow, FireRow, ItemRow, NoticeRow, RunRow, StepRow, DRAFT_COLUMNS,
+    DraftRow, EvidenceRow, FireRow, HeldRow, ItemRow, NoticeRow, RunRow, StepRow, DRAFT_COLUMNS,
     NOTICE_COLUMNS, RUN_COLUMNS,
 };
 use super::{
@@ -873,8 +873,8 @@ impl Store for SqliteStore {
     }
 
     async fn held_runs(&self) -> Result<Vec<HeldRun>> {
-        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
-            "SELECT id, status, created_at, lease_owner, lease_until FROM runs
+        let rows: Vec<HeldRow> = sqlx::query_as(
+            "SELECT id, status, lease_owner, lease_until FROM runs
              WHERE status IN ('queued', 'running') AND lease_owner IS NOT NULL
                  AND lease_until > ?
              ORDER BY created_at, id",
@@ -882,20 +882,7 @@ impl Store for SqliteStore {
         .bind(crate::time::now())
         .fetch_all(&self.read)
         .await?;
-        rows.into_iter()
-            .map(|(id, status, created_at, owner, until)| {
-                let status = RunStatus::parse(&status).ok_or_else(|| {
-                    StoreError::Corrupt(format!("runs.status of run {id} holds {status:?}"))
-                })?;
-                let lease = LeaseHolder { owner, until };
-                Ok(HeldRun {
-                    id,
-                    status,
-                    created_at,
-                    lease,
-                })
-            })
-            .collect()
+        rows.into_iter().map(HeldRow::into_record).collect()
     }
 
     async fn overdue_runs(&self, now: &str) -> Result<Vec<String>> {
