@@ -213,9 +213,9 @@ async fn bench(
         counted.extend(s);
     }
     let stats = |counted: &[Counted]| {
-        counted.iter().fold((0, 0), |(r, t), s| {
+        counted.iter().fold((0, 0, 0), |(r, t, one), s| {
             let w = s.write_stats();
-            (r + w.requests, t + w.transactions)
+            (r + w.requests, t + w.transactions, one + w.single_statement)
         })
     };
 
@@ -224,6 +224,7 @@ async fn bench(
     let text = chain("bench-chain", steps);
     let id = start(engine, &text).await?;
     let stamps = Arc::new(Stamps(Mutex::new(Vec::new())));
+    let chain0 = stats(&counted);
     let t0 = Instant::now();
     let run = engine.execute(&id, stamps.clone()).await?;
     let total = t0.elapsed();
@@ -242,6 +243,15 @@ async fn bench(
         ms(pct(&deltas, 0.99)),
         ms(total) / steps as f64
     );
+    if !counted.is_empty() {
+        let (req, tx, one) = stats(&counted);
+        println!(
+            "  {} write requests in {} transactions, {} of them one statement",
+            req - chain0.0,
+            tx - chain0.1,
+            one - chain0.2
+        );
+    }
 
     // 2. Runs per second, 5-step runbook, spread over the nodes.
     let text = chain("bench-five", 5);
@@ -249,7 +259,7 @@ async fn bench(
     for i in 0..runs {
         ids.push(start(&engines[i % nodes], &text).await?);
     }
-    let (req0, tx0) = stats(&counted);
+    let (req0, tx0, one0) = stats(&counted);
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -280,10 +290,11 @@ async fn bench(
         el.as_secs_f64()
     );
     if !counted.is_empty() {
-        let (req1, tx1) = stats(&counted);
-        let (req, tx) = (req1 - req0, tx1 - tx0);
+        let (req1, tx1, one1) = stats(&counted);
+        let (req, tx, one) = (req1 - req0, tx1 - tx0, one1 - one0);
         println!(
-            "  group commit: {req} write requests in {tx} transactions ({:.1} per transaction)",
+            "  group commit: {req} write requests in {tx} transactions ({:.1} per transaction; \
+             {one} of them one statement)",
             req as f64 / tx.max(1) as f64
         );
     }

@@ -32,7 +32,10 @@
 //!   applies each request behind its own savepoint, takes the audit head once for all of
 //!   them, and COMMITs once; every waiter is answered only after that COMMIT. A node holds
 //!   the head for one batch instead of one commit at a time, so the nodes' commits share
-//!   WAL flushes instead of queueing one by one behind the head's lock.
+//!   WAL flushes instead of queueing one by one behind the head's lock. While a node is the
+//!   only one appending, a batch is a single statement without a transaction around it,
+//!   which checks the fencing tokens and the head under their locks and writes nothing if
+//!   either changed ([`WRITE`]).
 //! - **Once across nodes.** Webhook deliveries and schedule fire times are inserted with
 //!   `INSERT … ON CONFLICT` in the transaction that creates the run; a concurrent identical
 //!   insert waits for the first transaction and then sees the conflict, so exactly one run
@@ -94,8 +97,11 @@ use writer::{Op, Writer};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Connections per node: the executor's commits, the service's sweeps and API reads.
+/// Connections per node: the executor's reads, the service's sweeps and API reads.
 const MAX_CONNECTIONS: u32 = 10;
+/// The group-commit writer's connections per node (it uses one at a time; a second lets
+/// it replace a broken one without waiting for the first to be closed).
+const WRITER_CONNECTIONS: u32 = 2;
 /// How long a task waits for a connection (including connecting, which sqlx retries while
 /// the server refuses) before giving up. It bounds how long a request waits while the
 /// database is down before it is answered 503 (webhook senders time out after a few
@@ -110,8 +116,6 @@ const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 /// The first key of the advisory locks this store takes ("Cord"), so that they never
 /// collide with another application's single-key locks in the same database.
 const LOCK_CLASS: i32 = 0x436f_7264;
-/// Rows per multi-row insert of audit events (8 parameters each, under the 65535 limit).
-const EVENTS_PER_INSERT: usize = 1000;
 /// Absurd TTLs are clamped instead of overflowing the timestamp: ten years is "forever".
 const MAX_TTL_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
 
@@ -135,6 +139,8 @@ fn clamp_ms(ms: u64) -> i64 {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The writer's own pool (its sessions plan without sequential scans).
+    writes: PgPool,
     /// The group-commit writer: step commits, run creation, lease releases and audit
     /// appends of this node share transactions ([`writer`]).
     writer: Arc<Writer>,
@@ -166,6 +172,16 @@ impl PgStore {
         // One plain connection first: an unreachable server or a refused login is reported
         // at once with its cause (a pool would retry until its timeout and say only that).
         PgConnection::connect_with(&options).await?.close().await?;
+        // The group-commit writer's own connections: commits never wait behind API reads
+        // for a connection, and its sessions plan without sequential scans. Every statement
+        // the writer runs finds its rows by key, but PostgreSQL caches a prepared
+        // statement's generic plan, and one made while a table was nearly empty (a new
+        // database) would go on scanning the whole table as it grows.
+        let writes = PgPoolOptions::new()
+            .max_connections(WRITER_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(true)
+            .connect_lazy_with(options.clone().options([("enable_seqscan", "off")]));
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -179,6 +195,7 @@ impl PgStore {
         MIGRATOR.run(&pool).await?;
         Ok(PgStore {
             pool,
+            writes,
             writer: Arc::default(),
         })
     }
@@ -191,7 +208,7 @@ impl PgStore {
     /// Close the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.writer.stop();
-        self.pool.close().await;
+        tokio::join!(self.writes.close(), self.pool.close());
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
@@ -209,47 +226,41 @@ async fn append_events(conn: &mut PgConnection, drafts: Vec<AuditDraft>) -> Resu
     if drafts.is_empty() {
         return Ok(());
     }
+    let sealed = Sealed::new(lock_head(conn).await?, drafts)?;
+    write_locked(conn, Gathered::default(), Some(&sealed)).await
+}
+
+/// Lock the audit head row until the transaction ends, and read it (seq 0 with the genesis
+/// hash is the empty chain). A missing row fails closed: the chain cannot be extended.
+async fn lock_head(conn: &mut PgConnection) -> Result<AuditHead> {
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
             .fetch_optional(&mut *conn)
             .await?;
-    let mut chain = Chain::from_head(head.map(|(seq, hash)| AuditHead { seq, hash }));
-    let mut sealed = Vec::with_capacity(drafts.len());
-    for draft in drafts {
-        let ev = chain.seal(draft);
-        let details = json_text(&ev.details)?;
-        sealed.push((ev, details));
+    let (seq, hash) = head.ok_or_else(|| {
+        StoreError::Corrupt("the audit head row is missing; refusing to extend the chain".into())
+    })?;
+    Ok(AuditHead { seq, hash })
+}
+
+/// Write `gathered` and `sealed` in a transaction that holds the rows' locks and read the
+/// head under its lock: the write cannot find anything else than what it expects.
+async fn write_locked(
+    conn: &mut PgConnection,
+    gathered: Gathered<'_>,
+    sealed: Option<&Sealed>,
+) -> Result<()> {
+    if gathered
+        .write(conn, &Fence::default(), sealed)
+        .await?
+        .written
+    {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(
+            "the audit head moved while this transaction held its lock".into(),
+        ))
     }
-    let head = chain.head();
-    // The last chunk's insert and the head's move are one statement (one round trip).
-    let chunks: Vec<_> = sealed.chunks(EVENTS_PER_INSERT).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let last = i + 1 == chunks.len();
-        let mut q: QueryBuilder<Postgres> =
-            QueryBuilder::new(if last { "WITH events AS (" } else { "" });
-        q.push(
-            "INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash) ",
-        );
-        q.push_values(*chunk, |mut b, (ev, details)| {
-            b.push_bind(ev.seq)
-                .push_bind(&ev.at)
-                .push_bind(&ev.run_id)
-                .push_bind(&ev.actor)
-                .push_bind(&ev.action)
-                .push_bind(details)
-                .push_bind(&ev.prev_hash)
-                .push_bind(&ev.hash);
-        });
-        if last {
-            q.push(") INSERT INTO audit_head (id, seq, hash) VALUES (1, ")
-                .push_bind(head.seq)
-                .push(", ")
-                .push_bind(&head.hash)
-                .push(") ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash");
-        }
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// The head checkpoint; seq 0 (the row the migration seeds) is the empty chain.
@@ -290,10 +301,8 @@ async fn insert_run(conn: &mut PgConnection, run: &RunRecord) -> Result<()> {
     Ok(())
 }
 
-/// One step row. A commit alone in its transaction (a chain of steps: each waits for the
-/// previous commit) writes its rows with plain `VALUES`, which PostgreSQL plans faster
-/// than [`upsert_steps`]' `UNNEST` (a per-step p50 of 1.04–1.08 ms against 1.17–1.24 ms in
-/// back-to-back runs of `cordon-bench` on the development machine).
+/// One step row, for a commit applied change by change (behind a savepoint, after its
+/// batch's single statement was refused).
 async fn upsert_step(conn: &mut PgConnection, s: &StepRecord) -> Result<()> {
     // The run row is locked by the commit, so `pos` cannot be taken twice.
     sqlx::query(
@@ -444,6 +453,11 @@ impl<'a> Gathered<'a> {
         Ok(())
     }
 
+    /// Whether nothing was gathered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.steps.is_empty() && self.runs.is_empty()
+    }
+
     fn run(&mut self, id: &'a str) -> &mut RunUpdate {
         let at = *self.run_at.entry(id).or_insert_with(|| {
             self.runs.push((id, RunUpdate::default()));
@@ -452,18 +466,155 @@ impl<'a> Gathered<'a> {
         &mut self.runs[at].1
     }
 
-    /// Write what was gathered: one statement per table that has rows.
-    pub(super) async fn apply(self, conn: &mut PgConnection) -> Result<()> {
-        if !self.items.is_empty() {
-            upsert_items(conn, &self.items).await?;
+    /// Write what was gathered, with `sealed`'s events and the head's move, as one
+    /// statement ([`WRITE`]); the rows of runs that `fence` names are locked first and
+    /// nothing is written unless each still has the lease the fence expects and the head
+    /// is still at `sealed.from`. Inside a transaction that already holds those locks (and
+    /// has read the head under its lock), pass an empty fence.
+    pub(super) async fn write(
+        self,
+        conn: &mut PgConnection,
+        fence: &Fence<'_>,
+        sealed: Option<&Sealed>,
+    ) -> Result<Written> {
+        let (items, steps, runs) = (&self.items, &self.steps, &self.runs);
+        let (ev, details) = sealed.map_or((&[][..], &[][..]), |s| (&s.events[..], &s.details[..]));
+        let run_col = |f: fn(&RunUpdate) -> Option<&str>| -> Vec<Option<&str>> {
+            runs.iter().map(|(_, u)| f(u)).collect()
+        };
+        let (fenced, written): (i64, bool) = sqlx::query_as(WRITE)
+            .bind(&fence.ids)
+            .bind(&fence.owners)
+            .bind(&fence.tokens)
+            .bind(fence.ids.len() as i64)
+            .bind(sealed.is_some())
+            .bind(sealed.map(|s| s.from.seq))
+            .bind(sealed.map(|s| s.from.hash.as_str()))
+            .bind(sealed.map(|s| s.to.seq))
+            .bind(sealed.map(|s| s.to.hash.as_str()))
+            .bind(ev.iter().map(|e| e.seq).collect::<Vec<_>>())
+            .bind(ev.iter().map(|e| e.at.as_str()).collect::<Vec<_>>())
+            .bind(ev.iter().map(|e| e.run_id.as_deref()).collect::<Vec<_>>())
+            .bind(ev.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
+            .bind(ev.iter().map(|e| e.action.as_str()).collect::<Vec<_>>())
+            .bind(details)
+            .bind(ev.iter().map(|e| e.prev_hash.as_str()).collect::<Vec<_>>())
+            .bind(ev.iter().map(|e| e.hash.as_str()).collect::<Vec<_>>())
+            .bind(column(items, |i| i.run_id.as_str()))
+            .bind(column(items, |i| i.step_id.as_str()))
+            .bind(column(items, |i| i64::from(i.idx)))
+            .bind(column(items, |i| i.status.as_str()))
+            .bind(column(items, |i| i64::from(i.attempts)))
+            .bind(
+                items
+                    .iter()
+                    .map(|i| json_text(&i.inputs))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+            .bind(column(items, |i| i.connector.as_str()))
+            .bind(json_column(items, |i| &i.output)?)
+            .bind(column(items, |i| i.error.as_deref()))
+            .bind(json_column(items, |i| &i.prior_state)?)
+            .bind(json_column(items, |i| &i.secret_output)?)
+            .bind(column(items, |i| i.started_at.as_deref()))
+            .bind(column(items, |i| i.finished_at.as_deref()))
+            .bind(column(steps, |s| s.run_id.as_str()))
+            .bind(column(steps, |s| s.step_id.as_str()))
+            .bind(column(steps, |s| s.status.as_str()))
+            .bind(column(steps, |s| i64::from(s.attempts)))
+            .bind(column(steps, |s| i64::from(s.items)))
+            .bind(json_column(steps, |s| &s.inputs)?)
+            .bind(json_column(steps, |s| &s.output)?)
+            .bind(column(steps, |s| s.error.as_deref()))
+            .bind(column(steps, |s| s.reason.as_deref()))
+            .bind(column(steps, |s| s.started_at.as_deref()))
+            .bind(column(steps, |s| s.finished_at.as_deref()))
+            .bind(column(steps, |s| s.deadline.as_deref()))
+            .bind(column(steps, |s| s.on_failure))
+            .bind(runs.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(
+                runs.iter()
+                    .map(|(_, u)| u.status.is_some())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(run_col(|u| u.status.as_deref()))
+            .bind(run_col(|u| u.error.as_deref()))
+            .bind(run_col(|u| u.started_at.as_deref()))
+            .bind(run_col(|u| u.finished_at.as_deref()))
+            .bind(runs.iter().map(|(_, u)| u.release).collect::<Vec<_>>())
+            .fetch_one(conn)
+            .await?;
+        Ok(Written {
+            fenced: usize::try_from(fenced).unwrap_or(0),
+            written,
+        })
+    }
+}
+
+/// What [`Gathered::write`] did.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Written {
+    /// How many of the fence's runs still had the expected lease (and were locked).
+    pub fenced: usize,
+    /// Whether anything was written (the fence held and the head was where expected).
+    pub written: bool,
+}
+
+/// The leases a [`Gathered::write`] outside a transaction expects its runs to have: the
+/// statement locks these rows (in id order, before the audit head, as every writer does)
+/// and writes nothing unless each one still has this owner and token.
+#[derive(Debug, Default)]
+pub(super) struct Fence<'a> {
+    ids: Vec<&'a str>,
+    owners: Vec<&'a str>,
+    tokens: Vec<i64>,
+}
+
+impl<'a> Fence<'a> {
+    /// Expect `lease` on its run; false if the fence already expects another lease there.
+    pub(super) fn expect(&mut self, lease: &'a Lease) -> bool {
+        match self.ids.iter().position(|id| *id == lease.run_id) {
+            Some(at) => self.owners[at] == lease.owner && self.tokens[at] == lease.token,
+            None => {
+                self.ids.push(&lease.run_id);
+                self.owners.push(&lease.owner);
+                self.tokens.push(lease.token);
+                true
+            }
         }
-        if !self.steps.is_empty() {
-            upsert_steps(conn, &self.steps).await?;
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Audit events sealed onto the chain at `from`; storing them moves the head to `to`.
+#[derive(Debug)]
+pub(super) struct Sealed {
+    pub from: AuditHead,
+    pub to: AuditHead,
+    events: Vec<AuditEvent>,
+    /// Each event's details as the JSON text stored.
+    details: Vec<String>,
+}
+
+impl Sealed {
+    pub(super) fn new(from: AuditHead, drafts: Vec<AuditDraft>) -> Result<Sealed> {
+        let mut chain = Chain::from_head(Some(from.clone()));
+        let mut events = Vec::with_capacity(drafts.len());
+        let mut details = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let ev = chain.seal(draft);
+            details.push(json_text(&ev.details)?);
+            events.push(ev);
         }
-        if !self.runs.is_empty() {
-            update_runs(conn, &self.runs).await?;
-        }
-        Ok(())
+        Ok(Sealed {
+            from,
+            to: chain.head(),
+            events,
+            details,
+        })
     }
 }
 
@@ -480,117 +631,90 @@ fn json_column<'a, T>(
     rows.iter().map(|r| opt_json_text(f(r))).collect()
 }
 
-/// Items upserted in one statement (no two with the same key).
-async fn upsert_items(conn: &mut PgConnection, rows: &[&ItemRecord]) -> Result<()> {
-    let inputs: Vec<String> = rows
-        .iter()
-        .map(|i| json_text(&i.inputs))
-        .collect::<Result<_>>()?;
-    sqlx::query(
-        "INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector, output,
-             error, prior_state, secret_output, started_at, finished_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[],
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-             $12::text[], $13::text[])
-         ON CONFLICT (run_id, step_id, idx) DO UPDATE SET
-             status = excluded.status, attempts = excluded.attempts, inputs = excluded.inputs,
-             connector = excluded.connector, output = excluded.output, error = excluded.error,
-             prior_state = excluded.prior_state, secret_output = excluded.secret_output,
-             started_at = excluded.started_at, finished_at = excluded.finished_at",
-    )
-    .bind(column(rows, |i| i.run_id.as_str()))
-    .bind(column(rows, |i| i.step_id.as_str()))
-    .bind(column(rows, |i| i64::from(i.idx)))
-    .bind(column(rows, |i| i.status.as_str()))
-    .bind(column(rows, |i| i64::from(i.attempts)))
-    .bind(inputs)
-    .bind(column(rows, |i| i.connector.as_str()))
-    .bind(json_column(rows, |i| &i.output)?)
-    .bind(column(rows, |i| i.error.as_deref()))
-    .bind(json_column(rows, |i| &i.prior_state)?)
-    .bind(json_column(rows, |i| &i.secret_output)?)
-    .bind(column(rows, |i| i.started_at.as_deref()))
-    .bind(column(rows, |i| i.finished_at.as_deref()))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Steps upserted in one statement (no two with the same key). A new step is placed after
-/// the run's last one, in the order given (positions may skip numbers where a row of the
-/// statement updated an existing step; only their order matters).
-async fn upsert_steps(conn: &mut PgConnection, rows: &[&StepRecord]) -> Result<()> {
-    // The writer holds the run rows locked, so no position can be taken twice.
-    sqlx::query(
-        "INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output, error,
-             reason, started_at, finished_at, deadline, on_failure)
-         SELECT u.run_id, u.step_id,
-             (SELECT COALESCE(MAX(s.pos), -1) FROM steps s WHERE s.run_id = u.run_id)
-                 + ROW_NUMBER() OVER (PARTITION BY u.run_id ORDER BY u.ord),
-             u.status, u.attempts, u.items, u.inputs, u.output, u.error, u.reason,
-             u.started_at, u.finished_at, u.deadline, u.on_failure
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[],
-             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-             $13::bool[]) WITH ORDINALITY
-             AS u(run_id, step_id, status, attempts, items, inputs, output, error, reason,
-                  started_at, finished_at, deadline, on_failure, ord)
-         ON CONFLICT (run_id, step_id) DO UPDATE SET
-             status = excluded.status, attempts = excluded.attempts, items = excluded.items,
-             inputs = excluded.inputs, output = excluded.output, error = excluded.error,
-             reason = excluded.reason, started_at = excluded.started_at,
-             finished_at = excluded.finished_at, deadline = excluded.deadline,
-             on_failure = excluded.on_failure",
-    )
-    .bind(column(rows, |s| s.run_id.as_str()))
-    .bind(column(rows, |s| s.step_id.as_str()))
-    .bind(column(rows, |s| s.status.as_str()))
-    .bind(column(rows, |s| i64::from(s.attempts)))
-    .bind(column(rows, |s| i64::from(s.items)))
-    .bind(json_column(rows, |s| &s.inputs)?)
-    .bind(json_column(rows, |s| &s.output)?)
-    .bind(column(rows, |s| s.error.as_deref()))
-    .bind(column(rows, |s| s.reason.as_deref()))
-    .bind(column(rows, |s| s.started_at.as_deref()))
-    .bind(column(rows, |s| s.finished_at.as_deref()))
-    .bind(column(rows, |s| s.deadline.as_deref()))
-    .bind(column(rows, |s| s.on_failure))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The gathered `Change::Run` and `Change::ReleaseLease` of many runs in one statement.
-async fn update_runs(conn: &mut PgConnection, runs: &[(&str, RunUpdate)]) -> Result<()> {
-    let col = |f: fn(&RunUpdate) -> Option<&str>| -> Vec<Option<&str>> {
-        runs.iter().map(|(_, u)| f(u)).collect()
-    };
-    sqlx::query(
-        "UPDATE runs AS r SET
-             status = CASE WHEN u.set THEN u.status ELSE r.status END,
-             error = CASE WHEN u.set THEN u.error ELSE r.error END,
-             started_at = COALESCE(r.started_at, u.started_at),
-             finished_at = CASE WHEN u.set THEN u.finished_at ELSE r.finished_at END,
-             lease_owner = CASE WHEN u.release = r.lease_token THEN NULL ELSE r.lease_owner END,
-             lease_until = CASE WHEN u.release = r.lease_token THEN NULL ELSE r.lease_until END
-         FROM UNNEST($1::text[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::text[],
-             $7::int8[]) AS u(id, set, status, error, started_at, finished_at, release)
-         WHERE r.id = u.id",
-    )
-    .bind(runs.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(
-        runs.iter()
-            .map(|(_, u)| u.status.is_some())
-            .collect::<Vec<_>>(),
-    )
-    .bind(col(|u| u.status.as_deref()))
-    .bind(col(|u| u.error.as_deref()))
-    .bind(col(|u| u.started_at.as_deref()))
-    .bind(col(|u| u.finished_at.as_deref()))
-    .bind(runs.iter().map(|(_, u)| u.release).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
+/// Every row a group-commit batch writes, audit events and the head's move included, in
+/// one statement (one round trip, and one prepared statement: each table's rows are
+/// arrays, so the text never changes). Data-modifying `WITH` parts all run, so each is
+/// gated on `ok`:
+///
+/// - `fence` locks the rows of the runs in `$1` (in id order) that still have the lease
+///   owner `$2` and token `$3` (at the same index); it must find all `$4` of them. Rows are
+///   found by primary key (`= ANY`), never by joining the arrays, which a generic plan
+///   could do with a scan of the whole table;
+/// - `head` then moves the audit head from (`$6`, `$7`) to (`$8`, `$9`) when there are
+///   events (`$5`); it takes the head's lock after the run rows', as every writer does, and
+///   changes nothing if another writer moved the head first;
+/// - `ok` holds when both did what they had to, and the rows are written only then.
+///
+/// It answers how many fenced runs it found and whether it wrote. Outside a transaction
+/// the statement is its own transaction: all or nothing. Positions of new steps come after
+/// the run's last step, in the order given (they may skip numbers where a row updated an
+/// existing step; only their order matters); the run rows are locked, so no position can
+/// be taken twice.
+const WRITE: &str = "
+WITH fence AS (
+    SELECT count(*) AS n FROM (
+        SELECT r.id FROM runs AS r
+        WHERE r.id = ANY($1::text[])
+            AND r.lease_owner = ($2::text[])[array_position($1::text[], r.id::text)]
+            AND r.lease_token = ($3::int8[])[array_position($1::text[], r.id::text)]
+        ORDER BY r.id FOR UPDATE) AS locked),
+fenced AS (SELECT (SELECT n FROM fence) = $4::int8 AS held),
+head AS (
+    UPDATE audit_head SET seq = $8::int8, hash = $9::text
+    WHERE id = 1 AND $5::bool AND seq = $6::int8 AND hash = $7::text
+        AND (SELECT held FROM fenced)
+    RETURNING 1),
+ok AS (
+    SELECT 1 WHERE (SELECT held FROM fenced) AND (NOT $5::bool OR EXISTS (SELECT 1 FROM head))),
+new_events AS (
+    INSERT INTO audit_events (seq, at, run_id, actor, action, details, prev_hash, hash)
+    SELECT * FROM UNNEST($10::int8[], $11::text[], $12::text[], $13::text[], $14::text[],
+        $15::text[], $16::text[], $17::text[])
+    WHERE EXISTS (SELECT 1 FROM ok)),
+new_items AS (
+    INSERT INTO items (run_id, step_id, idx, status, attempts, inputs, connector, output,
+        error, prior_state, secret_output, started_at, finished_at)
+    SELECT * FROM UNNEST($18::text[], $19::text[], $20::int8[], $21::text[], $22::int8[],
+        $23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[],
+        $29::text[], $30::text[])
+    WHERE EXISTS (SELECT 1 FROM ok)
+    ON CONFLICT (run_id, step_id, idx) DO UPDATE SET
+        status = excluded.status, attempts = excluded.attempts, inputs = excluded.inputs,
+        connector = excluded.connector, output = excluded.output, error = excluded.error,
+        prior_state = excluded.prior_state, secret_output = excluded.secret_output,
+        started_at = excluded.started_at, finished_at = excluded.finished_at),
+new_steps AS (
+    INSERT INTO steps (run_id, step_id, pos, status, attempts, items, inputs, output, error,
+        reason, started_at, finished_at, deadline, on_failure)
+    SELECT u.run_id, u.step_id,
+        (SELECT COALESCE(MAX(s.pos), -1) FROM steps AS s WHERE s.run_id = u.run_id)
+            + ROW_NUMBER() OVER (PARTITION BY u.run_id ORDER BY u.ord),
+        u.status, u.attempts, u.items, u.inputs, u.output, u.error, u.reason,
+        u.started_at, u.finished_at, u.deadline, u.on_failure
+    FROM UNNEST($31::text[], $32::text[], $33::text[], $34::int8[], $35::int8[], $36::text[],
+        $37::text[], $38::text[], $39::text[], $40::text[], $41::text[], $42::text[],
+        $43::bool[]) WITH ORDINALITY
+        AS u(run_id, step_id, status, attempts, items, inputs, output, error, reason,
+             started_at, finished_at, deadline, on_failure, ord)
+    WHERE EXISTS (SELECT 1 FROM ok)
+    ON CONFLICT (run_id, step_id) DO UPDATE SET
+        status = excluded.status, attempts = excluded.attempts, items = excluded.items,
+        inputs = excluded.inputs, output = excluded.output, error = excluded.error,
+        reason = excluded.reason, started_at = excluded.started_at,
+        finished_at = excluded.finished_at, deadline = excluded.deadline,
+        on_failure = excluded.on_failure),
+run_rows AS (
+    UPDATE runs AS r SET
+        status = CASE WHEN u.set THEN u.status ELSE r.status END,
+        error = CASE WHEN u.set THEN u.error ELSE r.error END,
+        started_at = COALESCE(r.started_at, u.started_at),
+        finished_at = CASE WHEN u.set THEN u.finished_at ELSE r.finished_at END,
+        lease_owner = CASE WHEN u.release = r.lease_token THEN NULL ELSE r.lease_owner END,
+        lease_until = CASE WHEN u.release = r.lease_token THEN NULL ELSE r.lease_until END
+    FROM UNNEST($44::text[], $45::bool[], $46::text[], $47::text[], $48::text[], $49::text[],
+        $50::int8[]) AS u(id, set, status, error, started_at, finished_at, release)
+    WHERE r.id = ANY($44::text[]) AND r.id = u.id AND EXISTS (SELECT 1 FROM ok))
+SELECT (SELECT n FROM fence), EXISTS (SELECT 1 FROM ok)";
 
 async fn insert_evidence(conn: &mut PgConnection, e: &EvidenceRecord) -> Result<()> {
     sqlx::query(
@@ -809,7 +933,7 @@ impl Store for PgStore {
             let created = run.clone();
             self.writer
                 .submit(
-                    &self.pool,
+                    &self.writes,
                     Op::CreateRun {
                         run: Box::new(run),
                         audit,
@@ -1201,7 +1325,7 @@ impl Store for PgStore {
         let op = Op::ReleaseLease {
             lease: lease.clone(),
         };
-        self.writer.submit(&self.pool, op).await
+        self.writer.submit(&self.writes, op).await
     }
 
     async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>> {
@@ -1273,7 +1397,7 @@ impl Store for PgStore {
             changes,
             audit,
         };
-        self.writer.submit(&self.pool, op).await
+        self.writer.submit(&self.writes, op).await
     }
 
     async fn append_audit(&self, audit: Vec<AuditDraft>) -> Result<()> {

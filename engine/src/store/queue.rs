@@ -74,6 +74,9 @@ pub struct WriteStats {
     pub requests: u64,
     /// Transactions committed by the writer.
     pub transactions: u64,
+    /// Of those, how many were one statement outside an explicit transaction (PostgreSQL,
+    /// when the writer could assume the audit head and each run's lease; never on SQLite).
+    pub single_statement: u64,
 }
 
 /// What the writer task counts as it goes.
@@ -82,6 +85,7 @@ pub(crate) struct Counters {
     pub submitted: AtomicU64,
     pub requests: AtomicU64,
     pub transactions: AtomicU64,
+    pub single_statement: AtomicU64,
 }
 
 /// The sending side every clone of a store shares.
@@ -106,6 +110,7 @@ impl<Op, A> Queue<Op, A> {
             submitted: c.submitted.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             transactions: c.transactions.load(Ordering::Relaxed),
+            single_statement: c.single_statement.load(Ordering::Relaxed),
         }
     }
 

@@ -17,10 +17,25 @@
 //!    change and each request behind its own `SAVEPOINT`,
 //!    where the refused request is rolled back to its savepoint and answered with its own
 //!    error, and the others go on;
-//! 3. locks `audit_head` once, seals the audit events of every kept request onto the chain
-//!    in request order, stores them with a multi-row insert and moves the head in the same
-//!    statement;
+//! 3. locks `audit_head` once (after the rows are written: other nodes' batches queue on
+//!    it), seals the audit events of every kept request onto the chain in request order,
+//!    stores them and moves the head in one statement;
 //! 4. COMMITs (one WAL flush for the whole batch), and only then answers every waiter.
+//!
+//! When this writer alone appends to the audit chain (its last look at the head, under the
+//! head's lock, found it where this writer had left it), a batch whose requests can all be
+//! gathered skips the transaction: its rows, its events and the head's move are one
+//! statement ([`try_unlocked`]), which locks the run rows and checks each fencing token,
+//! then moves the head only if it is still where this writer left it, and writes nothing
+//! otherwise. The statement is its own transaction, so nothing of it is visible before it
+//! committed. If another writer moved the head (another node, a CLI process), nothing was
+//! written, the batch takes the locking path above, and so do the next ones until the head
+//! is found where this writer left it again; several busy nodes therefore stay on the
+//! locking path. A lone step commit is then one round trip instead of six.
+//!
+//! The writer has a pool of its own (see [`super::PgStore::open`]) and keeps the
+//! connection of its last batch while batches follow each other closely, saving the pool's
+//! ping on each.
 //!
 //! No caller learns that its change is durable before the COMMIT holding it returned, so
 //! "durable before the next side effect" is unchanged. If the connection fails during a
@@ -42,13 +57,18 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Executor, PgPool};
+use sqlx::{Connection, Executor, PgPool, Postgres};
 use tokio::sync::mpsc;
 
-use super::{append_events, apply, insert_run, Gathered, Lease, Result, StoreError};
+use super::{
+    apply, insert_run, lock_head, write_locked, Fence, Gathered, Lease, Result, Sealed, StoreError,
+};
 use crate::store::queue::{committed, holds, Counters, Leases, Queue, WriteStats};
-use crate::store::{AuditDraft, Change, RunRecord};
+use crate::store::{AuditDraft, AuditHead, Change, RunRecord};
 
 /// At most this many requests share one transaction (bounds the first waiter's delay).
 const MAX_BATCH: usize = 512;
@@ -155,12 +175,33 @@ impl Writer {
 /// The writer task: batch, apply, commit, answer; until every sender is gone.
 async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Request>, shared: Arc<Shared>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    let mut state = State::default();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         #[cfg(test)]
         drop(shared.hold.lock().await);
-        process(&pool, &mut rx, &mut batch, &shared).await;
+        process(&pool, &mut rx, &mut batch, &shared, &mut state).await;
         batch.clear();
     }
+}
+
+/// A connection used this recently is used again without the pool's ping (a round trip
+/// on every acquisition). Under load the writer keeps its connection from batch to batch;
+/// after a pause it goes back to the pool, whose ping then finds out a connection the
+/// server dropped meanwhile.
+const KEEP_CONNECTION: Duration = Duration::from_millis(250);
+
+/// What the writer carries from one batch to the next.
+#[derive(Default)]
+struct State {
+    /// The connection of the last batch, and when that batch ended.
+    conn: Option<(PoolConnection<Postgres>, Instant)>,
+    /// Where this writer left the audit head with its last committed batch.
+    head: Option<AuditHead>,
+    /// Whether the last look at the head (under its lock) found it where this writer had
+    /// left it: no other writer appends in between, so the next batch may assume the head
+    /// and skip the transaction (see [`try_unlocked`]). Several busy nodes make this false
+    /// and keep each other's batches on the locking path.
+    head_is_ours: bool,
 }
 
 /// Why a batch did not commit.
@@ -202,10 +243,14 @@ async fn process(
     rx: &mut mpsc::UnboundedReceiver<Request>,
     batch: &mut Vec<Request>,
     shared: &Shared,
+    state: &mut State,
 ) {
-    let mut conn = match pool.acquire().await {
-        Ok(c) => c,
-        Err(e) => return fail_all(batch, e),
+    let mut conn = match state.conn.take() {
+        Some((conn, at)) if at.elapsed() < KEEP_CONNECTION => conn,
+        _ => match pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => return fail_all(batch, e),
+        },
     };
     // Requests that arrived while a connection was being had join this batch.
     while batch.len() < MAX_BATCH {
@@ -215,9 +260,13 @@ async fn process(
         }
     }
     let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
-    let mut first = try_batch(&mut conn, &ops, shared, false).await;
+    let mut first = match try_unlocked(&mut conn, &ops, shared, state).await {
+        Ok(Some(outcomes)) => Ok(outcomes),
+        Ok(None) => try_batch(&mut conn, &ops, shared, false, state).await,
+        Err(e) => Err(e),
+    };
     if matches!(first, Err(BatchError::Retry)) {
-        first = try_batch(&mut conn, &ops, shared, true).await;
+        first = try_batch(&mut conn, &ops, shared, true, state).await;
     }
     let outcomes = match first {
         Ok(outcomes) => outcomes,
@@ -235,7 +284,7 @@ async fn process(
                 "a grouped PostgreSQL transaction failed; committing its requests one by one");
             let mut alone = Vec::with_capacity(ops.len());
             for (i, op) in ops.iter().enumerate() {
-                match try_batch(&mut conn, &[*op], shared, true).await {
+                match try_batch(&mut conn, &[*op], shared, true, state).await {
                     Ok(mut v) => alone.push(v.pop().unwrap_or_else(|| {
                         Err(StoreError::Corrupt(
                             "the PostgreSQL writer lost an answer".into(),
@@ -256,7 +305,7 @@ async fn process(
             alone
         }
     };
-    drop(conn);
+    state.conn = Some((conn, Instant::now()));
     answer(batch, outcomes);
 }
 
@@ -294,6 +343,84 @@ async fn lock_runs(conn: &mut PgConnection, ops: &[&Op]) -> Result<Leases> {
 
 type Outcomes = std::result::Result<Vec<Result<()>>, BatchError>;
 
+/// The batch as one statement, without a transaction around it (one round trip instead of
+/// BEGIN, lock, write, COMMIT): when every request can be gathered, each run's requests
+/// hold one lease, and the head is where this writer left it (or the batch has no events).
+/// The statement checks all of that under the rows' and the head's locks ([`WRITE`]) and
+/// writes nothing if any of it is no longer so; `None` then, and the batch takes the
+/// locking path ([`try_batch`]), which answers each request as it deserves.
+///
+/// [`WRITE`]: super::WRITE
+async fn try_unlocked(
+    conn: &mut PgConnection,
+    ops: &[&Op],
+    shared: &Shared,
+    state: &mut State,
+) -> std::result::Result<Option<Vec<Result<()>>>, BatchError> {
+    if ops
+        .iter()
+        .any(|op| matches!(op, Op::CreateRun { .. }) || !op.gatherable())
+    {
+        return Ok(None);
+    }
+    let mut fence = Fence::default();
+    for op in ops {
+        if let Op::Commit { lease, .. } | Op::ReleaseLease { lease } = op {
+            if !fence.expect(lease) {
+                return Ok(None);
+            }
+        }
+    }
+    // Gathered as the locking path would, as if each run had the lease its requests hold.
+    let mut leases: Leases = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Commit { lease, .. } | Op::ReleaseLease { lease } => Some((
+                lease.run_id.clone(),
+                (Some(lease.owner.clone()), lease.token),
+            )),
+            Op::CreateRun { .. } | Op::AppendAudit { .. } => None,
+        })
+        .collect();
+    let mut gathered = Gathered::default();
+    let mut audit = Vec::new();
+    for op in ops {
+        match gather_one(op, &mut leases, &mut gathered) {
+            Ok(events) => audit.extend(events),
+            Err(_) => return Ok(None),
+        }
+    }
+    let sealed = if audit.is_empty() {
+        None
+    } else {
+        match &state.head {
+            Some(head) if state.head_is_ours => Some(Sealed::new(head.clone(), audit)?),
+            _ => return Ok(None),
+        }
+    };
+    let written = match gathered.write(conn, &fence, sealed.as_ref()).await {
+        Ok(w) => w,
+        Err(StoreError::Database(e)) if is_connection(&e) => return Err(BatchError::Connection(e)),
+        // Refused as a whole: the locking path finds out which request it was.
+        Err(_) => return Ok(None),
+    };
+    if !written.written {
+        if written.fenced == fence.len() {
+            // Another writer moved the head: take the lock until it is ours again.
+            state.head_is_ours = false;
+        }
+        return Ok(None);
+    }
+    if let Some(sealed) = sealed {
+        state.head = Some(sealed.to);
+    }
+    let c = &shared.counters;
+    c.transactions.fetch_add(1, Ordering::Relaxed);
+    c.single_statement.fetch_add(1, Ordering::Relaxed);
+    c.requests.fetch_add(ops.len() as u64, Ordering::Relaxed);
+    Ok(Some(ops.iter().map(|_| Ok(())).collect()))
+}
+
 /// Apply `ops` in one transaction; each request's outcome once it committed. Without
 /// `savepoints`, a batch whose requests all apply costs no savepoint round trips; the first
 /// request refused by the database makes it [`BatchError::Retry`] with them.
@@ -302,6 +429,7 @@ async fn try_batch(
     ops: &[&Op],
     shared: &Shared,
     savepoints: bool,
+    state: &mut State,
 ) -> Outcomes {
     let mut tx = conn.begin().await?;
     let mut leases = lock_runs(&mut tx, ops).await?;
@@ -343,8 +471,12 @@ async fn try_batch(
             Err(e) => outcomes.push(Err(e)),
         }
     }
-    if let Some(g) = gathered {
-        if let Err(e) = g.apply(&mut tx).await {
+    // The gathered rows in one statement, then the events and the head's move in another:
+    // the head's lock is taken last and held only for that statement and COMMIT (other
+    // nodes' batches queue on it, so holding it while the rows are written would cost
+    // every node's throughput).
+    if let Some(g) = gathered.filter(|g| !g.is_empty()) {
+        if let Err(e) = write_locked(&mut tx, g, None).await {
             if matches!(&e, StoreError::Database(d) if is_connection(d)) {
                 return Err(e.into());
             }
@@ -352,8 +484,19 @@ async fn try_batch(
             return Err(BatchError::Retry);
         }
     }
-    append_events(&mut tx, audit).await?;
+    let sealed = if audit.is_empty() {
+        None
+    } else {
+        let head = lock_head(&mut tx).await?;
+        state.head_is_ours = state.head.as_ref() == Some(&head);
+        let sealed = Sealed::new(head, audit)?;
+        write_locked(&mut tx, Gathered::default(), Some(&sealed)).await?;
+        Some(sealed)
+    };
     tx.commit().await?;
+    if let Some(sealed) = sealed {
+        state.head = Some(sealed.to);
+    }
     let c = &shared.counters;
     c.transactions.fetch_add(1, Ordering::Relaxed);
     c.requests.fetch_add(ops.len() as u64, Ordering::Relaxed);
@@ -571,6 +714,84 @@ mod tests {
         let lease = lease.clone();
         let event = draft(Some(&lease.run_id), action, json!({}));
         tokio::spawn(async move { store.commit(&lease, changes, vec![event]).await })
+    }
+
+    /// Commit one item and one event under `lease`; how many of the writer's transactions
+    /// it took, and how many of those were one statement.
+    async fn commit_one(store: &PgStore, lease: &Lease, idx: u32) -> (u64, u64) {
+        let before = store.write_stats();
+        store
+            .commit(
+                lease,
+                vec![Change::Item(item(&lease.run_id, "s", idx))],
+                vec![draft(Some(&lease.run_id), "step", json!({"idx": idx}))],
+            )
+            .await
+            .expect("commit");
+        let after = store.write_stats();
+        (
+            after.transactions - before.transactions,
+            after.single_statement - before.single_statement,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_lone_writer_commits_in_one_statement_and_locks_when_it_must() {
+        let Some((schema, store)) = fresh().await else {
+            return;
+        };
+        let a = leased_run(&store, "01ONESTATEMENT000000000000").await;
+        // Once the writer has found the head where it left it, a commit is one statement.
+        commit_one(&store, &a, 0).await;
+        for idx in 1..4 {
+            assert_eq!(commit_one(&store, &a, idx).await, (1, 1), "commit {idx}");
+        }
+
+        // Another node appends: the statement finds the head moved and writes nothing; the
+        // locking path commits. The next commit locks too and finds the head as it left
+        // it; the one after is one statement again.
+        let other = PgStore::open(&schema.url).await.expect("open other");
+        other
+            .append_audit(vec![draft(None, "config.loaded", json!({}))])
+            .await
+            .expect("append");
+        assert_eq!(commit_one(&store, &a, 4).await, (1, 0));
+        assert_eq!(commit_one(&store, &a, 5).await, (1, 0));
+        assert_eq!(commit_one(&store, &a, 6).await, (1, 1));
+        assert_eq!(store.items(&a.run_id).await.expect("items").len(), 7);
+        assert_chain_intact(&store).await;
+
+        // Another node takes the lease over (and appends no event, so only the fence can
+        // stop the stale holder): its statement writes nothing, and the locking path tells
+        // it the lease is lost.
+        let events_before = store.audit_events(None).await.expect("events").len();
+        let taken = other
+            .acquire_lease(&a.run_id, "node-b/2/y", 60_000, Some(&a.owner))
+            .await
+            .expect("steal")
+            .expect("taken");
+        let stale = store
+            .commit(
+                &a,
+                vec![Change::Item(item(&a.run_id, "s", 7))],
+                vec![draft(Some(&a.run_id), "stale", json!({}))],
+            )
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::LeaseLost(ref r)) if r == &a.run_id),
+            "{stale:?}"
+        );
+        assert_eq!(store.items(&a.run_id).await.expect("items").len(), 7);
+        assert_eq!(
+            store.audit_events(None).await.expect("events").len(),
+            events_before
+        );
+        // The new holder commits.
+        commit_one(&other, &taken, 7).await;
+        assert_eq!(store.items(&a.run_id).await.expect("items").len(), 8);
+        assert_chain_intact(&store).await;
+        other.close().await;
+        store.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -799,7 +1020,8 @@ mod tests {
         for _ in 0..200 {
             let done = sqlx::query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT id, lease_owner%'
+                 WHERE wait_event_type = 'Lock'
+                   AND (query LIKE 'SELECT id, lease_owner%' OR query LIKE '%WITH fence AS%')
                    AND pid <> pg_backend_pid() AND datname = current_database()",
             )
             .fetch_all(&mut *blocker)
