@@ -2135,19 +2135,26 @@ mod tests {
         let Some((schema, store)) = fresh().await else {
             return;
         };
-        let show = |store: PgStore, what: &'static str| async move {
+        let on = |pool: PgPool, what: &'static str| async move {
             let (v,): (String,) = sqlx::query_as(&format!("SHOW {what}"))
-                .fetch_one(&store.pool)
+                .fetch_one(&pool)
                 .await
                 .expect(what);
             v
         };
+        let show = |store: PgStore, what: &'static str| on(store.pool, what);
         assert_eq!(show(store.clone(), "application_name").await, "cordon");
         assert_eq!(show(store.clone(), "statement_timeout").await, "1min");
         assert_eq!(
             show(store.clone(), "idle_in_transaction_session_timeout").await,
             "1min"
         );
+        assert_eq!(show(store.clone(), "enable_seqscan").await, "on");
+        // The writer's sessions: the same settings, and planned without sequential scans.
+        let writes = || store.writes.clone();
+        assert_eq!(on(writes(), "application_name").await, "cordon");
+        assert_eq!(on(writes(), "statement_timeout").await, "1min");
+        assert_eq!(on(writes(), "enable_seqscan").await, "off");
         store.close().await;
         let mut url = url::Url::parse(&schema.url).expect("url");
         url.query_pairs_mut()

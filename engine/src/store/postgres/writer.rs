@@ -94,12 +94,17 @@ pub(super) enum Op {
 }
 
 impl Op {
-    /// The existing run whose row the request locks.
-    fn run_id(&self) -> Option<&str> {
+    /// The lease the request is made under (its run's row is locked).
+    fn lease(&self) -> Option<&Lease> {
         match self {
-            Op::Commit { lease, .. } | Op::ReleaseLease { lease } => Some(&lease.run_id),
+            Op::Commit { lease, .. } | Op::ReleaseLease { lease } => Some(lease),
             Op::CreateRun { .. } | Op::AppendAudit { .. } => None,
         }
+    }
+
+    /// The existing run whose row the request locks.
+    fn run_id(&self) -> Option<&str> {
+        self.lease().map(|l| l.run_id.as_str())
     }
 
     /// Whether the request can be part of a gathered batch (see [`Gathered`]).
@@ -363,25 +368,19 @@ async fn try_unlocked(
     {
         return Ok(None);
     }
+    // The fence, and the leases the locking path would read if each run still had the one
+    // its requests hold: the batch is gathered from those.
     let mut fence = Fence::default();
-    for op in ops {
-        if let Op::Commit { lease, .. } | Op::ReleaseLease { lease } = op {
-            if !fence.expect(lease) {
-                return Ok(None);
-            }
+    let mut leases = Leases::new();
+    for lease in ops.iter().filter_map(|op| op.lease()) {
+        if !fence.expect(lease) {
+            return Ok(None);
         }
+        leases.insert(
+            lease.run_id.clone(),
+            (Some(lease.owner.clone()), lease.token),
+        );
     }
-    // Gathered as the locking path would, as if each run had the lease its requests hold.
-    let mut leases: Leases = ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Commit { lease, .. } | Op::ReleaseLease { lease } => Some((
-                lease.run_id.clone(),
-                (Some(lease.owner.clone()), lease.token),
-            )),
-            Op::CreateRun { .. } | Op::AppendAudit { .. } => None,
-        })
-        .collect();
     let mut gathered = Gathered::default();
     let mut audit = Vec::new();
     for op in ops {
