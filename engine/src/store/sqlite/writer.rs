@@ -9,7 +9,8 @@
 //!
 //! - A request whose lease was lost writes nothing and is answered with its own error. Run
 //!   creations, which may have to undo their own rows, run behind a savepoint; the other
-//!   requests do not (a savepoint makes SQLite journal every page the request touches). If
+//!   requests do not (a savepoint makes SQLite journal every page the request touches), and
+//!   each savepoint is released as soon as its request is applied or undone. If
 //!   the database refuses a statement of one of them, the batch is rolled back and applied
 //!   again with a savepoint per request, where the refused request is rolled back alone and
 //!   answered with its own error; the others commit.
@@ -375,14 +376,34 @@ fn is_fatal(e: &sqlx::Error) -> bool {
     !matches!(e, sqlx::Error::Database(_))
 }
 
-/// Open the request's savepoint (never released: COMMIT releases them all, and `ROLLBACK
-/// TO` names the newest one of that name, which is this request's).
+/// Open the request's savepoint. It is released once the request is applied or undone:
+/// while a savepoint is open, SQLite copies every page a statement changes into the
+/// statement journal and truncates that journal after every statement, so savepoints
+/// left open until COMMIT made each later statement of the batch slower than the last.
 const SAVEPOINT: &str = "SAVEPOINT request; ";
+
+/// Keep what the request wrote: its savepoint ends, its changes stay in the transaction.
+const RELEASE: &str = "RELEASE request; ";
+
+/// Undo what the request wrote, and end its savepoint.
+const UNDO: &str = "ROLLBACK TO request; RELEASE request";
+
+/// Release the request's savepoint. Should that fail, the request's statements can no
+/// longer be told apart from the batch's: a non-database error makes the batch retry
+/// request by request.
+async fn release(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query(RELEASE).execute(conn).await.map_err(|e| {
+        StoreError::Database(sqlx::Error::Io(std::io::Error::other(format!(
+            "cannot release a request's savepoint: {e}"
+        ))))
+    })?;
+    Ok(())
+}
 
 /// Undo a failed request back to its savepoint, and pass its error on. If even that fails,
 /// the transaction is unusable: a non-database error makes the batch retry one by one.
 async fn roll_back<T>(conn: &mut SqliteConnection, error: StoreError) -> Result<T> {
-    if let Err(e) = sqlx::query("ROLLBACK TO request").execute(conn).await {
+    if let Err(e) = sqlx::query(UNDO).execute(conn).await {
         return Err(StoreError::Database(sqlx::Error::Io(
             std::io::Error::other(format!(
                 "cannot roll a request back to its savepoint ({e}) after: {error}"
@@ -464,6 +485,9 @@ async fn apply(
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new(if grouped { SAVEPOINT } else { "" });
             push_changes(&mut q, lease, changes)?;
+            if grouped {
+                q.push(RELEASE);
+            }
             if !changes.is_empty() {
                 if let Err(e) = q.build().execute(&mut *conn).await {
                     return if grouped {
@@ -508,6 +532,9 @@ async fn apply(
             if mine < keys.len() {
                 return duplicate(conn, keys, &run.id, grouped).await;
             }
+            if grouped {
+                release(conn).await?;
+            }
             leases.insert(run.id.clone(), (None, 0));
             Ok(kept(
                 Answer::Triggered(Triggered::Created(Box::new(Created::New(run.clone())))),
@@ -521,6 +548,9 @@ async fn apply(
             }
             match create_in(&mut *conn, run.clone(), audit.clone()).await {
                 Ok((created, event)) => {
+                    if grouped {
+                        release(conn).await?;
+                    }
                     leases.entry(run.id.clone()).or_insert((None, 0));
                     Ok(kept(Answer::Created(Box::new(created)), vec![event]))
                 }
@@ -562,6 +592,9 @@ async fn apply(
             };
             if mine < keys.len() {
                 return duplicate(conn, keys, &target, grouped).await;
+            }
+            if grouped {
+                release(conn).await?;
             }
             leases.entry(run.id.clone()).or_insert((None, 0));
             Ok(kept(
@@ -685,9 +718,7 @@ async fn duplicate(
         Err(e) => return Err(e),
     };
     if grouped {
-        sqlx::query("ROLLBACK TO request")
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(UNDO).execute(&mut *conn).await?;
     }
     Ok(Applied {
         answer: Answer::Triggered(Triggered::Duplicate(first)),
@@ -951,6 +982,124 @@ mod tests {
         new.sort();
         assert_eq!(new, ["a.ok", "d.ok"], "only the committed requests' events");
         assert_chain_intact(&store).await;
+    }
+
+    /// Whether a savepoint named `request` is still open on `conn`.
+    async fn savepoint_open(conn: &mut sqlx::SqliteConnection) -> bool {
+        match sqlx::query("RELEASE request").execute(&mut *conn).await {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(e.to_string().contains("no such savepoint"), "{e}");
+                false
+            }
+        }
+    }
+
+    /// Every request of a batch leaves no savepoint open behind it, whether it was kept,
+    /// undone as a repeated delivery, or refused by the database: savepoints left open
+    /// until COMMIT made every later statement of the batch journal and truncate more.
+    #[tokio::test]
+    async fn requests_in_a_batch_leave_no_savepoint_open() {
+        use super::super::DedupKey;
+        use super::{apply, Op};
+        use sqlx::Connection;
+
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("s.db").to_string_lossy())
+            .await
+            .expect("open");
+        let lease = leased_run(&store, "01SAVEA0000000000000000000").await;
+        let key = |k: &str| DedupKey {
+            hook: "alerts".into(),
+            kind: "webhook-id".into(),
+            key: k.into(),
+        };
+        let once = |id: &str, k: &str| Op::CreateRunOnce {
+            run: run(id, None, "2026-11-25T23:00:00.000Z"),
+            audit: draft(Some(id), "run.created", json!({})),
+            keys: vec![key(k)],
+            remember_since: "2026-11-01T00:00:00.000Z".into(),
+        };
+        let mut conn = store.write.acquire().await.expect("write connection");
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+        let mut leases = crate::store::queue::Leases::new();
+        leases.insert(
+            lease.run_id.clone(),
+            (Some(lease.owner.clone()), lease.token),
+        );
+
+        let first = apply(
+            &mut tx,
+            &once("01SAVEB0000000000000000000", "d-1"),
+            &mut leases,
+            true,
+        )
+        .await
+        .expect("created");
+        assert!(first.keep);
+        assert!(!savepoint_open(&mut tx).await, "kept: released");
+
+        let repeat = apply(
+            &mut tx,
+            &once("01SAVEC0000000000000000000", "d-1"),
+            &mut leases,
+            true,
+        )
+        .await
+        .expect("a repeat");
+        assert!(!repeat.keep);
+        assert!(!savepoint_open(&mut tx).await, "undone: released");
+
+        let commit = Op::Commit {
+            lease: lease.clone(),
+            changes: vec![Change::Item(item(&lease.run_id, "s", 0))],
+            audit: vec![],
+        };
+        assert!(
+            apply(&mut tx, &commit, &mut leases, true)
+                .await
+                .expect("committed")
+                .keep
+        );
+        assert!(!savepoint_open(&mut tx).await, "a commit: released");
+
+        let refused = Op::Commit {
+            lease: lease.clone(),
+            changes: vec![
+                Change::Item(item(&lease.run_id, "t", 0)),
+                Change::Evidence(evidence(&lease.run_id, "01EVID0000000000000000000A")),
+                Change::Evidence(evidence(&lease.run_id, "01EVID0000000000000000000A")),
+            ],
+            audit: vec![],
+        };
+        let e = apply(&mut tx, &refused, &mut leases, true)
+            .await
+            .err()
+            .expect("a taken evidence id is refused");
+        assert!(matches!(e, StoreError::Database(_)), "{e}");
+        assert!(
+            !savepoint_open(&mut tx).await,
+            "refused: rolled back and released"
+        );
+
+        // What was kept is still there, what was undone is not.
+        tx.commit().await.expect("commit");
+        drop(conn);
+        assert!(store
+            .get_run("01SAVEB0000000000000000000")
+            .await
+            .expect("read")
+            .is_some());
+        assert!(store
+            .get_run("01SAVEC0000000000000000000")
+            .await
+            .expect("read")
+            .is_none());
+        let items = store.items(&lease.run_id).await.expect("items");
+        assert_eq!(
+            items.iter().map(|i| i.step_id.as_str()).collect::<Vec<_>>(),
+            ["s"]
+        );
     }
 
     const CHILD_ENV: &str = "CORDON_TEST_GROUP_COMMIT_CRASH_DB";
