@@ -1847,7 +1847,7 @@ pub async fn prepare_retry(
             }
             let mut set = BTreeSet::from([f.to_string()]);
             for s in &rb.runbook.steps {
-                if rb.ancestors(&s.id).contains(f) {
+                if rb.needs_transitively(&s.id, f) {
                     set.insert(s.id.clone());
                 }
             }

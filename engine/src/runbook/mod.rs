@@ -9,6 +9,7 @@
 //! `parse` (private) is the only place that touches `serde_yaml`.
 
 pub mod diagnostics;
+mod graph;
 pub mod inputs;
 pub mod model;
 mod parse;

@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::diagnostics::*;
+use super::graph::{Ancestors, Ancestry, Needs};
 use super::inputs::{check_value, json_kind, type_name, FORMATS};
 use super::model::{ConnectorRef, InputSpec, InputType, Runbook, Step, StepKind};
 use super::parse::{self, child, Spans};
@@ -60,6 +61,7 @@ pub struct ValidatedRunbook {
 struct Derived {
     by_id: Arc<HashMap<String, Step>>,
     reads: HashMap<String, Option<BTreeSet<String>>>,
+    ancestry: Ancestry,
 }
 
 impl ValidatedRunbook {
@@ -69,6 +71,7 @@ impl ValidatedRunbook {
             Derived {
                 by_id: Arc::new(all().map(|s| (s.id.clone(), s.clone())).collect()),
                 reads: all().map(|s| (s.id.clone(), step_reads(s))).collect(),
+                ancestry: Needs::new(all().map(|s| (s.id.as_str(), s.needs.as_slice()))).ancestry(),
             }
         })
     }
@@ -91,14 +94,12 @@ impl ValidatedRunbook {
 
     /// Every step `id` needs, directly or through others.
     pub fn ancestors(&self, id: &str) -> BTreeSet<String> {
-        let needs: HashMap<&str, &[String]> = self
-            .runbook
-            .steps
-            .iter()
-            .chain(&self.runbook.on_failure)
-            .map(|s| (s.id.as_str(), s.needs.as_slice()))
-            .collect();
-        ancestors_of(id, &needs)
+        self.derived().ancestry.of(id).ids()
+    }
+
+    /// Whether step `id` needs step `other`, directly or through others.
+    pub fn needs_transitively(&self, id: &str, other: &str) -> bool {
+        self.derived().ancestry.of(id).contains(other)
     }
 
     /// The ids of `on_failure` steps in a topological order.
@@ -223,46 +224,14 @@ pub fn validate_file(
     }
 }
 
-fn ancestors_of(id: &str, needs: &HashMap<&str, &[String]>) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut todo: Vec<&str> = vec![id];
-    while let Some(s) = todo.pop() {
-        for n in needs.get(s).copied().unwrap_or_default() {
-            if n != id && out.insert(n.clone()) {
-                todo.push(n);
-            }
-        }
-    }
-    out
-}
-
-/// Kahn's algorithm, choosing among ready steps in file order. Steps caught in a cycle
-/// (impossible after validation) come last, in file order.
+/// Every step after the steps it needs, choosing among those ready in file order. Steps
+/// caught in a cycle (impossible after validation) come last, in file order.
 fn topo_order(steps: &[Step]) -> Vec<String> {
-    let ids: BTreeSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
-    let mut done: BTreeSet<&str> = BTreeSet::new();
-    let mut order = Vec::with_capacity(steps.len());
-    loop {
-        let next = steps.iter().find(|s| {
-            !done.contains(s.id.as_str())
-                && s.needs
-                    .iter()
-                    .all(|n| done.contains(n.as_str()) || !ids.contains(n.as_str()))
-        });
-        match next {
-            Some(s) => {
-                done.insert(&s.id);
-                order.push(s.id.clone());
-            }
-            None => break,
-        }
-    }
-    for s in steps {
-        if !done.contains(s.id.as_str()) {
-            order.push(s.id.clone());
-        }
-    }
-    order
+    Needs::new(steps.iter().map(|s| (s.id.as_str(), s.needs.as_slice())))
+        .order()
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -513,7 +482,7 @@ struct RefScope<'s> {
     what: String,
     step: Option<&'s str>,
     group: Group,
-    ancestors: &'s BTreeSet<String>,
+    ancestors: Ancestors<'s>,
     loop_var: Option<&'s str>,
     /// `undo` may read the step's own output.
     allow_self: bool,
@@ -741,12 +710,11 @@ impl Checker<'_> {
         ck.run(self);
 
         if let Some(Value::String(key)) = top.get("concurrency_key") {
-            let empty = BTreeSet::new();
             let scope = RefScope {
                 what: "`concurrency_key`".into(),
                 step: None,
                 group: Group::Main,
-                ancestors: &empty,
+                ancestors: Ancestors::none(),
                 loop_var: None,
                 allow_self: false,
                 allow_steps: false,
@@ -1289,10 +1257,14 @@ impl<'e> StepsCheck<'e> {
         }
 
         // Needs: known, same group; then cycles per group.
-        let mut needs: HashMap<&str, &[String]> = HashMap::new();
+        let needs = Needs::new(
+            self.entries
+                .iter()
+                .filter_map(|e| e.step.as_ref())
+                .map(|s| (s.id.as_str(), s.needs.as_slice())),
+        );
         for e in self.entries {
             let Some(s) = &e.step else { continue };
-            needs.entry(s.id.as_str()).or_insert(&s.needs);
             for (i, n) in s.needs.iter().enumerate() {
                 let np = child(&child(&e.ptr, "needs"), &i.to_string());
                 match self.group_of.get(n.as_str()) {
@@ -1331,19 +1303,21 @@ impl<'e> StepsCheck<'e> {
                 }
             }
         }
+        let unsettled = needs.unsettled();
         for group in [Group::Main, Group::OnFailure] {
-            self.cycles(ck, group);
+            self.cycles(ck, group, &unsettled);
         }
 
+        let ancestry = needs.ancestry();
         for e in self.entries {
             let Some(s) = &e.step else { continue };
-            let anc = ancestors_of(&s.id, &needs);
-            self.step(ck, e, s, &anc);
+            self.step(ck, e, s, ancestry.of(&s.id));
         }
     }
 
-    /// Report every cycle once, naming its steps in `needs` order.
-    fn cycles(&self, ck: &mut Checker<'_>, group: Group) {
+    /// Report every cycle once, naming its steps in `needs` order. Only the steps in or
+    /// behind a cycle of the whole graph (`unsettled`) can be on one.
+    fn cycles(&self, ck: &mut Checker<'_>, group: Group, unsettled: &BTreeSet<&str>) {
         let steps: Vec<(&Entry, &Step)> = self
             .entries
             .iter()
@@ -1365,7 +1339,7 @@ impl<'e> StepsCheck<'e> {
         let mut reported: BTreeSet<&str> = BTreeSet::new();
         for (e, s) in &steps {
             let start = s.id.as_str();
-            if reported.contains(start) {
+            if reported.contains(start) || !unsettled.contains(start) {
                 continue;
             }
             let Some(path) = shortest_cycle(start, &edges) else {
@@ -1386,7 +1360,7 @@ impl<'e> StepsCheck<'e> {
         }
     }
 
-    fn step(&self, ck: &mut Checker<'_>, e: &Entry, s: &Step, anc: &BTreeSet<String>) {
+    fn step(&self, ck: &mut Checker<'_>, e: &Entry, s: &Step, anc: Ancestors<'_>) {
         let ptr = e.ptr.as_str();
         let sid = Some(s.id.as_str());
         let kind_name = match e.group {
@@ -1567,7 +1541,7 @@ impl<'e> StepsCheck<'e> {
         ck: &mut Checker<'_>,
         e: &Entry,
         s: &Step,
-        anc: &BTreeSet<String>,
+        anc: Ancestors<'_>,
         loop_var: Option<&str>,
     ) {
         let ptr = e.ptr.as_str();
@@ -1691,7 +1665,7 @@ impl<'e> StepsCheck<'e> {
     /// `smtp.send_email` of a stored draft: only after a person approved (an approval step
     /// among the step's ancestors), never a draft meant for an authority, and the subject
     /// and body come from the draft.
-    fn send_draft_step(&self, ck: &mut Checker<'_>, ptr: &str, s: &Step, anc: &BTreeSet<String>) {
+    fn send_draft_step(&self, ck: &mut Checker<'_>, ptr: &str, s: &Step, anc: Ancestors<'_>) {
         let Some(with) = s.with.as_ref() else { return };
         let Some(draft) = with.get("draft") else {
             return;
