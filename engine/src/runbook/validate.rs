@@ -1041,7 +1041,7 @@ impl Checker<'_> {
                         // on_failure steps run after every main step has settled.
                     }
                     Some(_) => {
-                        if !scope.ancestors.contains(*id) {
+                        if !scope.ancestors.contains(id) {
                             let d = self.at_value(
                                 ptr,
                                 E_RACE,
