@@ -785,6 +785,15 @@ mod tests {
             .expect("free")
     }
 
+    /// A store on a new database in a folder that lives as long as the first value.
+    async fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("writer.db").to_string_lossy())
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
     /// Wait until `n` requests in all were handed to the writer.
     async fn submitted(store: &SqliteStore, n: u64) {
         for _ in 0..2000 {
@@ -810,10 +819,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_batch_writes_what_its_commits_in_order_would() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(&dir.path().join("g.db").to_string_lossy())
-            .await
-            .expect("open");
+        let (_dir, store) = temp_store().await;
         let a = leased_run(&store, "01GATHERA00000000000000000").await;
         let b = leased_run(&store, "01GATHERB00000000000000000").await;
         let before = store.write_stats();
@@ -836,10 +842,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_commits_share_one_transaction_and_one_chain() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(&dir.path().join("c.db").to_string_lossy())
-            .await
-            .expect("open");
+        let (_dir, store) = temp_store().await;
         let mut leases = Vec::new();
         for r in 0..8 {
             leases.push(leased_run(&store, &format!("01GROUP{r:019}")).await);
@@ -895,10 +898,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_failing_request_in_a_batch_does_not_affect_the_others() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(&dir.path().join("f.db").to_string_lossy())
-            .await
-            .expect("open");
+        let (_dir, store) = temp_store().await;
         let a = leased_run(&store, "01FAILA0000000000000000000").await;
         let b = leased_run(&store, "01FAILB0000000000000000000").await;
         let c = leased_run(&store, "01FAILC0000000000000000000").await;
@@ -1004,10 +1004,7 @@ mod tests {
         use super::{apply, Op};
         use sqlx::Connection;
 
-        let dir = tempfile::tempdir().expect("dir");
-        let store = SqliteStore::open(&dir.path().join("s.db").to_string_lossy())
-            .await
-            .expect("open");
+        let (_dir, store) = temp_store().await;
         let lease = leased_run(&store, "01SAVEA0000000000000000000").await;
         let key = |k: &str| DedupKey {
             hook: "alerts".into(),
