@@ -897,6 +897,27 @@ steps:
     assert_eq!(again.json()["id"], id.as_str());
     assert_eq!(srv.seen().iter().filter(|s| s.path == "/ok/a").count(), 1);
     assert_eq!(srv.hits("/flaky/1/b").len(), 2);
+
+    // Retry from a step re-runs it and every step that needs it, directly or through
+    // others, and keeps the rest.
+    env.write_runbook(
+        "retryfrom",
+        &rb("retryfrom", &format!("steps:\n  - id: a\n    uses: http.request\n    with: {{ method: POST, url: \"{u}/ok/from-a\" }}\n  - id: b\n    needs: [a]\n    uses: http.request\n    with: {{ method: POST, url: \"{u}/ok/from-b\" }}\n  - id: c\n    needs: [b]\n    uses: http.request\n    with: {{ method: POST, url: \"{u}/flaky/1/from-c\" }}\n    retry: {{ attempts: 1 }}\n  - id: d\n    needs: [a]\n    uses: http.request\n    with: {{ method: POST, url: \"{u}/ok/from-d\" }}\n")),
+    );
+    let r = env.run(&["run", "retryfrom"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let id = r.run_id();
+    let again = env.run(&["retry", &id, "--from", "b", "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let calls = |path: &str| srv.seen().iter().filter(|s| s.path == path).count();
+    assert_eq!(calls("/ok/from-a"), 1, "a is kept");
+    assert_eq!(calls("/ok/from-d"), 1, "d does not need b: kept");
+    assert_eq!(calls("/ok/from-b"), 2, "b runs again");
+    assert_eq!(
+        srv.hits("/flaky/1/from-c").len(),
+        2,
+        "c needs b: runs again"
+    );
 }
 
 #[test]

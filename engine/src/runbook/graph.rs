@@ -17,6 +17,10 @@ pub(crate) struct Needs<'a> {
     index: HashMap<&'a str, usize>,
     /// For each step, the steps it needs, without repeats.
     edges: Vec<Vec<usize>>,
+    /// The steps in a topological order (see [`Needs::order`]); the first `settled` of
+    /// them are in no cycle and behind none.
+    sorted: Vec<usize>,
+    settled: usize,
 }
 
 impl<'a> Needs<'a> {
@@ -31,7 +35,7 @@ impl<'a> Needs<'a> {
                 ids.len() - 1
             });
         }
-        let edges = needs
+        let edges: Vec<Vec<usize>> = needs
             .iter()
             .map(|n| {
                 let mut e: Vec<usize> = n
@@ -43,57 +47,36 @@ impl<'a> Needs<'a> {
                 e
             })
             .collect();
-        Needs { ids, index, edges }
+        let (sorted, settled) = sort(&edges);
+        Needs {
+            ids,
+            index,
+            edges,
+            sorted,
+            settled,
+        }
     }
 
     /// The step ids in a topological order: every step after the steps it needs, choosing
     /// among those ready the first in the order given (Kahn's algorithm). Steps in or behind
     /// a cycle come last, in the order given.
     pub(crate) fn order(&self) -> Vec<&'a str> {
-        self.ordered().0.into_iter().map(|s| self.ids[s]).collect()
-    }
-
-    /// The topological order as node numbers, and how many of them come before the steps
-    /// in or behind a cycle.
-    fn ordered(&self) -> (Vec<usize>, usize) {
-        let n = self.ids.len();
-        let mut waiting: Vec<usize> = self.edges.iter().map(Vec::len).collect();
-        let mut needed_by = vec![Vec::new(); n];
-        for (s, needs) in self.edges.iter().enumerate() {
-            for &t in needs {
-                needed_by[t].push(s);
-            }
-        }
-        let mut ready: BinaryHeap<Reverse<usize>> =
-            (0..n).filter(|&s| waiting[s] == 0).map(Reverse).collect();
-        let mut order = Vec::with_capacity(n);
-        while let Some(Reverse(s)) = ready.pop() {
-            order.push(s);
-            for &d in &needed_by[s] {
-                waiting[d] -= 1;
-                if waiting[d] == 0 {
-                    ready.push(Reverse(d));
-                }
-            }
-        }
-        let settled = order.len();
-        let mut placed = FixedBitSet::with_capacity(n);
-        order.iter().for_each(|&s| placed.insert(s));
-        order.extend((0..n).filter(|&s| !placed.contains(s)));
-        (order, settled)
+        self.sorted.iter().map(|&s| self.ids[s]).collect()
     }
 
     /// The steps in or behind a cycle (needing, directly or through others, a step of one).
     /// Every step on a cycle is among them.
     pub(crate) fn unsettled(&self) -> BTreeSet<&'a str> {
-        let (order, settled) = self.ordered();
-        order[settled..].iter().map(|&s| self.ids[s]).collect()
+        self.sorted[self.settled..]
+            .iter()
+            .map(|&s| self.ids[s])
+            .collect()
     }
 
     /// For every step, the steps it needs directly or through others (never itself).
     pub(crate) fn ancestry(&self) -> Ancestry {
         let n = self.ids.len();
-        let (order, settled) = self.ordered();
+        let (order, settled) = (&self.sorted, self.settled);
         let mut of = vec![FixedBitSet::new(); n];
         for &s in &order[..settled] {
             let mut set = FixedBitSet::with_capacity(n);
@@ -127,6 +110,37 @@ impl<'a> Needs<'a> {
             of,
         }
     }
+}
+
+/// Kahn's algorithm over `edges` (each node's needs), taking among the ready nodes the
+/// lowest number: the order, and how many of its nodes come before those in or behind a
+/// cycle (which follow in number order).
+fn sort(edges: &[Vec<usize>]) -> (Vec<usize>, usize) {
+    let n = edges.len();
+    let mut waiting: Vec<usize> = edges.iter().map(Vec::len).collect();
+    let mut needed_by = vec![Vec::new(); n];
+    for (s, needs) in edges.iter().enumerate() {
+        for &t in needs {
+            needed_by[t].push(s);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&s| waiting[s] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse(s)) = ready.pop() {
+        order.push(s);
+        for &d in &needed_by[s] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(Reverse(d));
+            }
+        }
+    }
+    let settled = order.len();
+    let mut placed = FixedBitSet::with_capacity(n);
+    order.iter().for_each(|&s| placed.insert(s));
+    order.extend((0..n).filter(|&s| !placed.contains(s)));
+    (order, settled)
 }
 
 /// Which steps each step needs, directly or through others.

@@ -177,17 +177,17 @@ impl PgStore {
         // the writer runs finds its rows by key, but PostgreSQL caches a prepared
         // statement's generic plan, and one made while a table was nearly empty (a new
         // database) would go on scanning the whole table as it grows.
-        let writes = PgPoolOptions::new()
-            .max_connections(WRITER_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(true)
-            .connect_lazy_with(options.clone().options([("enable_seqscan", "off")]));
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+        let pools = PgPoolOptions::new()
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // A connection the server dropped (a restart, a failover) is found out by the
             // ping and replaced, instead of failing the request that drew it.
-            .test_before_acquire(true)
+            .test_before_acquire(true);
+        let writes = pools
+            .clone()
+            .max_connections(WRITER_CONNECTIONS)
+            .connect_lazy_with(options.clone().options([("enable_seqscan", "off")]));
+        let pool = pools
+            .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await?;
         // Under the migrator's session advisory lock: nodes starting together wait for the
@@ -221,13 +221,15 @@ impl PgStore {
 // ---------------------------------------------------------------------------------------
 
 /// Seal `drafts` onto the chain and store them with the new head, inside a transaction:
-/// the head row's lock serialises every appender on every node.
-async fn append_events(conn: &mut PgConnection, drafts: Vec<AuditDraft>) -> Result<()> {
+/// the head row's lock serialises every appender on every node. What was stored, with
+/// where the head was and where it went; None when there was nothing to append.
+async fn append_events(conn: &mut PgConnection, drafts: Vec<AuditDraft>) -> Result<Option<Sealed>> {
     if drafts.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let sealed = Sealed::new(lock_head(conn).await?, drafts)?;
-    write_locked(conn, Gathered::default(), Some(&sealed)).await
+    write_locked(conn, Gathered::default(), Some(&sealed)).await?;
+    Ok(Some(sealed))
 }
 
 /// Lock the audit head row until the transaction ends, and read it (seq 0 with the genesis
@@ -571,17 +573,11 @@ pub(super) struct Fence<'a> {
 }
 
 impl<'a> Fence<'a> {
-    /// Expect `lease` on its run; false if the fence already expects another lease there.
-    pub(super) fn expect(&mut self, lease: &'a Lease) -> bool {
-        match self.ids.iter().position(|id| *id == lease.run_id) {
-            Some(at) => self.owners[at] == lease.owner && self.tokens[at] == lease.token,
-            None => {
-                self.ids.push(&lease.run_id);
-                self.owners.push(&lease.owner);
-                self.tokens.push(lease.token);
-                true
-            }
-        }
+    /// Expect `lease` on its run (each run once).
+    pub(super) fn expect(&mut self, lease: &'a Lease) {
+        self.ids.push(&lease.run_id);
+        self.owners.push(&lease.owner);
+        self.tokens.push(lease.token);
     }
 
     pub(super) fn len(&self) -> usize {
@@ -2292,6 +2288,15 @@ mod tests {
         let (events, head) = store.audit_chain().await.expect("chain");
         assert!(head.is_none());
         assert!(!crate::audit::verify(&events, head.as_ref()).ok);
+        // Nor is the chain extended from nothing: appending fails closed.
+        let result = store
+            .append_audit(vec![conformance::draft(None, "config.loaded", json!({}))])
+            .await;
+        assert!(
+            matches!(&result, Err(e) if e.to_string().contains("audit head row is missing")),
+            "{result:?}"
+        );
+        assert_eq!(store.audit_events(None).await.expect("events").len(), 3);
         store.close().await;
         raw.close().await.ok();
     }

@@ -65,7 +65,8 @@ use sqlx::{Connection, Executor, PgPool, Postgres};
 use tokio::sync::mpsc;
 
 use super::{
-    apply, insert_run, lock_head, write_locked, Fence, Gathered, Lease, Result, Sealed, StoreError,
+    append_events, apply, insert_run, write_locked, Fence, Gathered, Lease, Result, Sealed,
+    StoreError,
 };
 use crate::store::queue::{committed, holds, Counters, Leases, Queue, WriteStats};
 use crate::store::{AuditDraft, AuditHead, Change, RunRecord};
@@ -373,13 +374,13 @@ async fn try_unlocked(
     let mut fence = Fence::default();
     let mut leases = Leases::new();
     for lease in ops.iter().filter_map(|op| op.lease()) {
-        if !fence.expect(lease) {
-            return Ok(None);
+        let held = (Some(lease.owner.clone()), lease.token);
+        match leases.insert(lease.run_id.clone(), held.clone()) {
+            None => fence.expect(lease),
+            Some(before) if before == held => {}
+            // Two leases on one run: the locking path tells which one is stale.
+            Some(_) => return Ok(None),
         }
-        leases.insert(
-            lease.run_id.clone(),
-            (Some(lease.owner.clone()), lease.token),
-        );
     }
     let mut gathered = Gathered::default();
     let mut audit = Vec::new();
@@ -483,15 +484,10 @@ async fn try_batch(
             return Err(BatchError::Retry);
         }
     }
-    let sealed = if audit.is_empty() {
-        None
-    } else {
-        let head = lock_head(&mut tx).await?;
-        state.head_is_ours = state.head.as_ref() == Some(&head);
-        let sealed = Sealed::new(head, audit)?;
-        write_locked(&mut tx, Gathered::default(), Some(&sealed)).await?;
-        Some(sealed)
-    };
+    let sealed = append_events(&mut tx, audit).await?;
+    if let Some(sealed) = &sealed {
+        state.head_is_ours = state.head.as_ref() == Some(&sealed.from);
+    }
     tx.commit().await?;
     if let Some(sealed) = sealed {
         state.head = Some(sealed.to);
